@@ -1,0 +1,146 @@
+// Thin bindings: buffers arrive already validated, converted and contiguous
+// from pyconv/_conv.py; this layer re-checks what memory safety depends on
+// (dtype, contiguity, sizes), releases the GIL and calls the driver.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <array>
+#include <string>
+#include <vector>
+
+#include "core/dispatch.hpp"
+#include "core/threading.hpp"
+#include "direct/conv_direct.hpp"
+
+namespace py = pybind11;
+using namespace pyconv;
+
+namespace {
+
+constexpr size_t kShapeFields = 18;
+using ShapeTuple = std::array<int64_t, kShapeFields>;
+
+ConvShape make_shape(const ShapeTuple& t, int layout, int act, bool has_bias) {
+  if (layout != 0 && layout != 1) throw std::invalid_argument("conv2d: bad layout code");
+  if (act < 0 || act > 2) throw std::invalid_argument("conv2d: bad activation code");
+  ConvShape s{};
+  s.n = t[0]; s.c = t[1]; s.h = t[2]; s.w = t[3];
+  s.oc = t[4]; s.oh = t[5]; s.ow = t[6];
+  s.kh = t[7]; s.kw = t[8];
+  s.sh = t[9]; s.sw = t[10];
+  s.dh = t[11]; s.dw = t[12];
+  s.pt = t[13]; s.pb = t[14]; s.pl = t[15]; s.pr = t[16];
+  s.groups = t[17];
+  s.layout = static_cast<Layout>(layout);
+  s.act = static_cast<Activation>(act);
+  s.has_bias = has_bias;
+  return s;
+}
+
+void check_buffer(const py::array& a, const char* name, const py::dtype& dt, int64_t expected, bool writable) {
+  if (!a.dtype().is(dt)) throw py::type_error(std::string("conv2d: ") + name + " has the wrong dtype");
+  if (!(a.flags() & py::array::c_style))
+    throw std::invalid_argument(std::string("conv2d: ") + name + " must be C-contiguous");
+  if (a.size() != expected) throw std::invalid_argument(std::string("conv2d: ") + name + " has the wrong size");
+  if (writable && !a.writeable()) throw std::invalid_argument(std::string("conv2d: ") + name + " is read-only");
+}
+
+template <class T>
+void run_direct(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias,
+                py::array& y) {
+  const IsaKernels& k = active_kernels();
+  direct_workspace_bytes(k, s, sizeof(T));  // validates the shape before any size is trusted
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
+  check_buffer(w, "weight", dt, s.oc * (s.c / s.groups) * s.kh * s.kw, false);
+  check_buffer(y, "out", dt, s.n * s.oc * s.oh * s.ow, true);
+  const T* bp = nullptr;
+  if (!bias.is_none()) {
+    py::array b = bias.cast<py::array>();
+    check_buffer(b, "bias", dt, s.oc, false);
+    bp = static_cast<const T*>(b.data());
+  }
+  const T* xp = static_cast<const T*>(x.data());
+  const T* wp = static_cast<const T*>(w.data());
+  T* yp = static_cast<T*>(y.mutable_data());
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  conv2d_direct<T>(k, s, xp, wp, bp, yp, nt);
+}
+
+void conv2d(py::array x, py::array w, py::object bias, py::array y, const ShapeTuple& shape, int layout,
+            int act, const std::string& algo) {
+  if (algo != "direct") throw std::invalid_argument("conv2d: algo '" + algo + "' is not available");
+  const ConvShape s = make_shape(shape, layout, act, !bias.is_none());
+  if (x.dtype().is(py::dtype::of<float>()))
+    run_direct<float>(s, x, w, bias, y);
+  else if (x.dtype().is(py::dtype::of<double>()))
+    run_direct<double>(s, x, w, bias, y);
+  else
+    throw py::type_error("conv2d: only float32 and float64 are computed natively");
+}
+
+int64_t workspace_bytes(const ShapeTuple& shape, int layout, bool has_bias, const std::string& algo,
+                        int elem_bytes) {
+  if (algo != "direct") throw std::invalid_argument("conv2d: algo '" + algo + "' is not available");
+  if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("conv2d: elem_bytes must be 4 or 8");
+  return direct_workspace_bytes(active_kernels(), make_shape(shape, layout, 0, has_bias), elem_bytes);
+}
+
+Isa parse_isa(const std::string& name) {
+  for (int i = 0; i < kNumIsas; ++i)
+    if (name == isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
+  throw std::invalid_argument("unknown ISA '" + name + "' (expected generic, avx2 or avx512)");
+}
+
+std::vector<std::string> isa_list(bool need_cpu) {
+  std::vector<std::string> out;
+  for (int i = 0; i < kNumIsas; ++i) {
+    Isa isa = static_cast<Isa>(i);
+    if (compiled_kernels(isa) && (!need_cpu || cpu_supports(isa))) out.emplace_back(isa_name(isa));
+  }
+  return out;
+}
+
+std::string compiler() {
+#if defined(__clang__)
+  return std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  return std::string("gcc ") + __VERSION__;
+#elif defined(_MSC_VER)
+  return "msvc " + std::to_string(_MSC_VER);
+#else
+  return "unknown";
+#endif
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "pyconv compiled kernels (private: use the pyconv package)";
+  m.def("conv2d", &conv2d, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+        py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"));
+  m.def("workspace_bytes", &workspace_bytes, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),
+        py::arg("algo"), py::arg("elem_bytes"));
+  m.def("set_isa", [](const std::string& cap) { return std::string(isa_name(set_active_isa(parse_isa(cap)))); },
+        py::arg("cap"));
+  m.def("get_isa", [] { return std::string(isa_name(active_isa())); });
+  m.def("best_isa", [] { return std::string(isa_name(best_isa())); });
+  m.def("isa_compiled", [] { return isa_list(false); });
+  m.def("isa_available", [] { return isa_list(true); });
+  m.def("set_num_threads", [](int n) {
+    if (n < 1) throw std::invalid_argument("set_num_threads: n must be >= 1");
+    set_num_threads(n);
+  }, py::arg("n"));
+  m.def("get_num_threads", &get_num_threads);
+  m.def("default_num_threads", &default_num_threads);
+  m.def("build_info", [] {
+    py::dict d;
+    d["compiler"] = compiler();
+    d["openmp"] = have_openmp();
+    d["openmp_version"] = openmp_version();
+    d["shape_fields"] = kShapeFields;
+    return d;
+  });
+}

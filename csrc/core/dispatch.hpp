@@ -1,0 +1,49 @@
+// One table of kernel entry points per instruction set.  Each ISA's object
+// library defines its table; dispatch.cpp is the only place that knows which
+// ISAs exist, in priority order, and which one is active.
+#pragma once
+#include <cstdint>
+
+#include "core/problem.hpp"
+
+namespace pyconv {
+
+// Direct convolution.  `workspace` holds at least direct_workspace_bytes()
+// bytes, 64-byte aligned; x, w, bias, y are C-contiguous in s.layout.
+template <class T>
+using DirectConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
+                              void* workspace, int nthreads);
+using DirectWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes);
+
+struct IsaKernels {
+  const char* name;
+  int lanes_f32;  // SIMD width the kernels use, for plan()/config()
+  DirectWorkspaceFn direct_workspace_bytes;
+  DirectConvFn<float> direct_f32;
+  DirectConvFn<double> direct_f64;
+};
+
+enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
+constexpr int kNumIsas = 3;
+
+// Tables compiled into this build (null where an ISA was not compiled).
+const IsaKernels* compiled_kernels(Isa isa);
+// True if the running CPU (and OS) supports the ISA.
+bool cpu_supports(Isa isa);
+const char* isa_name(Isa isa);
+
+// The active table; set_active_isa caps the choice at `cap` and returns the
+// ISA actually selected (the best compiled and supported one <= cap).
+const IsaKernels& active_kernels();
+Isa active_isa();
+Isa set_active_isa(Isa cap);
+Isa best_isa();
+
+}  // namespace pyconv
+
+// Defined by each ISA's object library.
+namespace pyconv {
+namespace generic { extern const IsaKernels kKernels; }
+namespace avx2 { extern const IsaKernels kKernels; }
+namespace avx512 { extern const IsaKernels kKernels; }
+}  // namespace pyconv

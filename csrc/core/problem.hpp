@@ -1,0 +1,33 @@
+// Plain data shared by the driver, the dispatch layer and every ISA's
+// kernels.  Only data and `static inline` helpers live here: kernel TUs are
+// compiled with different -m flags, so any non-static inline function in a
+// shared header could be merged by the linker with an AVX-512 copy and then
+// run on a CPU without AVX-512 (an ODR trap).
+#pragma once
+#include <cstdint>
+
+namespace pyconv {
+
+enum class Layout : int { NCHW = 0, NHWC = 1 };
+enum class Activation : int { None = 0, Relu = 1, Relu6 = 2 };
+
+// A fully normalised 2-D convolution: explicit asymmetric pads, the output
+// size already derived and checked by the Python layer (and re-checked by
+// the driver in 64-bit arithmetic).
+struct ConvShape {
+  int64_t n, c, h, w;       // input batch, channels, height, width
+  int64_t oc, oh, ow;       // output channels, height, width
+  int64_t kh, kw;           // kernel
+  int64_t sh, sw;           // stride
+  int64_t dh, dw;           // dilation
+  int64_t pt, pb, pl, pr;   // pads: top, bottom, left, right
+  int64_t groups;
+  Layout layout;
+  Activation act;
+  bool has_bias;
+};
+
+static inline int64_t icg(const ConvShape& s) { return s.c / s.groups; }
+static inline int64_t ocg(const ConvShape& s) { return s.oc / s.groups; }
+
+}  // namespace pyconv

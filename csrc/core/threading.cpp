@@ -1,0 +1,53 @@
+#include "core/threading.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <thread>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace pyconv {
+
+int default_num_threads() {
+#ifdef _OPENMP
+  // OMP_NUM_THREADS may be a list ("4,2"); its first entry is the top level.
+  if (const char* env = std::getenv("OMP_NUM_THREADS")) {
+    char* end = nullptr;
+    long v = std::strtol(env, &end, 10);
+    if (end != env && v >= 1 && v <= 4096) return static_cast<int>(v);
+  }
+  return omp_get_num_procs();  // respects the process's CPU affinity mask
+#else
+  return 1;
+#endif
+}
+
+namespace {
+std::atomic<int>& threads_slot() {
+  static std::atomic<int> slot{default_num_threads()};
+  return slot;
+}
+}  // namespace
+
+int get_num_threads() { return threads_slot().load(std::memory_order_relaxed); }
+void set_num_threads(int n) { threads_slot().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+bool have_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+int openmp_version() {
+#ifdef _OPENMP
+  return _OPENMP;
+#else
+  return 0;
+#endif
+}
+
+}  // namespace pyconv

@@ -1,0 +1,75 @@
+// Driver of the direct convolution: checks the problem, owns the workspace,
+// and calls the active ISA's kernel.  Compiled for the baseline target only.
+#include "direct/conv_direct.hpp"
+
+#include <cstdlib>
+#include <memory>
+#include <new>
+#include <stdexcept>
+#include <string>
+
+#include "core/checked.hpp"
+
+namespace pyconv {
+
+namespace {
+
+void require(bool ok, const std::string& msg) {
+  if (!ok) throw std::invalid_argument("conv2d: " + msg);
+}
+
+// The Python layer already normalised and checked everything; this re-checks
+// the invariants the kernels rely on, so a bad call from C++ or a bug in the
+// Python layer raises instead of reading out of bounds.
+void validate(const ConvShape& s) {
+  require(s.n >= 1 && s.c >= 1 && s.h >= 1 && s.w >= 1, "input dimensions must be >= 1");
+  require(s.oc >= 1 && s.kh >= 1 && s.kw >= 1, "weight dimensions must be >= 1");
+  require(s.sh >= 1 && s.sw >= 1 && s.dh >= 1 && s.dw >= 1, "stride and dilation must be >= 1");
+  require(s.pt >= 0 && s.pb >= 0 && s.pl >= 0 && s.pr >= 0, "padding must be >= 0");
+  require(s.groups >= 1 && s.c % s.groups == 0 && s.oc % s.groups == 0,
+          "groups must divide input and output channels");
+  const int64_t hp = checked_add(checked_add(s.h, s.pt, "conv2d"), s.pb, "conv2d");
+  const int64_t wp = checked_add(checked_add(s.w, s.pl, "conv2d"), s.pr, "conv2d");
+  const int64_t ekh = checked_add(checked_mul(s.kh - 1, s.dh, "conv2d"), 1, "conv2d");
+  const int64_t ekw = checked_add(checked_mul(s.kw - 1, s.dw, "conv2d"), 1, "conv2d");
+  require(ekh <= hp && ekw <= wp, "dilated kernel is larger than the padded input");
+  require(s.oh == (hp - ekh) / s.sh + 1 && s.ow == (wp - ekw) / s.sw + 1,
+          "output size does not match the input, kernel, stride and padding");
+  // Every buffer the kernel touches, with generous lane padding (32 covers
+  // two AVX-512 vectors), must be addressable in 64-bit byte offsets.
+  checked_product("conv2d", s.n, hp, wp, s.c, 8);
+  checked_product("conv2d", s.n, s.oh, s.ow, s.oc, 8);
+  checked_product("conv2d", s.groups, s.oc / s.groups + 32, s.kh, s.kw, s.c / s.groups + 32, 8);
+}
+
+struct FreeDeleter {
+  void operator()(void* p) const { std::free(p); }
+};
+
+}  // namespace
+
+int64_t direct_workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes) {
+  validate(s);
+  return k.direct_workspace_bytes(s, elem_bytes);
+}
+
+template <class T>
+void conv2d_direct(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
+                   int nthreads) {
+  const int64_t bytes = direct_workspace_bytes(k, s, sizeof(T));
+  // 64-byte aligned; size rounded up as aligned_alloc requires.
+  const size_t size = static_cast<size_t>(bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
+  std::unique_ptr<void, FreeDeleter> ws(std::aligned_alloc(64, size));
+  if (!ws) throw std::bad_alloc();
+  if constexpr (sizeof(T) == 4)
+    k.direct_f32(s, x, w, bias, y, ws.get(), nthreads);
+  else
+    k.direct_f64(s, x, w, bias, y, ws.get(), nthreads);
+}
+
+template void conv2d_direct<float>(const IsaKernels&, const ConvShape&, const float*, const float*,
+                                   const float*, float*, int);
+template void conv2d_direct<double>(const IsaKernels&, const ConvShape&, const double*, const double*,
+                                    const double*, double*, int);
+
+}  // namespace pyconv

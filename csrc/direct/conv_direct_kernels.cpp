@@ -1,0 +1,384 @@
+// Direct convolution kernels, compiled once per ISA (see CMakeLists.txt).
+//
+// Design.  Internally the kernel works in NHWC with the input zero-padded
+// into a workspace copy, so the inner loops have no bounds checks.  It
+// vectorises over output channels: for each output pixel the weights of
+// BW = NB*V consecutive output channels of one group form NB SIMD vectors,
+// packed as [group][oc block][kh][kw][ic][BW], and every input value is
+// broadcast once and multiplied into all of them.  A register tile of TW
+// output pixels x NB vectors reuses each weight load TW times and each
+// broadcast NB times (AVX2: 6x2 = 12 of 16 ymm; AVX-512: 12x2 = 24 of 32 zmm).
+// Vectorising over channels (rather than output width) serves every stride
+// and dilation with contiguous loads and needs no gathers.
+//
+// Depthwise layers (one input and one output channel per group) would use
+// one lane in V that way, so they get their own loop, vectorised across
+// channels: out[c] += x[c] * w[c] with plain vector loads of both.
+//
+// Determinism: each output element is computed by one thread, always in the
+// order kh, kw, ic, so results do not depend on the thread count.
+#include <cstdint>
+#include <utility>
+
+#include "core/dispatch.hpp"
+#include "core/problem.hpp"
+#include "simd/vec.hpp"
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+namespace {
+
+#if defined(PYCONV_ISA_avx512)
+constexpr int kTileW = 12;  // 12 px x 2 zmm accumulators = 24 of 32 registers
+#elif defined(PYCONV_ISA_avx2)
+constexpr int kTileW = 6;   // 6 px x 2 ymm accumulators = 12 of 16 registers
+#else
+constexpr int kTileW = 4;
+#endif
+constexpr int64_t kAlign = 64;  // bytes; every workspace region starts on a cache line
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// Where everything lives in the workspace, derived from the shape alone so
+// that workspace_bytes() and the kernel agree.
+struct Plan {
+  int64_t lanes, nb, bw, ob;  // SIMD lanes, vectors per block, block width, blocks per group
+  int64_t hp, wp;             // padded input height, width
+  bool depthwise;             // one input and one output channel per group
+  bool pad_input;             // the input is copied (layout change or padding)
+  bool out_tmp;               // NCHW output goes through an NHWC scratch
+  int64_t off_x, off_w, off_b, off_y, total;  // byte offsets into the workspace
+};
+
+template <class T>
+Plan make_plan(const ConvShape& s) {
+  Plan p{};
+  p.lanes = Vec<T>::N;
+  p.hp = s.h + s.pt + s.pb;
+  p.wp = s.w + s.pl + s.pr;
+  p.depthwise = icg(s) == 1 && ocg(s) == 1;
+  const bool padded = s.pt || s.pb || s.pl || s.pr;
+  p.pad_input = padded || s.layout == Layout::NCHW;
+  p.out_tmp = s.layout == Layout::NCHW;
+  int64_t w_elems, b_elems;
+  if (p.depthwise) {
+    p.nb = 1;
+    p.bw = p.lanes;
+    p.ob = 1;
+    w_elems = s.kh * s.kw * round_up(s.c, p.lanes);
+    b_elems = round_up(s.c, p.lanes);
+  } else {
+    p.nb = ocg(s) > p.lanes ? 2 : 1;
+    p.bw = p.nb * p.lanes;
+    p.ob = ceil_div(ocg(s), p.bw);
+    w_elems = s.groups * p.ob * s.kh * s.kw * icg(s) * p.bw;
+    b_elems = s.groups * p.ob * p.bw;
+  }
+  const int64_t e = sizeof(T);
+  int64_t off = 0;
+  p.off_x = off;
+  if (p.pad_input) off += round_up(s.n * p.hp * p.wp * s.c * e, kAlign);
+  p.off_w = off;
+  off += round_up(w_elems * e, kAlign);
+  p.off_b = off;
+  off += round_up(b_elems * e, kAlign);
+  p.off_y = off;
+  if (p.out_tmp) off += round_up(s.n * s.oh * s.ow * s.oc * e, kAlign);
+  p.total = off;
+  return p;
+}
+
+// ---- layout conversion -----------------------------------------------------
+
+// Copies the input into the zero-padded NHWC buffer xp (N, hp, wp, C).
+template <class T>
+void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
+  const int64_t C = s.c, W = s.w, H = s.h, row = p.wp * C;
+  const int64_t rows = s.n * p.hp;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / p.hp, h = r % p.hp - s.pt;
+    T* dst = xp + r * row;
+    if (h < 0 || h >= H) {
+      for (int64_t i = 0; i < row; ++i) dst[i] = T(0);
+      continue;
+    }
+    for (int64_t i = 0; i < s.pl * C; ++i) dst[i] = T(0);
+    for (int64_t i = (s.pl + W) * C; i < row; ++i) dst[i] = T(0);
+    T* d = dst + s.pl * C;
+    if (s.layout == Layout::NHWC) {
+      const T* src = x + (n * H + h) * W * C;
+      for (int64_t i = 0; i < W * C; ++i) d[i] = src[i];
+    } else {
+      // (C, W) slice of plane row h -> (W, C); 16x16 blocks keep both sides in L1.
+      const T* src = x + n * C * H * W + h * W;
+      const int64_t plane = H * W;
+      for (int64_t c0 = 0; c0 < C; c0 += 16)
+        for (int64_t w0 = 0; w0 < W; w0 += 16) {
+          const int64_t c1 = min64(c0 + 16, C), w1 = min64(w0 + 16, W);
+          for (int64_t c = c0; c < c1; ++c)
+            for (int64_t w = w0; w < w1; ++w) d[w * C + c] = src[c * plane + w];
+        }
+    }
+  }
+}
+
+// NHWC scratch (N, OH, OW, OC) -> NCHW output.
+template <class T>
+void unpack_output(const ConvShape& s, const T* t, T* y, int nt) {
+  const int64_t OC = s.oc, OW = s.ow, plane = s.oh * s.ow;
+  const int64_t rows = s.n * s.oh;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / s.oh, oh = r % s.oh;
+    const T* src = t + r * OW * OC;
+    T* dst = y + n * OC * plane + oh * OW;
+    for (int64_t c0 = 0; c0 < OC; c0 += 16)
+      for (int64_t w0 = 0; w0 < OW; w0 += 16) {
+        const int64_t c1 = min64(c0 + 16, OC), w1 = min64(w0 + 16, OW);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t w = w0; w < w1; ++w) dst[c * plane + w] = src[w * OC + c];
+      }
+  }
+}
+
+// Weight (OIHW or HWIO) -> [g][ob][kh][kw][ic][bw], zero-filled past ocg;
+// bias -> [g][ob][bw].
+template <class T>
+void pack_weights(const ConvShape& s, const Plan& p, const T* w, const T* bias, T* wp, T* bp) {
+  const int64_t G = s.groups, IG = icg(s), OG = ocg(s), KH = s.kh, KW = s.kw, BW = p.bw;
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t ob = 0; ob < p.ob; ++ob) {
+      T* blk = wp + (g * p.ob + ob) * KH * KW * IG * BW;
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw)
+          for (int64_t ic = 0; ic < IG; ++ic) {
+            T* dst = blk + ((kh * KW + kw) * IG + ic) * BW;
+            for (int64_t j = 0; j < BW; ++j) {
+              const int64_t o = ob * BW + j;
+              T v = T(0);
+              if (o < OG) {
+                const int64_t oc = g * OG + o;
+                v = s.layout == Layout::NCHW ? w[((oc * IG + ic) * KH + kh) * KW + kw]
+                                             : w[((kh * KW + kw) * IG + ic) * s.oc + oc];
+              }
+              dst[j] = v;
+            }
+          }
+      T* bdst = bp + (g * p.ob + ob) * BW;
+      for (int64_t j = 0; j < BW; ++j) {
+        const int64_t o = ob * BW + j;
+        bdst[j] = (bias && o < OG) ? bias[g * OG + o] : T(0);
+      }
+    }
+}
+
+// Depthwise weight -> [kh][kw][C rounded up to lanes]; bias -> [C rounded up].
+template <class T>
+void pack_weights_dw(const ConvShape& s, const Plan& p, const T* w, const T* bias, T* wp, T* bp) {
+  const int64_t C = s.c, CP = round_up(C, p.lanes), KH = s.kh, KW = s.kw;
+  for (int64_t kh = 0; kh < KH; ++kh)
+    for (int64_t kw = 0; kw < KW; ++kw)
+      for (int64_t c = 0; c < CP; ++c) {
+        T v = T(0);
+        if (c < C)
+          v = s.layout == Layout::NCHW ? w[(c * KH + kh) * KW + kw] : w[(kh * KW + kw) * C + c];
+        wp[(kh * KW + kw) * CP + c] = v;
+      }
+  for (int64_t c = 0; c < CP; ++c) bp[c] = (bias && c < C) ? bias[c] : T(0);
+}
+
+// ---- micro-kernels ---------------------------------------------------------
+
+template <class T>
+inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
+  if (act == Activation::Relu) return Vec<T>::relu(v);
+  if (act == Activation::Relu6) return Vec<T>::relu6(v);
+  return v;
+}
+
+// Strides of the padded input and of the output, in elements.
+struct Steps {
+  int64_t px;    // next output pixel along the row: sw * C
+  int64_t kh;    // next kernel row: dh * wp * C
+  int64_t kw;    // next kernel column: dw * C
+  int64_t ypx;   // next output pixel: OC
+};
+
+// TW output pixels x (NB * V) output channels of one group.
+template <class T, int TW, int NB>
+void tile_general(const ConvShape& s, const Steps& st, const T* x, const T* w, const T* b, T* y,
+                  int64_t valid) {
+  using V = Vec<T>;
+  constexpr int BW = NB * V::N;
+  const int64_t IG = icg(s);
+  typename V::R acc[TW][NB];
+  for (int t = 0; t < TW; ++t)
+    for (int j = 0; j < NB; ++j) acc[t][j] = V::zero();
+  for (int64_t kh = 0; kh < s.kh; ++kh)
+    for (int64_t kw = 0; kw < s.kw; ++kw) {
+      const T* xk = x + kh * st.kh + kw * st.kw;
+      const T* wk = w + (kh * s.kw + kw) * IG * BW;
+      for (int64_t ic = 0; ic < IG; ++ic) {
+        typename V::R wv[NB];
+        for (int j = 0; j < NB; ++j) wv[j] = V::load(wk + ic * BW + j * V::N);
+        for (int t = 0; t < TW; ++t) {
+          const typename V::R xv = V::set1(xk[t * st.px + ic]);
+          for (int j = 0; j < NB; ++j) acc[t][j] = V::fma(xv, wv[j], acc[t][j]);
+        }
+      }
+    }
+  for (int j = 0; j < NB; ++j) {
+    const typename V::R bv = V::load(b + j * V::N);
+    const int64_t lanes = min64(V::N, valid - j * V::N);
+    for (int t = 0; t < TW; ++t) {
+      typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][j], bv) : acc[t][j], s.act);
+      T* dst = y + t * st.ypx + j * V::N;
+      if (lanes == V::N)
+        V::store(dst, r);
+      else if (lanes > 0)
+        V::store_n(dst, r, static_cast<int>(lanes));
+    }
+  }
+}
+
+// TW output pixels x V channels of a depthwise layer (channel c reads c).
+template <class T, int TW>
+void tile_depthwise(const ConvShape& s, const Steps& st, int64_t cp, const T* x, const T* w,
+                    const T* b, T* y, int lanes) {
+  using V = Vec<T>;
+  const bool full = lanes == V::N;
+  typename V::R acc[TW];
+  for (int t = 0; t < TW; ++t) acc[t] = V::zero();
+  for (int64_t kh = 0; kh < s.kh; ++kh)
+    for (int64_t kw = 0; kw < s.kw; ++kw) {
+      const T* xk = x + kh * st.kh + kw * st.kw;
+      const typename V::R wv = V::load(w + (kh * s.kw + kw) * cp);
+      for (int t = 0; t < TW; ++t) {
+        const typename V::R xv = full ? V::load(xk + t * st.px) : V::load_n(xk + t * st.px, lanes);
+        acc[t] = V::fma(xv, wv, acc[t]);
+      }
+    }
+  const typename V::R bv = V::load(b);
+  for (int t = 0; t < TW; ++t) {
+    typename V::R r = activate<T>(s.has_bias ? V::add(acc[t], bv) : acc[t], s.act);
+    if (full)
+      V::store(y + t * st.ypx, r);
+    else
+      V::store_n(y + t * st.ypx, r, lanes);
+  }
+}
+
+template <class T>
+using GeneralTile = void (*)(const ConvShape&, const Steps&, const T*, const T*, const T*, T*, int64_t);
+template <class T>
+using DepthwiseTile = void (*)(const ConvShape&, const Steps&, int64_t, const T*, const T*, const T*, T*, int);
+
+// Tables indexed by tile width 1..kTileW (index 0 unused), so a row of any
+// width is covered by full tiles plus one narrower tile.
+template <class T, int NB, int... W>
+constexpr auto general_tiles(std::integer_sequence<int, W...>) {
+  struct Table { GeneralTile<T> fn[sizeof...(W) + 1]; };
+  return Table{{nullptr, &tile_general<T, W + 1, NB>...}};
+}
+template <class T, int... W>
+constexpr auto depthwise_tiles(std::integer_sequence<int, W...>) {
+  struct Table { DepthwiseTile<T> fn[sizeof...(W) + 1]; };
+  return Table{{nullptr, &tile_depthwise<T, W + 1>...}};
+}
+
+template <class T>
+void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp, const T* bp, T* y,
+                     int nt) {
+  static constexpr auto tiles1 = general_tiles<T, 1>(std::make_integer_sequence<int, kTileW>{});
+  static constexpr auto tiles2 = general_tiles<T, 2>(std::make_integer_sequence<int, kTileW>{});
+  const auto& tiles = p.nb == 2 ? tiles2.fn : tiles1.fn;
+  const int64_t C = s.c, IG = icg(s), OG = ocg(s), OB = p.ob, BW = p.bw;
+  const Steps st{s.sw * C, s.dh * p.wp * C, s.dw * C, s.oc};
+  const int64_t wblock = s.kh * s.kw * IG * BW;
+  // Output rows are the unit of work; oh varies fastest so that consecutive
+  // rows of one thread share the weight block and overlapping input rows.
+  const int64_t items = s.n * s.groups * OB * s.oh;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t oh = it % s.oh;
+    const int64_t rest = it / s.oh;
+    const int64_t ob = rest % OB, g = (rest / OB) % s.groups, n = rest / (OB * s.groups);
+    const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C + g * IG;
+    const T* wblk = wp + (g * OB + ob) * wblock;
+    const T* bblk = bp + (g * OB + ob) * BW;
+    T* yrow = y + (n * s.oh + oh) * s.ow * s.oc + g * OG + ob * BW;
+    const int64_t valid = min64(BW, OG - ob * BW);
+    int64_t ow = 0;
+    for (; ow + kTileW <= s.ow; ow += kTileW)
+      tiles[kTileW](s, st, xrow + ow * st.px, wblk, bblk, yrow + ow * st.ypx, valid);
+    if (ow < s.ow) tiles[s.ow - ow](s, st, xrow + ow * st.px, wblk, bblk, yrow + ow * st.ypx, valid);
+  }
+}
+
+template <class T>
+void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* wp, const T* bp, T* y,
+                       int nt) {
+  static constexpr auto tiles = depthwise_tiles<T>(std::make_integer_sequence<int, kTileW>{});
+  const int64_t C = s.c, L = p.lanes, CP = round_up(C, L);
+  const Steps st{s.sw * C, s.dh * p.wp * C, s.dw * C, s.oc};
+  const int64_t items = s.n * s.oh;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t n = it / s.oh, oh = it % s.oh;
+    const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C;
+    T* yrow = y + (n * s.oh + oh) * s.ow * s.oc;
+    for (int64_t c = 0; c < C; c += L) {
+      const int lanes = static_cast<int>(min64(L, C - c));
+      int64_t ow = 0;
+      for (; ow + kTileW <= s.ow; ow += kTileW)
+        tiles.fn[kTileW](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c, lanes);
+      if (ow < s.ow)
+        tiles.fn[s.ow - ow](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c,
+                            lanes);
+    }
+  }
+}
+
+template <class T>
+void conv_direct(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, void* workspace,
+                 int nt) {
+  const Plan p = make_plan<T>(s);
+  char* ws = static_cast<char*>(workspace);
+  T* xp = reinterpret_cast<T*>(ws + p.off_x);
+  T* wp = reinterpret_cast<T*>(ws + p.off_w);
+  T* bp = reinterpret_cast<T*>(ws + p.off_b);
+  T* yt = p.out_tmp ? reinterpret_cast<T*>(ws + p.off_y) : y;
+  if (p.pad_input)
+    pack_input(s, p, x, xp, nt);
+  else
+    xp = const_cast<T*>(x);  // NHWC without padding: read the caller's array in place
+  if (p.depthwise) {
+    pack_weights_dw(s, p, w, bias, wp, bp);
+    compute_depthwise(s, p, xp, wp, bp, yt, nt);
+  } else {
+    pack_weights(s, p, w, bias, wp, bp);
+    compute_general(s, p, xp, wp, bp, yt, nt);
+  }
+  if (p.out_tmp) unpack_output(s, yt, y, nt);
+}
+
+int64_t direct_workspace_bytes(const ConvShape& s, int elem_bytes) {
+  return elem_bytes == 4 ? make_plan<float>(s).total : make_plan<double>(s).total;
+}
+
+}  // namespace
+
+extern const IsaKernels kKernels;
+const IsaKernels kKernels = {
+    PYCONV_ISA_NAME,
+    Vec<float>::N,
+    &direct_workspace_bytes,
+    &conv_direct<float>,
+    &conv_direct<double>,
+};
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv

@@ -1,0 +1,126 @@
+// Minimal SIMD vector wrappers, one set per ISA, selected by the
+// PYCONV_ISA_<name> macro of the object library being compiled.  Everything
+// lives in pyconv::PYCONV_ISA_NS so that the copies compiled with different
+// -m flags are distinct entities (no cross-ISA ODR merging by the linker).
+//
+// NaN rule for the activations: max/min intrinsics return their second
+// operand when either is NaN, so the value under test goes second and a NaN
+// pre-activation stays NaN, exactly like np.maximum/np.minimum.
+#pragma once
+#include <cstdint>
+#if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
+#include <immintrin.h>
+#endif
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+
+template <class T>
+struct Vec;
+
+#if defined(PYCONV_ISA_generic)
+// Portable fallback: fixed-size arrays the compiler may auto-vectorise for
+// the baseline target (SSE2 on x86-64, NEON on aarch64).  No FMA contraction
+// (ISO mode), so results are the same on every CPU.
+template <class T>
+struct Vec {
+  static constexpr int N = 16 / sizeof(T);
+  struct R { T v[N]; };
+  static R zero() { R r; for (int i = 0; i < N; ++i) r.v[i] = T(0); return r; }
+  static R set1(T a) { R r; for (int i = 0; i < N; ++i) r.v[i] = a; return r; }
+  static R load(const T* p) { R r; for (int i = 0; i < N; ++i) r.v[i] = p[i]; return r; }
+  static R load_n(const T* p, int n) { R r = zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
+  static void store(T* p, R a) { for (int i = 0; i < N; ++i) p[i] = a.v[i]; }
+  static void store_n(T* p, R a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
+  static R fma(R a, R b, R c) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
+  static R add(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] + b.v[i]; return r; }
+  static R relu(R a) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] < T(0) ? T(0) : a.v[i]; return r; }
+  static R relu6(R a) {
+    R r;
+    for (int i = 0; i < N; ++i) r.v[i] = a.v[i] < T(0) ? T(0) : (a.v[i] > T(6) ? T(6) : a.v[i]);
+    return r;
+  }
+};
+#endif
+
+#if defined(PYCONV_ISA_avx2)
+static inline __m256i avx2_mask32(int n) {
+  alignas(32) static const int32_t tbl[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tbl + 8 - n));
+}
+static inline __m256i avx2_mask64(int n) {
+  alignas(32) static const int64_t tbl[8] = {-1, -1, -1, -1, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(tbl + 4 - n));
+}
+
+template <>
+struct Vec<float> {
+  static constexpr int N = 8;
+  using R = __m256;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float a) { return _mm256_set1_ps(a); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R load_n(const float* p, int n) { return _mm256_maskload_ps(p, avx2_mask32(n)); }
+  static void store(float* p, R a) { _mm256_storeu_ps(p, a); }
+  static void store_n(float* p, R a, int n) { _mm256_maskstore_ps(p, avx2_mask32(n), a); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R relu(R a) { return _mm256_max_ps(zero(), a); }
+  static R relu6(R a) { return _mm256_min_ps(set1(6.0f), relu(a)); }
+};
+
+template <>
+struct Vec<double> {
+  static constexpr int N = 4;
+  using R = __m256d;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(double a) { return _mm256_set1_pd(a); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static R load_n(const double* p, int n) { return _mm256_maskload_pd(p, avx2_mask64(n)); }
+  static void store(double* p, R a) { _mm256_storeu_pd(p, a); }
+  static void store_n(double* p, R a, int n) { _mm256_maskstore_pd(p, avx2_mask64(n), a); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R relu(R a) { return _mm256_max_pd(zero(), a); }
+  static R relu6(R a) { return _mm256_min_pd(set1(6.0), relu(a)); }
+};
+#endif
+
+#if defined(PYCONV_ISA_avx512)
+template <>
+struct Vec<float> {
+  static constexpr int N = 16;
+  using R = __m512;
+  static __mmask16 mask(int n) { return static_cast<__mmask16>((1u << n) - 1u); }
+  static R zero() { return _mm512_setzero_ps(); }
+  static R set1(float a) { return _mm512_set1_ps(a); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  static void store(float* p, R a) { _mm512_storeu_ps(p, a); }
+  static void store_n(float* p, R a, int n) { _mm512_mask_storeu_ps(p, mask(n), a); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R relu(R a) { return _mm512_max_ps(zero(), a); }
+  static R relu6(R a) { return _mm512_min_ps(set1(6.0f), relu(a)); }
+};
+
+template <>
+struct Vec<double> {
+  static constexpr int N = 8;
+  using R = __m512d;
+  static __mmask8 mask(int n) { return static_cast<__mmask8>((1u << n) - 1u); }
+  static R zero() { return _mm512_setzero_pd(); }
+  static R set1(double a) { return _mm512_set1_pd(a); }
+  static R load(const double* p) { return _mm512_loadu_pd(p); }
+  static R load_n(const double* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
+  static void store(double* p, R a) { _mm512_storeu_pd(p, a); }
+  static void store_n(double* p, R a, int n) { _mm512_mask_storeu_pd(p, mask(n), a); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R relu(R a) { return _mm512_max_pd(zero(), a); }
+  static R relu6(R a) { return _mm512_min_pd(set1(6.0), relu(a)); }
+};
+#endif
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv

@@ -1,0 +1,36 @@
+"""pyconv: fast, trustworthy CPU convolutions for NumPy.
+
+C++ kernels (SIMD with runtime ISA dispatch, OpenMP) behind a NumPy-first
+API; :mod:`pyconv.reference` holds pure-NumPy twins of every op.
+"""
+
+__version__ = "0.1.0"
+
+from ._conv import conv2d, conv_output_shape, plan
+from ._runtime import (
+    config,
+    get_num_threads,
+    num_threads,
+    set_max_isa,
+    set_num_threads,
+    show_config,
+)
+from ._runtime import _apply_env_isa
+from . import reference
+
+_apply_env_isa()
+del _apply_env_isa
+
+__all__ = [
+    "__version__",
+    "config",
+    "conv2d",
+    "conv_output_shape",
+    "get_num_threads",
+    "num_threads",
+    "plan",
+    "reference",
+    "set_max_isa",
+    "set_num_threads",
+    "show_config",
+]

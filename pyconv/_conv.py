@@ -1,0 +1,196 @@
+"""conv2d and its shape/plan helpers: normalise, choose a kernel, call C++."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._normalize import (
+    ConvGeometry,
+    activation_code,
+    as_array,
+    check_out,
+    conv_geometry,
+    layout_name,
+    result_dtype,
+)
+
+__all__ = ["conv2d", "conv_output_shape", "plan"]
+
+# Every algorithm name of the API contract, in auto's priority order (like
+# oneDNN's implementation lists: adding a kernel is one line here).  `None`
+# marks an algorithm this build does not implement yet: asking for it raises
+# instead of silently running something else.
+_ALGORITHMS: Dict[str, Optional[str]] = {
+    "pointwise": None,
+    "depthwise": None,
+    "im2col": None,
+    "direct": "direct",
+}
+
+_VERBOSE = os.environ.get("PYCONV_VERBOSE", "") not in ("", "0")
+
+
+def _choose_algo(fn: str, algo: Any, geo: ConvGeometry) -> str:
+    """The C++ kernel name for ``algo`` ("auto" = first available that serves)."""
+    if not isinstance(algo, str):
+        raise TypeError(f"{fn}: algo must be a string, got {algo!r}")
+    if algo == "auto":
+        for name, kernel in _ALGORITHMS.items():
+            if kernel is not None:
+                return kernel
+    if algo not in _ALGORITHMS:
+        names = ", ".join(repr(a) for a in ("auto", *_ALGORITHMS))
+        raise ValueError(f"{fn}: algo must be one of {names}, got {algo!r}")
+    kernel = _ALGORITHMS[algo]
+    if kernel is None:
+        raise ValueError(
+            f"{fn}: algo={algo!r} is not available yet in pyconv {_version()}; "
+            "use algo='auto' or algo='direct'"
+        )
+    return kernel
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+           dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW",
+           activation: Optional[str] = None, algo: str = "auto",
+           out: Optional[np.ndarray] = None) -> np.ndarray:
+    """2-D convolution (cross-correlation, as in every deep-learning library).
+
+    Parameters
+    ----------
+    x : array_like
+        Input, ``(N, C, H, W)`` for ``layout="NCHW"`` or ``(N, H, W, C)`` for
+        ``"NHWC"``; a 3-D array is one unbatched image.  Any array-like,
+        including objects with ``__dlpack__`` (PyTorch CPU tensors, JAX).
+    weight : array_like
+        ``(C_out, C_in/groups, KH, KW)`` for NCHW, ``(KH, KW, C_in/groups,
+        C_out)`` (HWIO) for NHWC.
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride, dilation : int or (int, int)
+        Each >= 1.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same"
+        ``(ph, pw)`` pads both sides; ``((top, bottom), (left, right))`` is
+        explicit; ``"same"`` is TensorFlow SAME (output ``ceil(in /
+        stride)``, the odd pixel at the bottom/right).
+    groups : int
+        Input and output channels are split into this many groups;
+        ``groups == C_in`` is a depthwise convolution.
+    layout : {"NCHW", "NHWC"}
+        Layout of ``x`` and of the result.
+    activation : {None, "relu", "relu6"}
+        Applied after the bias, inside the kernel.
+    algo : str
+        ``"auto"`` (default) or a specific algorithm; see :func:`plan`.
+    out : ndarray, optional
+        C-contiguous array of the exact result shape and dtype, not
+        overlapping the inputs; written and returned.
+
+    Returns
+    -------
+    ndarray
+        float64 if any of x, weight, bias is float64 or none is floating,
+        else float32.
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.zeros((1, 3, 32, 32), np.float32)
+    >>> w = np.ones((8, 3, 3, 3), np.float32)
+    >>> pyconv.conv2d(x, w, stride=2, padding="same").shape
+    (1, 8, 16, 16)
+    """
+    fn = "conv2d"
+    lay = layout_name(fn, layout)
+    act = activation_code(fn, activation)
+    xa = as_array(fn, "x", x)
+    wa = as_array(fn, "weight", weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    geo = conv_geometry(fn, xa.shape, wa.shape, stride, padding, dilation, groups, lay)
+    if ba is not None and ba.shape != (geo.oc,):
+        raise ValueError(f"{fn}: bias must have shape ({geo.oc},) to match the weight, got {ba.shape}")
+    kernel = _choose_algo(fn, algo, geo)
+    dtype = result_dtype(xa, wa, ba)
+    if out is not None:
+        y = check_out(fn, out, geo.out_shape, dtype, [a for a in (xa, wa, ba) if a is not None])
+    else:
+        y = np.empty(geo.out_shape, dtype=dtype)
+    if geo.n == 0:
+        return y
+    xc = np.ascontiguousarray(xa, dtype=dtype)
+    wc = np.ascontiguousarray(wa, dtype=dtype)
+    bc = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
+    start = time.perf_counter() if _VERBOSE else 0.0
+    _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel)
+    if _VERBOSE:
+        ms = (time.perf_counter() - start) * 1e3
+        print(f"pyconv_verbose,conv2d,{geo.problem_string()} g{geo.groups} "
+              f"{'f32' if dtype == np.float32 else 'f64'} {lay},algo={kernel},"
+              f"isa={_core.get_isa()},threads={_core.get_num_threads()},{ms:.3f}ms",
+              file=sys.stderr)
+    return y
+
+
+def conv_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
+                      dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> Tuple[int, ...]:
+    """Shape of ``conv2d``'s result, in the layout's order, without computing it.
+
+    Raises the same errors as :func:`conv2d` for inconsistent shapes.
+
+    >>> import pyconv
+    >>> pyconv.conv_output_shape((1, 3, 32, 32), (20, 3, 8, 8), stride=2, padding=1)
+    (1, 20, 14, 14)
+    >>> pyconv.conv_output_shape((32, 32, 3), (8, 8, 3, 20), stride=2, padding="same", layout="NHWC")
+    (16, 16, 20)
+    """
+    fn = "conv_output_shape"
+    geo = conv_geometry(fn, input_shape, weight_shape, stride, padding, dilation, groups,
+                        layout_name(fn, layout))
+    return geo.out_shape
+
+
+def plan(x_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
+         groups: int = 1, *, layout: str = "NCHW", dtype: Any = "float32") -> Dict[str, Any]:
+    """What ``conv2d(..., algo="auto")`` would do for these shapes.
+
+    Returns a dict with ``algo``, ``isa``, ``pads`` (top, bottom, left,
+    right), ``out_shape``, ``flops`` (2 x multiply-adds) and
+    ``workspace_bytes`` (scratch memory the kernel allocates per call).
+
+    >>> import pyconv
+    >>> p = pyconv.plan((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    >>> p["out_shape"], p["flops"]
+    ((1, 64, 56, 56), 231211008)
+    """
+    fn = "plan"
+    lay = layout_name(fn, layout)
+    geo = conv_geometry(fn, x_shape, weight_shape, stride, padding, dilation, groups, lay)
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"{fn}: dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: dtype must be 'float32' or 'float64', got {dtype!r}")
+    kernel = _choose_algo(fn, "auto", geo)
+    ws = _core.workspace_bytes(geo.core_tuple(), 0 if lay == "NCHW" else 1, False, kernel,
+                               dt.itemsize) if geo.n else 0
+    return {
+        "algo": kernel,
+        "isa": _core.get_isa(),
+        "pads": geo.pads,
+        "out_shape": geo.out_shape,
+        "flops": geo.flops,
+        "workspace_bytes": int(ws),
+    }

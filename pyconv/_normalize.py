@@ -1,0 +1,329 @@
+"""Argument checking and normalisation, written once.
+
+Every public op of :mod:`pyconv` and of :mod:`pyconv.reference` goes through
+these functions, so the two can never disagree about what a call means, and
+every error message has the same shape: ``"<function>: <argument> <problem>,
+got <value>"``.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence, Tuple
+
+import numpy as np
+
+__all__ = [
+    "ConvGeometry",
+    "activation_code",
+    "as_array",
+    "check_out",
+    "conv_geometry",
+    "layout_name",
+    "pair",
+    "padding_spec",
+    "result_dtype",
+    "same_pads",
+]
+
+LAYOUTS = ("NCHW", "NHWC")
+ACTIVATIONS = (None, "relu", "relu6")
+
+# Largest element count / byte count we accept: far beyond any real memory,
+# and small enough that index arithmetic in int64 (with lane padding) cannot
+# overflow in the kernels.
+MAX_BYTES = 2**62
+
+
+def _int(fn: str, name: str, value: Any) -> int:
+    """A Python int from an integer-like scalar (bools and floats refused)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}") from None
+
+
+def pair(fn: str, name: str, value: Any, minimum: int = 1) -> Tuple[int, int]:
+    """Normalise an int-or-pair argument (stride, dilation, kernel_size)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
+    if isinstance(value, (tuple, list, np.ndarray)):
+        items = list(value) if not isinstance(value, np.ndarray) else value.tolist()
+        if len(items) != 2:
+            raise ValueError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
+        a, b = (_int(fn, name, v) for v in items)
+    else:
+        a = b = _int(fn, name, value)
+    if a < minimum or b < minimum:
+        raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value!r}")
+    return a, b
+
+
+PaddingSpec = Any  # "same" | "valid" | ((top, bottom), (left, right))
+
+
+def padding_spec(fn: str, value: Any, allow_strings: bool = True) -> PaddingSpec:
+    """Normalise ``padding`` to "same", "valid" or ((top, bottom), (left, right))."""
+    if isinstance(value, str):
+        if allow_strings and value.lower() in ("same", "valid"):
+            return value.lower()
+        allowed = "'same', 'valid', " if allow_strings else ""
+        raise ValueError(
+            f"{fn}: padding must be {allowed}an int, a pair or a pair of pairs, got {value!r}"
+        )
+    if isinstance(value, (tuple, list)):
+        if len(value) != 2:
+            raise ValueError(f"{fn}: padding must be an int, a pair or a pair of pairs, got {value!r}")
+        if all(isinstance(v, (tuple, list)) for v in value):
+            if any(len(v) != 2 for v in value):
+                raise ValueError(f"{fn}: padding pairs must be (before, after), got {value!r}")
+            (t, b), (l, r) = value
+            pads = tuple(_int(fn, "padding", v) for v in (t, b, l, r))
+        elif not any(isinstance(v, (tuple, list)) for v in value):
+            ph, pw = (_int(fn, "padding", v) for v in value)
+            pads = (ph, ph, pw, pw)
+        else:
+            raise ValueError(f"{fn}: padding must be an int, a pair or a pair of pairs, got {value!r}")
+    else:
+        p = _int(fn, "padding", value)
+        pads = (p, p, p, p)
+    if min(pads) < 0:
+        raise ValueError(f"{fn}: padding must be >= 0, got {value!r}")
+    t, b, l, r = pads
+    return ((t, b), (l, r))
+
+
+def same_pads(size: int, k: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """TensorFlow SAME along one axis: out = ceil(in / stride), odd pixel after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def resolve_pads(spec: PaddingSpec, hw: Tuple[int, int], k: Tuple[int, int],
+                 stride: Tuple[int, int], dilation: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """Explicit (top, bottom, left, right) pads for a normalised padding spec."""
+    if spec == "valid":
+        return (0, 0, 0, 0)
+    if spec == "same":
+        t, b = same_pads(hw[0], k[0], stride[0], dilation[0])
+        l, r = same_pads(hw[1], k[1], stride[1], dilation[1])
+        return (t, b, l, r)
+    (t, b), (l, r) = spec
+    return (t, b, l, r)
+
+
+def layout_name(fn: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{fn}: layout must be 'NCHW' or 'NHWC', got {value!r}")
+    if value.upper() not in LAYOUTS:
+        raise ValueError(f"{fn}: layout must be 'NCHW' or 'NHWC', got {value!r}")
+    return value.upper()
+
+
+def activation_code(fn: str, value: Any) -> int:
+    """0 for None, 1 for "relu", 2 for "relu6" (the C++ enum)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError(f"{fn}: activation must be None, 'relu' or 'relu6', got {value!r}")
+    key = value.lower() if isinstance(value, str) else None
+    if key not in ACTIVATIONS:
+        raise ValueError(f"{fn}: activation must be None, 'relu' or 'relu6', got {value!r}")
+    return ACTIVATIONS.index(key)
+
+
+_BAD_KINDS = {
+    "c": "complex",
+    "O": "object",
+    "S": "bytes",
+    "U": "string",
+    "V": "structured/void",
+    "M": "datetime",
+    "m": "timedelta",
+}
+
+
+def as_array(fn: str, name: str, value: Any) -> np.ndarray:
+    """An ndarray view of ``value`` (DLPack first, then the buffer protocol)."""
+    if isinstance(value, np.ndarray):
+        arr = value
+    elif value is None:
+        raise TypeError(f"{fn}: {name} must be an array, got None")
+    elif hasattr(value, "__dlpack__") and hasattr(np, "from_dlpack"):
+        try:
+            arr = np.from_dlpack(value)
+        except (BufferError, RuntimeError, TypeError, ValueError) as exc:
+            try:
+                arr = np.asarray(value)
+            except Exception:
+                raise TypeError(
+                    f"{fn}: {name} could not be read as a CPU array through DLPack ({exc})"
+                ) from None
+    else:
+        try:
+            arr = np.asarray(value)
+        except Exception as exc:
+            raise TypeError(f"{fn}: {name} could not be converted to an array ({exc})") from None
+    kind = arr.dtype.kind
+    if kind in _BAD_KINDS:
+        raise TypeError(
+            f"{fn}: {name} has {_BAD_KINDS[kind]} dtype {arr.dtype}; "
+            "pyconv computes in float32 or float64"
+        )
+    return arr
+
+
+def result_dtype(*arrays: Optional[np.ndarray]) -> np.dtype:
+    """The computation dtype of an op (see DESIGN.md, dtypes).
+
+    float64 if any operand is float64 (or wider), or if no operand is
+    floating; float32 otherwise (float16 counts as float32).
+    """
+    floats = [a.dtype for a in arrays if a is not None and a.dtype.kind == "f"]
+    if not floats or any(d.itemsize >= 8 for d in floats):
+        return np.dtype(np.float64)
+    return np.dtype(np.float32)
+
+
+def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,
+              inputs: Sequence[np.ndarray]) -> np.ndarray:
+    """Validate a caller-supplied output array; it is never touched on error."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{fn}: out must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != tuple(shape):
+        raise ValueError(f"{fn}: out has shape {out.shape} but the result has shape {tuple(shape)}")
+    if out.dtype != dtype:
+        raise ValueError(f"{fn}: out has dtype {out.dtype} but the result has dtype {dtype}")
+    if not out.flags.c_contiguous:
+        raise ValueError(f"{fn}: out must be C-contiguous")
+    if not out.flags.writeable:
+        raise ValueError(f"{fn}: out is read-only")
+    for arr in inputs:
+        if arr is not None and np.may_share_memory(out, arr):
+            raise ValueError(f"{fn}: out overlaps an input array")
+    return out
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A fully resolved convolution problem (sizes in NCHW terms)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    oc: int
+    kh: int
+    kw: int
+    stride: Tuple[int, int]
+    dilation: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, bottom, left, right
+    groups: int
+    layout: str
+    batched: bool
+    oh: int
+    ow: int
+
+    @property
+    def out_shape(self) -> Tuple[int, ...]:
+        """Output shape in the layout's order (3-D for an unbatched input)."""
+        if self.layout == "NCHW":
+            shape = (self.n, self.oc, self.oh, self.ow)
+        else:
+            shape = (self.n, self.oh, self.ow, self.oc)
+        return shape if self.batched else shape[1:]
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds times two (bias and activation not counted)."""
+        return 2 * self.n * self.oc * self.oh * self.ow * (self.c // self.groups) * self.kh * self.kw
+
+    def core_tuple(self) -> Tuple[int, ...]:
+        """The 18 integers the C++ ConvShape is built from."""
+        t, b, l, r = self.pads
+        return (self.n, self.c, self.h, self.w, self.oc, self.oh, self.ow, self.kh, self.kw,
+                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1],
+                t, b, l, r, self.groups)
+
+    def problem_string(self) -> str:
+        """oneDNN-style canonical problem description, e.g. for PYCONV_VERBOSE."""
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        t, b, l, r = self.pads
+        ph = f"ph{t}" if t == b else f"ph{t}_{b}"
+        pw = f"pw{l}" if l == r else f"pw{l}_{r}"
+        dhs = f"dh{dh}" if dh != 1 else ""
+        dws = f"dw{dw}" if dw != 1 else ""
+        return (f"mb{self.n}_ic{self.c}oc{self.oc}_ih{self.h}oh{self.oh}kh{self.kh}sh{sh}{dhs}{ph}"
+                f"_iw{self.w}ow{self.ow}kw{self.kw}sw{sw}{dws}{pw}")
+
+
+def _shape(fn: str, name: str, value: Any) -> Tuple[int, ...]:
+    if isinstance(value, np.ndarray) and value.dtype.kind != "O":
+        value = value.tolist()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
+        raise TypeError(f"{fn}: {name} must be a sequence of ints, got {value!r}")
+    return tuple(_int(fn, name, v) for v in value)
+
+
+def conv_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: Any,
+                  dilation: Any, groups: Any, layout: str) -> ConvGeometry:
+    """Check a conv2d call's shapes and resolve stride/padding/dilation/groups.
+
+    ``layout`` must already be normalised by :func:`layout_name`.
+    """
+    xs = _shape(fn, "input shape", x_shape)
+    ws = _shape(fn, "weight shape", w_shape)
+    dims = "(N, C, H, W) or (C, H, W)" if layout == "NCHW" else "(N, H, W, C) or (H, W, C)"
+    if len(xs) not in (3, 4):
+        raise ValueError(f"{fn}: input must be 4-D {dims} for layout {layout!r}, got shape {xs}")
+    wdims = "(C_out, C_in/groups, KH, KW)" if layout == "NCHW" else "(KH, KW, C_in/groups, C_out)"
+    if len(ws) != 4:
+        raise ValueError(f"{fn}: weight must be 4-D {wdims} for layout {layout!r}, got shape {ws}")
+    batched = len(xs) == 4
+    if not batched:
+        xs = (1,) + xs
+    if layout == "NCHW":
+        n, c, h, w = xs
+        oc, wc, kh, kw = ws
+    else:
+        n, h, w, c = xs
+        kh, kw, wc, oc = ws
+    if min(xs) < 0 or min(ws) < 0:
+        raise ValueError(f"{fn}: shapes must not have negative sizes, got input {xs}, weight {ws}")
+    g = _int(fn, "groups", groups)
+    if g < 1:
+        raise ValueError(f"{fn}: groups must be >= 1, got {groups!r}")
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{fn}: input must have at least one channel, row and column, got shape {xs}")
+    if oc < 1 or kh < 1 or kw < 1 or wc < 1:
+        raise ValueError(f"{fn}: weight must not have empty dimensions, got shape {ws}")
+    if c % g:
+        raise ValueError(f"{fn}: groups={g} does not divide the {c} input channels")
+    if wc * g != c:
+        raise ValueError(
+            f"{fn}: input has {c} channels but weight expects {wc * g} (groups={g})"
+        )
+    if oc % g:
+        raise ValueError(f"{fn}: groups={g} does not divide the {oc} output channels of the weight")
+    st = pair(fn, "stride", stride)
+    dl = pair(fn, "dilation", dilation)
+    spec = padding_spec(fn, padding)
+    pads = resolve_pads(spec, (h, w), (kh, kw), st, dl)
+    t, b, l, r = pads
+    ekh, ekw = (kh - 1) * dl[0] + 1, (kw - 1) * dl[1] + 1
+    hp, wp = h + t + b, w + l + r
+    if ekh > hp or ekw > wp:
+        raise ValueError(
+            f"{fn}: output would be empty: the dilated kernel {ekh}x{ekw} is larger than "
+            f"the padded input {hp}x{wp}"
+        )
+    oh, ow = (hp - ekh) // st[0] + 1, (wp - ekw) // st[1] + 1
+    # Every buffer the kernels may create: input padded, output, weights.
+    for what, count in (("input", n * c * hp * wp), ("output", n * oc * oh * ow),
+                        ("weight", oc * wc * kh * kw)):
+        if count * 8 >= MAX_BYTES:
+            raise ValueError(f"{fn}: the {what} is too large ({count} elements overflow 64-bit sizes)")
+    return ConvGeometry(n=n, c=c, h=h, w=w, oc=oc, kh=kh, kw=kw, stride=st, dilation=dl, pads=pads,
+                        groups=g, layout=layout, batched=batched, oh=oh, ow=ow)

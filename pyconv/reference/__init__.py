@@ -1,0 +1,13 @@
+"""Pure-NumPy implementations of pyconv's ops: the oracle of the test-suite.
+
+Same names and signatures as :mod:`pyconv` (no ``algo``, no ``out``); the
+same argument normalisation (shared code, so they cannot disagree about what
+a call means); the same dtype rule, so float32 inputs compute in float32 and
+everything else in float64.  Clarity over speed, but vectorised: one
+``einsum`` per kernel tap over strided views, so real layer shapes take well
+under a second.
+"""
+
+from ._conv import conv2d, conv_output_shape
+
+__all__ = ["conv2d", "conv_output_shape"]
