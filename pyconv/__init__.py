@@ -6,6 +6,16 @@ API; :mod:`pyconv.reference` holds pure-NumPy twins of every op.
 
 __version__ = "0.1.0"
 
+try:
+    from . import _core  # noqa: F401  (the compiled kernels)
+except ImportError as exc:  # pragma: no cover - only outside an installed package
+    raise ImportError(
+        "pyconv's compiled module is missing: this looks like an import from the "
+        "source tree. Install the package (pip install .) and run from another "
+        "directory, or run the tests with `pytest` (not `python -m pytest`) from "
+        f"the repository root. ({exc})"
+    ) from exc
+
 from ._conv import conv2d, conv_output_shape, plan
 from ._runtime import (
     config,

@@ -4,7 +4,7 @@ Same names and signatures as :mod:`pyconv` (no ``algo``, no ``out``); the
 same argument normalisation (shared code, so they cannot disagree about what
 a call means); the same dtype rule, so float32 inputs compute in float32 and
 everything else in float64.  Clarity over speed, but vectorised: one
-``einsum`` per kernel tap over strided views, so real layer shapes take well
+matrix product per kernel tap over strided views, so real layer shapes take well
 under a second.
 """
 

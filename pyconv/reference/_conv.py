@@ -44,13 +44,16 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     xg = xp.reshape(geo.n, g, cg, xp.shape[2], xp.shape[3])
     wg = wa.reshape(g, og, cg, geo.kh, geo.kw)
 
-    y = np.zeros((geo.n, g, og, geo.oh, geo.ow), dtype=dtype)
+    # One matrix product per kernel tap (p, q): the (Og, Cg) slice of the
+    # weight times the input pixels that tap meets for every output pixel,
+    # (Cg, OH*OW), batched over images and groups (matmul uses BLAS).
+    y = np.zeros((geo.n, g, og, geo.oh * geo.ow), dtype=dtype)
     for p in range(geo.kh):
         for q in range(geo.kw):
-            # Input pixels that kernel tap (p, q) meets, for every output pixel.
             rows = slice(p * dh, p * dh + (geo.oh - 1) * sh + 1, sh)
             cols = slice(q * dw, q * dw + (geo.ow - 1) * sw + 1, sw)
-            y += np.einsum("ngchw,goc->ngohw", xg[:, :, :, rows, cols], wg[:, :, :, p, q])
+            patch = xg[:, :, :, rows, cols].reshape(geo.n, g, cg, geo.oh * geo.ow)
+            y += np.matmul(wg[:, :, :, p, q], patch)
     y = y.reshape(geo.n, geo.oc, geo.oh, geo.ow)
 
     if ba is not None:
