@@ -112,14 +112,17 @@ void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
       const T* src = x + (n * H + h) * W * C;
       for (int64_t i = 0; i < W * C; ++i) d[i] = src[i];
     } else {
-      // (C, W) slice of plane row h -> (W, C); 16x16 blocks keep both sides in L1.
+      // (C, W) slice of plane row h -> (W, C) in 16x16 blocks.  Channels go
+      // innermost so the NHWC side is the contiguous one: its stride C is
+      // often a power of two, and 16 lines C*sizeof(T) apart would all fall
+      // in one L1 set.
       const T* src = x + n * C * H * W + h * W;
       const int64_t plane = H * W;
       for (int64_t c0 = 0; c0 < C; c0 += 16)
         for (int64_t w0 = 0; w0 < W; w0 += 16) {
           const int64_t c1 = min64(c0 + 16, C), w1 = min64(w0 + 16, W);
-          for (int64_t c = c0; c < c1; ++c)
-            for (int64_t w = w0; w < w1; ++w) d[w * C + c] = src[c * plane + w];
+          for (int64_t w = w0; w < w1; ++w)
+            for (int64_t c = c0; c < c1; ++c) d[w * C + c] = src[c * plane + w];
         }
     }
   }
@@ -138,8 +141,8 @@ void unpack_output(const ConvShape& s, const T* t, T* y, int nt) {
     for (int64_t c0 = 0; c0 < OC; c0 += 16)
       for (int64_t w0 = 0; w0 < OW; w0 += 16) {
         const int64_t c1 = min64(c0 + 16, OC), w1 = min64(w0 + 16, OW);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t w = w0; w < w1; ++w) dst[c * plane + w] = src[w * OC + c];
+        for (int64_t w = w0; w < w1; ++w)  // channels innermost, as in pack_input
+          for (int64_t c = c0; c < c1; ++c) dst[c * plane + w] = src[w * OC + c];
       }
   }
 }
@@ -330,14 +333,16 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
     const int64_t n = it / s.oh, oh = it % s.oh;
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C;
     T* yrow = y + (n * s.oh + oh) * s.ow * s.oc;
-    for (int64_t c = 0; c < C; c += L) {
-      const int lanes = static_cast<int>(min64(L, C - c));
-      int64_t ow = 0;
-      for (; ow + kTileW <= s.ow; ow += kTileW)
-        tiles.fn[kTileW](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c, lanes);
-      if (ow < s.ow)
-        tiles.fn[s.ow - ow](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c,
-                            lanes);
+    // Channels innermost: the TW x taps input streams of a tile then advance
+    // through consecutive cache lines (with channels outermost, a tile's
+    // loads sit C*sizeof(T) bytes apart, which for C = 1024 floats all map
+    // to one L1 set).
+    for (int64_t ow = 0; ow < s.ow; ow += kTileW) {
+      const int64_t tw = min64(kTileW, s.ow - ow);
+      for (int64_t c = 0; c < C; c += L) {
+        const int lanes = static_cast<int>(min64(L, C - c));
+        tiles.fn[tw](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c, lanes);
+      }
     }
   }
 }
