@@ -243,9 +243,13 @@ class ConvGeometry:
     def core_tuple(self) -> Tuple[int, ...]:
         """The 18 integers the C++ ConvShape is built from."""
         t, b, l, r = self.pads
+        # A stride or dilation beyond the padded size means the same as the
+        # padded size (one output row; a 1-tap kernel), and clamping keeps
+        # arbitrarily large Python ints out of the int64 interface.
+        hp, wp = self.h + t + b, self.w + l + r
+        (sh, sw), (dh, dw) = self.stride, self.dilation
         return (self.n, self.c, self.h, self.w, self.oc, self.oh, self.ow, self.kh, self.kw,
-                self.stride[0], self.stride[1], self.dilation[0], self.dilation[1],
-                t, b, l, r, self.groups)
+                min(sh, hp), min(sw, wp), min(dh, hp), min(dw, wp), t, b, l, r, self.groups)
 
     def problem_string(self) -> str:
         """oneDNN-style canonical problem description, e.g. for PYCONV_VERBOSE."""

@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 ISAS = ("generic", "avx2", "avx512")
+MAX_THREADS = 4096  # far beyond any machine; guards against a typo creating 10**9 threads
 
 
 def _thread_count(fn: str, n: Any) -> int:
@@ -30,8 +31,8 @@ def _thread_count(fn: str, n: Any) -> int:
         n = operator.index(n)
     except TypeError:
         raise TypeError(f"{fn}: n must be an int, got {n!r}") from None
-    if n < 1:
-        raise ValueError(f"{fn}: n must be >= 1, got {n}")
+    if not 1 <= n <= MAX_THREADS:
+        raise ValueError(f"{fn}: n must be >= 1 and <= {MAX_THREADS}, got {n}")
     return n
 
 
