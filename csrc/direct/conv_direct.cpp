@@ -46,6 +46,43 @@ struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
 };
 
+// Workspace kept between calls, one per calling thread (so concurrent calls
+// never share it).  A fresh multi-MiB allocation per call costs a page fault
+// per 4 KiB on first touch, which on thin layers rivals the convolution
+// itself.  Buffers above kWorkspaceCacheMax are freed after the call.
+constexpr size_t kWorkspaceCacheMax = size_t(256) << 20;
+
+struct Workspace {
+  std::unique_ptr<void, FreeDeleter> ptr;
+  size_t size = 0;
+};
+
+void* acquire_workspace(Workspace& cache, std::unique_ptr<void, FreeDeleter>& oneoff, int64_t bytes) {
+  // 64-byte aligned; size rounded up as aligned_alloc requires.
+  const size_t size = static_cast<size_t>(bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
+  if (size <= cache.size) return cache.ptr.get();
+  void* p = std::aligned_alloc(64, size);
+  if (!p) throw std::bad_alloc();
+  if (size > kWorkspaceCacheMax) {
+    oneoff.reset(p);
+    return p;
+  }
+  cache.ptr.reset(p);
+  cache.size = size;
+  return p;
+}
+
+// Threads worth waking for a problem: below ~1 MFLOP per thread the fork/join
+// and barrier cost more than they save (and a preempted thread stalls the
+// whole team).  Results do not depend on the thread count, so this is free.
+constexpr int64_t kMinFlopsPerThread = int64_t(1) << 20;
+
+int useful_threads(const ConvShape& s, int nthreads) {
+  const int64_t flops = 2 * s.n * s.oc * s.oh * s.ow * (s.c / s.groups) * s.kh * s.kw;
+  const int64_t useful = flops / kMinFlopsPerThread;
+  return static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
+}
+
 }  // namespace
 
 int64_t direct_workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes) {
@@ -57,14 +94,14 @@ template <class T>
 void conv2d_direct(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
                    int nthreads) {
   const int64_t bytes = direct_workspace_bytes(k, s, sizeof(T));
-  // 64-byte aligned; size rounded up as aligned_alloc requires.
-  const size_t size = static_cast<size_t>(bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
-  std::unique_ptr<void, FreeDeleter> ws(std::aligned_alloc(64, size));
-  if (!ws) throw std::bad_alloc();
+  thread_local Workspace cache;
+  std::unique_ptr<void, FreeDeleter> oneoff;
+  void* ws = acquire_workspace(cache, oneoff, bytes);
+  const int nt = useful_threads(s, nthreads);
   if constexpr (sizeof(T) == 4)
-    k.direct_f32(s, x, w, bias, y, ws.get(), nthreads);
+    k.direct_f32(s, x, w, bias, y, ws, nt);
   else
-    k.direct_f64(s, x, w, bias, y, ws.get(), nthreads);
+    k.direct_f64(s, x, w, bias, y, ws, nt);
 }
 
 template void conv2d_direct<float>(const IsaKernels&, const ConvShape&, const float*, const float*,

@@ -11,6 +11,10 @@
 // Vectorising over channels (rather than output width) serves every stride
 // and dilation with contiguous loads and needs no gathers.
 //
+// NCHW output is written straight from the register tile: the tile is
+// spilled to a small stack buffer and each channel's TW pixels are copied to
+// their row, so no NHWC scratch and no second pass over the output exist.
+//
 // Depthwise layers (one input and one output channel per group) would use
 // one lane in V that way, so they get their own loop, vectorised across
 // channels: out[c] += x[c] * w[c] with plain vector loads of both.
@@ -48,8 +52,7 @@ struct Plan {
   int64_t hp, wp;             // padded input height, width
   bool depthwise;             // one input and one output channel per group
   bool pad_input;             // the input is copied (layout change or padding)
-  bool out_tmp;               // NCHW output goes through an NHWC scratch
-  int64_t off_x, off_w, off_b, off_y, total;  // byte offsets into the workspace
+  int64_t off_x, off_w, off_b, total;  // byte offsets into the workspace
 };
 
 template <class T>
@@ -61,7 +64,6 @@ Plan make_plan(const ConvShape& s) {
   p.depthwise = icg(s) == 1 && ocg(s) == 1;
   const bool padded = s.pt || s.pb || s.pl || s.pr;
   p.pad_input = padded || s.layout == Layout::NCHW;
-  p.out_tmp = s.layout == Layout::NCHW;
   int64_t w_elems, b_elems;
   if (p.depthwise) {
     p.nb = 1;
@@ -84,8 +86,6 @@ Plan make_plan(const ConvShape& s) {
   off += round_up(w_elems * e, kAlign);
   p.off_b = off;
   off += round_up(b_elems * e, kAlign);
-  p.off_y = off;
-  if (p.out_tmp) off += round_up(s.n * s.oh * s.ow * s.oc * e, kAlign);
   p.total = off;
   return p;
 }
@@ -125,25 +125,6 @@ void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
             for (int64_t c = c0; c < c1; ++c) d[w * C + c] = src[c * plane + w];
         }
     }
-  }
-}
-
-// NHWC scratch (N, OH, OW, OC) -> NCHW output.
-template <class T>
-void unpack_output(const ConvShape& s, const T* t, T* y, int nt) {
-  const int64_t OC = s.oc, OW = s.ow, plane = s.oh * s.ow;
-  const int64_t rows = s.n * s.oh;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t n = r / s.oh, oh = r % s.oh;
-    const T* src = t + r * OW * OC;
-    T* dst = y + n * OC * plane + oh * OW;
-    for (int64_t c0 = 0; c0 < OC; c0 += 16)
-      for (int64_t w0 = 0; w0 < OW; w0 += 16) {
-        const int64_t c1 = min64(c0 + 16, OC), w1 = min64(w0 + 16, OW);
-        for (int64_t w = w0; w < w1; ++w)  // channels innermost, as in pack_input
-          for (int64_t c = c0; c < c1; ++c) dst[c * plane + w] = src[w * OC + c];
-      }
   }
 }
 
@@ -207,8 +188,29 @@ struct Steps {
   int64_t px;    // next output pixel along the row: sw * C
   int64_t kh;    // next kernel row: dh * wp * C
   int64_t kw;    // next kernel column: dw * C
-  int64_t ypx;   // next output pixel: OC
+  int64_t ypx;   // next output pixel: OC (NHWC) or 1 (NCHW)
+  int64_t yc;    // next output channel: 1 (NHWC) or OH*OW (NCHW)
 };
+
+// Stores TW pixels x one vector of channels.  NHWC: one vector store per
+// pixel.  NCHW: through a stack buffer, TW contiguous values per channel.
+template <class T, int TW>
+inline void store_tile(const Steps& st, T* y, typename Vec<T>::R (&r)[TW], int64_t lanes) {
+  using V = Vec<T>;
+  if (st.yc == 1) {
+    for (int t = 0; t < TW; ++t) {
+      if (lanes == V::N)
+        V::store(y + t * st.ypx, r[t]);
+      else
+        V::store_n(y + t * st.ypx, r[t], static_cast<int>(lanes));
+    }
+    return;
+  }
+  alignas(64) T buf[TW][V::N];
+  for (int t = 0; t < TW; ++t) V::store(buf[t], r[t]);
+  for (int64_t l = 0; l < lanes; ++l)
+    for (int t = 0; t < TW; ++t) y[l * st.yc + t] = buf[t][l];
+}
 
 // TW output pixels x (NB * V) output channels of one group.
 template <class T, int TW, int NB>
@@ -234,16 +236,13 @@ void tile_general(const ConvShape& s, const Steps& st, const T* x, const T* w, c
       }
     }
   for (int j = 0; j < NB; ++j) {
-    const typename V::R bv = V::load(b + j * V::N);
     const int64_t lanes = min64(V::N, valid - j * V::N);
-    for (int t = 0; t < TW; ++t) {
-      typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][j], bv) : acc[t][j], s.act);
-      T* dst = y + t * st.ypx + j * V::N;
-      if (lanes == V::N)
-        V::store(dst, r);
-      else if (lanes > 0)
-        V::store_n(dst, r, static_cast<int>(lanes));
-    }
+    if (lanes <= 0) break;
+    const typename V::R bv = V::load(b + j * V::N);
+    typename V::R r[TW];
+    for (int t = 0; t < TW; ++t)
+      r[t] = activate<T>(s.has_bias ? V::add(acc[t][j], bv) : acc[t][j], s.act);
+    store_tile<T, TW>(st, y + j * V::N * st.yc, r, lanes);
   }
 }
 
@@ -265,13 +264,19 @@ void tile_depthwise(const ConvShape& s, const Steps& st, int64_t cp, const T* x,
       }
     }
   const typename V::R bv = V::load(b);
-  for (int t = 0; t < TW; ++t) {
-    typename V::R r = activate<T>(s.has_bias ? V::add(acc[t], bv) : acc[t], s.act);
-    if (full)
-      V::store(y + t * st.ypx, r);
-    else
-      V::store_n(y + t * st.ypx, r, lanes);
-  }
+  for (int t = 0; t < TW; ++t) acc[t] = activate<T>(s.has_bias ? V::add(acc[t], bv) : acc[t], s.act);
+  store_tile<T, TW>(st, y, acc, lanes);
+}
+
+inline Steps make_steps(const ConvShape& s, const Plan& p) {
+  const bool nchw = s.layout == Layout::NCHW;
+  return Steps{s.sw * s.c, s.dh * p.wp * s.c, s.dw * s.c, nchw ? 1 : s.oc, nchw ? s.oh * s.ow : 1};
+}
+
+// Offset of output pixel (n, oh, ow=0), channel oc, in the caller's layout.
+inline int64_t out_offset(const ConvShape& s, int64_t n, int64_t oh, int64_t oc) {
+  if (s.layout == Layout::NCHW) return ((n * s.oc + oc) * s.oh + oh) * s.ow;
+  return (n * s.oh + oh) * s.ow * s.oc + oc;
 }
 
 template <class T>
@@ -299,7 +304,7 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
   static constexpr auto tiles2 = general_tiles<T, 2>(std::make_integer_sequence<int, kTileW>{});
   const auto& tiles = p.nb == 2 ? tiles2.fn : tiles1.fn;
   const int64_t C = s.c, IG = icg(s), OG = ocg(s), OB = p.ob, BW = p.bw;
-  const Steps st{s.sw * C, s.dh * p.wp * C, s.dw * C, s.oc};
+  const Steps st = make_steps(s, p);
   const int64_t wblock = s.kh * s.kw * IG * BW;
   // Output rows are the unit of work; oh varies fastest so that consecutive
   // rows of one thread share the weight block and overlapping input rows.
@@ -312,7 +317,7 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C + g * IG;
     const T* wblk = wp + (g * OB + ob) * wblock;
     const T* bblk = bp + (g * OB + ob) * BW;
-    T* yrow = y + (n * s.oh + oh) * s.ow * s.oc + g * OG + ob * BW;
+    T* yrow = y + out_offset(s, n, oh, g * OG + ob * BW);
     const int64_t valid = min64(BW, OG - ob * BW);
     int64_t ow = 0;
     for (; ow + kTileW <= s.ow; ow += kTileW)
@@ -326,13 +331,13 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
                        int nt) {
   static constexpr auto tiles = depthwise_tiles<T>(std::make_integer_sequence<int, kTileW>{});
   const int64_t C = s.c, L = p.lanes, CP = round_up(C, L);
-  const Steps st{s.sw * C, s.dh * p.wp * C, s.dw * C, s.oc};
+  const Steps st = make_steps(s, p);
   const int64_t items = s.n * s.oh;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
     const int64_t n = it / s.oh, oh = it % s.oh;
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C;
-    T* yrow = y + (n * s.oh + oh) * s.ow * s.oc;
+    T* yrow = y + out_offset(s, n, oh, 0);
     // Channels innermost: the TW x taps input streams of a tile then advance
     // through consecutive cache lines (with channels outermost, a tile's
     // loads sit C*sizeof(T) bytes apart, which for C = 1024 floats all map
@@ -341,7 +346,8 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
       const int64_t tw = min64(kTileW, s.ow - ow);
       for (int64_t c = 0; c < C; c += L) {
         const int lanes = static_cast<int>(min64(L, C - c));
-        tiles.fn[tw](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c, lanes);
+        tiles.fn[tw](s, st, CP, xrow + ow * st.px + c, wp + c, bp + c, yrow + ow * st.ypx + c * st.yc,
+                     lanes);
       }
     }
   }
@@ -355,19 +361,17 @@ void conv_direct(const ConvShape& s, const T* x, const T* w, const T* bias, T* y
   T* xp = reinterpret_cast<T*>(ws + p.off_x);
   T* wp = reinterpret_cast<T*>(ws + p.off_w);
   T* bp = reinterpret_cast<T*>(ws + p.off_b);
-  T* yt = p.out_tmp ? reinterpret_cast<T*>(ws + p.off_y) : y;
   if (p.pad_input)
     pack_input(s, p, x, xp, nt);
   else
     xp = const_cast<T*>(x);  // NHWC without padding: read the caller's array in place
   if (p.depthwise) {
     pack_weights_dw(s, p, w, bias, wp, bp);
-    compute_depthwise(s, p, xp, wp, bp, yt, nt);
+    compute_depthwise(s, p, xp, wp, bp, y, nt);
   } else {
     pack_weights(s, p, w, bias, wp, bp);
-    compute_general(s, p, xp, wp, bp, yt, nt);
+    compute_general(s, p, xp, wp, bp, y, nt);
   }
-  if (p.out_tmp) unpack_output(s, yt, y, nt);
 }
 
 int64_t direct_workspace_bytes(const ConvShape& s, int elem_bytes) {
