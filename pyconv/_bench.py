@@ -164,7 +164,7 @@ def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int) -> Ru
 
 
 def _numpy_runner(shape: ConvShape, seed: int) -> Runner:
-    # The reference is the best vectorised NumPy we have (one einsum per
+    # The reference is the best vectorised NumPy we have (one matmul per
     # kernel tap); float32 inputs make it compute in float32, like the rest.
     x, w = make_inputs(shape, "NCHW", seed)
     return Runner(lambda: reference.conv2d(x, w, None, shape.stride, shape.padding, 1, shape.groups),
