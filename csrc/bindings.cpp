@@ -11,7 +11,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/threading.hpp"
-#include "direct/conv_direct.hpp"
+#include "conv/conv.hpp"
 
 namespace py = pybind11;
 using namespace pyconv;
@@ -46,11 +46,19 @@ void check_buffer(const py::array& a, const char* name, const py::dtype& dt, int
   if (writable && !a.writeable()) throw std::invalid_argument(std::string("conv2d: ") + name + " is read-only");
 }
 
+Algo parse_algo(const std::string& algo) {
+  if (algo == "direct") return Algo::Direct;
+  if (algo == "im2col") return Algo::Im2col;
+  if (algo == "pointwise") return Algo::Pointwise;
+  throw std::invalid_argument("conv2d: algo '" + algo + "' is not a kernel of this build");
+}
+
 template <class T>
-void run_direct(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias,
-                py::array& y) {
+void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias, py::array& y,
+              Algo algo) {
   const IsaKernels& k = active_kernels();
-  direct_workspace_bytes(k, s, sizeof(T));  // validates the shape before any size is trusted
+  const int nt = get_num_threads();
+  workspace_bytes(k, s, sizeof(T), algo, nt);  // validates the shape before any size is trusted
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
   check_buffer(w, "weight", dt, s.oc * (s.c / s.groups) * s.kh * s.kw, false);
@@ -64,28 +72,27 @@ void run_direct(const ConvShape& s, const py::array& x, const py::array& w, cons
   const T* xp = static_cast<const T*>(x.data());
   const T* wp = static_cast<const T*>(w.data());
   T* yp = static_cast<T*>(y.mutable_data());
-  const int nt = get_num_threads();
   py::gil_scoped_release release;
-  conv2d_direct<T>(k, s, xp, wp, bp, yp, nt);
+  conv2d<T>(k, s, xp, wp, bp, yp, algo, nt);
 }
 
-void conv2d(py::array x, py::array w, py::object bias, py::array y, const ShapeTuple& shape, int layout,
-            int act, const std::string& algo) {
-  if (algo != "direct") throw std::invalid_argument("conv2d: algo '" + algo + "' is not available");
+void conv2d_entry(py::array x, py::array w, py::object bias, py::array y, const ShapeTuple& shape, int layout,
+                  int act, const std::string& algo) {
+  const Algo a = parse_algo(algo);
   const ConvShape s = make_shape(shape, layout, act, !bias.is_none());
   if (x.dtype().is(py::dtype::of<float>()))
-    run_direct<float>(s, x, w, bias, y);
+    run_conv<float>(s, x, w, bias, y, a);
   else if (x.dtype().is(py::dtype::of<double>()))
-    run_direct<double>(s, x, w, bias, y);
+    run_conv<double>(s, x, w, bias, y, a);
   else
     throw py::type_error("conv2d: only float32 and float64 are computed natively");
 }
 
-int64_t workspace_bytes(const ShapeTuple& shape, int layout, bool has_bias, const std::string& algo,
+int64_t workspace_entry(const ShapeTuple& shape, int layout, bool has_bias, const std::string& algo,
                         int elem_bytes) {
-  if (algo != "direct") throw std::invalid_argument("conv2d: algo '" + algo + "' is not available");
   if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("conv2d: elem_bytes must be 4 or 8");
-  return direct_workspace_bytes(active_kernels(), make_shape(shape, layout, 0, has_bias), elem_bytes);
+  return workspace_bytes(active_kernels(), make_shape(shape, layout, 0, has_bias), elem_bytes, parse_algo(algo),
+                         get_num_threads());
 }
 
 Isa parse_isa(const std::string& name) {
@@ -119,9 +126,9 @@ std::string compiler() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyconv compiled kernels (private: use the pyconv package)";
-  m.def("conv2d", &conv2d, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
+  m.def("conv2d", &conv2d_entry, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
         py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"));
-  m.def("workspace_bytes", &workspace_bytes, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),
+  m.def("workspace_bytes", &workspace_entry, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),
         py::arg("algo"), py::arg("elem_bytes"));
   m.def("set_isa", [](const std::string& cap) { return std::string(isa_name(set_active_isa(parse_isa(cap)))); },
         py::arg("cap"));

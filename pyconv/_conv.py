@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -22,36 +22,71 @@ from ._normalize import (
 
 __all__ = ["conv2d", "conv_output_shape", "plan"]
 
-# Every algorithm name of the API contract, in auto's priority order (like
-# oneDNN's implementation lists: adding a kernel is one line here).  `None`
-# marks an algorithm this build does not implement yet: asking for it raises
-# instead of silently running something else.
-_ALGORITHMS: Dict[str, Optional[str]] = {
-    "pointwise": None,
+# Every algorithm name of the API contract, with the C++ kernel serving it
+# and the predicate saying which shapes it serves.  `None` marks an algorithm
+# this build does not implement yet: asking for it raises instead of silently
+# running something else.
+def _serves_pointwise(geo: ConvGeometry) -> bool:
+    return geo.kh == geo.kw == 1 and geo.groups == 1 and not any(geo.pads)
+
+
+def _serves_all(geo: ConvGeometry) -> bool:
+    return True
+
+
+_ALGORITHMS: Dict[str, Optional[Tuple[str, Callable[[ConvGeometry], bool], str]]] = {
+    "direct": ("direct", _serves_all, ""),
+    "im2col": ("im2col", _serves_all, ""),
+    "pointwise": ("pointwise", _serves_pointwise,
+                  "serves 1x1 kernels with groups=1 and no padding only"),
     "depthwise": None,
-    "im2col": None,
-    "direct": "direct",
 }
+
+
+def _auto_algo(geo: ConvGeometry) -> str:
+    """algo="auto": a fixed rule of the shape alone (never of the thread count,
+    so default calls are reproducible).  Measured on the bench suite: the
+    packed GEMM wins once the reduction (C_in/groups * KH * KW) and the output
+    channels per group fill its register tile; the direct kernel wins on
+    depthwise-like layers (one input channel per group) and tiny reductions.
+    """
+    icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
+    reduction = icg * geo.kh * geo.kw
+    if icg == 1 or reduction < _AUTO_MIN_REDUCTION or ocg < _AUTO_MIN_OUT_CHANNELS:
+        return "direct"
+    if _serves_pointwise(geo):
+        return "pointwise"
+    return "im2col"
+
+
+# Below these the GEMM's packing overhead and partial tiles cost more than
+# the direct kernel's L2-streamed weights (see _auto_algo).
+_AUTO_MIN_REDUCTION = 16
+_AUTO_MIN_OUT_CHANNELS = 8
 
 _VERBOSE = os.environ.get("PYCONV_VERBOSE", "") not in ("", "0")
 
 
 def _choose_algo(fn: str, algo: Any, geo: ConvGeometry) -> str:
-    """The C++ kernel name for ``algo`` ("auto" = first available that serves)."""
+    """The C++ kernel name for ``algo`` ("auto" = :func:`_auto_algo`)."""
     if not isinstance(algo, str):
         raise TypeError(f"{fn}: algo must be a string, got {algo!r}")
     if algo == "auto":
-        for name, kernel in _ALGORITHMS.items():
-            if kernel is not None:
-                return kernel
+        return _auto_algo(geo)
     if algo not in _ALGORITHMS:
         names = ", ".join(repr(a) for a in ("auto", *_ALGORITHMS))
         raise ValueError(f"{fn}: algo must be one of {names}, got {algo!r}")
-    kernel = _ALGORITHMS[algo]
-    if kernel is None:
+    entry = _ALGORITHMS[algo]
+    if entry is None:
         raise ValueError(
             f"{fn}: algo={algo!r} is not available yet in pyconv {_version()}; "
-            "use algo='auto' or algo='direct'"
+            "use algo='auto', 'direct' or 'im2col'"
+        )
+    kernel, serves, why = entry
+    if not serves(geo):
+        raise ValueError(
+            f"{fn}: algo={algo!r} {why}; got kernel {geo.kh}x{geo.kw}, groups={geo.groups}, "
+            f"pads={geo.pads}"
         )
     return kernel
 

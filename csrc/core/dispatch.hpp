@@ -15,12 +15,23 @@ using DirectConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const 
                               void* workspace, int nthreads);
 using DirectWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes);
 
+// Convolution lowered to the packed GEMM (im2col and pointwise).  The
+// workspace depends on the thread count (one packing buffer per thread).
+using GemmWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes, int nthreads);
+
+struct GemmKernels {
+  GemmWorkspaceFn workspace_bytes;
+  DirectConvFn<float> conv_f32;
+  DirectConvFn<double> conv_f64;
+};
+
 struct IsaKernels {
   const char* name;
   int lanes_f32;  // SIMD width the kernels use, for plan()/config()
   DirectWorkspaceFn direct_workspace_bytes;
   DirectConvFn<float> direct_f32;
   DirectConvFn<double> direct_f64;
+  const GemmKernels* gemm;
 };
 
 enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
@@ -43,7 +54,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; }
-namespace avx2 { extern const IsaKernels kKernels; }
-namespace avx512 { extern const IsaKernels kKernels; }
+namespace generic { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
+namespace avx2 { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
+namespace avx512 { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
 }  // namespace pyconv

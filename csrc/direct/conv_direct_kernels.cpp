@@ -380,13 +380,13 @@ int64_t direct_workspace_bytes(const ConvShape& s, int elem_bytes) {
 
 }  // namespace
 
-extern const IsaKernels kKernels;
 const IsaKernels kKernels = {
     PYCONV_ISA_NAME,
     Vec<float>::N,
     &direct_workspace_bytes,
     &conv_direct<float>,
     &conv_direct<double>,
+    &kGemmKernels,
 };
 
 }  // namespace PYCONV_ISA_NS

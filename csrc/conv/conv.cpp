@@ -1,6 +1,7 @@
-// Driver of the direct convolution: checks the problem, owns the workspace,
-// and calls the active ISA's kernel.  Compiled for the baseline target only.
-#include "direct/conv_direct.hpp"
+// Driver of every convolution algorithm: checks the problem, owns the
+// workspace, and calls the active ISA's kernel.  Compiled for the baseline
+// target only (no ISA flags), like everything outside the kernel objects.
+#include "conv/conv.hpp"
 
 #include <cstdlib>
 #include <memory>
@@ -72,6 +73,14 @@ void* acquire_workspace(Workspace& cache, std::unique_ptr<void, FreeDeleter>& on
   return p;
 }
 
+void require_algo(const ConvShape& s, Algo algo) {
+  if (algo == Algo::Pointwise)
+    require(s.kh == 1 && s.kw == 1 && s.groups == 1 && !(s.pt || s.pb || s.pl || s.pr),
+            "algo='pointwise' serves 1x1 kernels with groups=1 and no padding only");
+}
+
+}  // namespace
+
 // Threads worth waking for a problem: below ~1 MFLOP per thread the fork/join
 // and barrier cost more than they save (and a preempted thread stalls the
 // whole team).  Results do not depend on the thread count, so this is free.
@@ -83,30 +92,32 @@ int useful_threads(const ConvShape& s, int nthreads) {
   return static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
 }
 
-}  // namespace
-
-int64_t direct_workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes) {
+int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads) {
   validate(s);
-  return k.direct_workspace_bytes(s, elem_bytes);
+  require_algo(s, algo);
+  if (algo == Algo::Direct) return k.direct_workspace_bytes(s, elem_bytes);
+  return k.gemm->workspace_bytes(s, elem_bytes, useful_threads(s, nthreads));
 }
 
 template <class T>
-void conv2d_direct(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
-                   int nthreads) {
-  const int64_t bytes = direct_workspace_bytes(k, s, sizeof(T));
+void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y, Algo algo,
+            int nthreads) {
+  const int nt = useful_threads(s, nthreads);
+  const int64_t bytes = workspace_bytes(k, s, sizeof(T), algo, nt);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   void* ws = acquire_workspace(cache, oneoff, bytes);
-  const int nt = useful_threads(s, nthreads);
+  DirectConvFn<T> fn;
   if constexpr (sizeof(T) == 4)
-    k.direct_f32(s, x, w, bias, y, ws, nt);
+    fn = algo == Algo::Direct ? k.direct_f32 : k.gemm->conv_f32;
   else
-    k.direct_f64(s, x, w, bias, y, ws, nt);
+    fn = algo == Algo::Direct ? k.direct_f64 : k.gemm->conv_f64;
+  fn(s, x, w, bias, y, ws, nt);
 }
 
-template void conv2d_direct<float>(const IsaKernels&, const ConvShape&, const float*, const float*,
-                                   const float*, float*, int);
-template void conv2d_direct<double>(const IsaKernels&, const ConvShape&, const double*, const double*,
-                                    const double*, double*, int);
+template void conv2d<float>(const IsaKernels&, const ConvShape&, const float*, const float*, const float*,
+                            float*, Algo, int);
+template void conv2d<double>(const IsaKernels&, const ConvShape&, const double*, const double*, const double*,
+                             double*, Algo, int);
 
 }  // namespace pyconv

@@ -1,0 +1,27 @@
+#pragma once
+#include <cstdint>
+
+#include "core/dispatch.hpp"
+#include "core/problem.hpp"
+
+namespace pyconv {
+
+// The convolution algorithms of the API (algo= in Python); "auto" is resolved
+// in Python (pyconv/_conv.py), which knows the whole registry.
+enum class Algo : int { Direct = 0, Im2col = 1, Pointwise = 2 };
+
+// Validates the shape in checked 64-bit arithmetic (std::invalid_argument on
+// inconsistency, overflow, or an algorithm that cannot serve it) and returns
+// the workspace bytes `algo` of `k` needs for it with `nthreads` threads.
+int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads);
+
+// Threads a call actually uses: fewer than asked for tiny problems.
+int useful_threads(const ConvShape& s, int nthreads);
+
+// Runs `algo`; allocates its workspace (std::bad_alloc on failure, before
+// anything is written to y).
+template <class T>
+void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y, Algo algo,
+            int nthreads);
+
+}  // namespace pyconv

@@ -1,0 +1,425 @@
+// Packed GEMM engine and the convolutions lowered onto it (im2col, pointwise),
+// compiled once per ISA (see CMakeLists.txt).
+//
+// BLIS/GotoBLAS structure.  C (M x N) = A (M x K) * B (K x N), row-major C
+// with unit column stride.  A is packed in MR-row micro-panels ([k][MR]), B
+// in NR-column micro-panels ([k][NR]), both zero-padded, so the micro-kernel
+// streams two contiguous buffers: per k it loads NR/V vectors of B,
+// broadcasts MR values of A and does MR x NR/V FMAs into registers.  K is cut
+// into KC blocks so a B micro-panel (KC x NR) stays in L1 while it meets every
+// A micro-panel of an MC x KC block held in L2.
+//
+// Convolution as GEMM, written straight into the caller's layout:
+//   NCHW: C = y[n] as (C_out x OH*OW), A = weight (C_out x K), B = im2col(x[n])
+//   NHWC: C = y as (N*OH*OW x C_out),  A = im2col(x),         B = weight (K x C_out)
+// with K ordered like the weight's memory (NCHW: ic,kh,kw; NHWC: kh,kw,ic).
+// The weight is packed once per call into panels covering all of K; the
+// im2col operand is never materialised: each thread packs the block it is
+// about to use straight from the input (implicit GEMM), so the extra memory
+// is one KC x (MC or NC) buffer per thread whatever the image size.
+//
+// Determinism: K is split into KC blocks in a fixed order and never across
+// threads; threads split M and N only.  Every output element therefore sees
+// the same sequence of FMAs for any thread count.  Edge tiles go through a
+// stack buffer with the same scalar epilogue operations as the vector path,
+// so a tile's values do not depend on whether it is an edge tile.
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/dispatch.hpp"
+#include "core/problem.hpp"
+#include "simd/vec.hpp"
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+namespace {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// Register blocking: MR x NB vectors of accumulators, leaving registers for
+// NB B vectors and one A broadcast.
+#if defined(PYCONV_ISA_avx512)
+constexpr int kMR = 12;  // 12 x 2 zmm = 24 of 32 registers
+#elif defined(PYCONV_ISA_avx2)
+constexpr int kMR = 6;   // 6 x 2 ymm = 12 of 16 registers
+#else
+constexpr int kMR = 4;
+#endif
+constexpr int kNB = 2;
+constexpr int64_t kAlign = 64;
+
+template <class T>
+struct Blocking {
+  static constexpr int MR = kMR;
+  static constexpr int NR = kNB * Vec<T>::N;
+  // A B micro-panel of KC x NR elements is 16 KiB: half of a 32 KiB L1.
+  static constexpr int64_t KC = 16384 / (NR * static_cast<int64_t>(sizeof(T)));
+  // An A block of MC x KC elements is ~192 KiB: well inside a 512 KiB L2.
+  static constexpr int64_t MC = (196608 / (KC * static_cast<int64_t>(sizeof(T)))) / MR * MR;
+  // A B block of KC x NC elements for NCHW: ~512 KiB (L2/L3).
+  static constexpr int64_t NC = (524288 / (KC * static_cast<int64_t>(sizeof(T)))) / NR * NR;
+};
+
+// ---- micro-kernel ------------------------------------------------------------
+
+template <class T>
+struct Epilogue {
+  const T* bias;     // null: no bias
+  bool bias_per_row; // NCHW: bias indexed by C's row (output channel)
+  Activation act;
+};
+
+template <class T>
+inline T scalar_act(T v, Activation act) {
+  if (act == Activation::None) return v;
+  v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in the vector path
+  if (act == Activation::Relu6) v = v > T(6) ? T(6) : v;
+  return v;
+}
+
+template <class T>
+inline typename Vec<T>::R vector_act(typename Vec<T>::R v, Activation act) {
+  if (act == Activation::Relu) return Vec<T>::relu(v);
+  if (act == Activation::Relu6) return Vec<T>::relu6(v);
+  return v;
+}
+
+// C[0:mr, 0:nr] (+)= A_panel * B_panel over kc; `last` applies the epilogue.
+// row0/col0 locate the tile in the whole C for the bias.
+template <class T>
+void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr,
+                  int nr, bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, N = V::N;
+  R acc[MR][kNB];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNB; ++j) acc[i][j] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    R bv[kNB];
+    for (int j = 0; j < kNB; ++j) bv[j] = V::load(b + k * NR + j * N);
+    for (int i = 0; i < MR; ++i) {
+      const R av = V::set1(a[k * MR + i]);
+      for (int j = 0; j < kNB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+  }
+  if (mr == MR && nr == NR) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < kNB; ++j) {
+        T* dst = c + i * ldc + j * N;
+        R v = accumulate ? V::add(acc[i][j], V::load(dst)) : acc[i][j];
+        if (last) {
+          if (e.bias) v = V::add(v, e.bias_per_row ? V::set1(e.bias[row0 + i]) : V::load(e.bias + col0 + j * N));
+          v = vector_act<T>(v, e.act);
+        }
+        V::store(dst, v);
+      }
+    return;
+  }
+  alignas(64) T buf[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNB; ++j) V::store(&buf[i][j * N], acc[i][j]);
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      T v = accumulate ? buf[i][j] + c[i * ldc + j] : buf[i][j];
+      if (last) {
+        if (e.bias) v = v + (e.bias_per_row ? e.bias[row0 + i] : e.bias[col0 + j]);
+        v = scalar_act(v, e.act);
+      }
+      c[i * ldc + j] = v;
+    }
+}
+
+// ---- the problem ---------------------------------------------------------------
+
+// Everything derived from the shape: GEMM sizes per group and the workspace.
+struct Geometry {
+  bool nchw;
+  int64_t M, N, K;          // per group (NCHW: per image too)
+  int64_t icg, ocg, pixels; // input/output channels per group, OH*OW
+  int64_t panels_w;         // weight micro-panels per group
+  int64_t panel_w_len;      // elements per weight panel (K x MR or K x NR)
+  int64_t block;            // pixels per work unit (NCHW: columns, NHWC: rows)
+  int64_t units;            // work units for the thread team
+  int64_t pack_elems;       // per-thread im2col buffer
+  int64_t off_w, off_pack, total;
+};
+
+// Size of the blocks `extent` is cut into: at most `max_block`, a multiple
+// of `align`, and balanced so that the `copies * blocks` work units split
+// evenly over `nt` threads.  Blocking over M or N never changes a sum, so
+// this may depend on the thread count without touching determinism.
+inline int64_t balanced_block(int64_t extent, int64_t max_block, int64_t align, int64_t copies, int nt) {
+  int64_t blocks = ceil_div(extent, max_block);
+  const int64_t units = copies * blocks;
+  if (units % nt) {
+    const int64_t want = round_up(units, nt);  // units for an even split
+    blocks = ceil_div(want, copies);
+  }
+  blocks = min64(blocks, ceil_div(extent, align));
+  return round_up(ceil_div(extent, blocks), align);
+}
+
+template <class T>
+Geometry make_geometry(const ConvShape& s, int nt) {
+  using Bk = Blocking<T>;
+  Geometry g{};
+  g.nchw = s.layout == Layout::NCHW;
+  g.icg = icg(s);
+  g.ocg = ocg(s);
+  g.pixels = s.oh * s.ow;
+  g.K = g.icg * s.kh * s.kw;
+  const int64_t kc = min64(Bk::KC, g.K);
+  if (g.nchw) {
+    g.M = g.ocg;
+    g.N = g.pixels;
+    g.panels_w = ceil_div(g.M, Bk::MR);
+    g.panel_w_len = g.K * Bk::MR;
+    g.block = balanced_block(g.N, Bk::NC, Bk::NR, s.n * s.groups, nt);
+    g.units = s.n * s.groups * ceil_div(g.N, g.block);
+    g.pack_elems = kc * round_up(g.block, Bk::NR);
+  } else {
+    g.M = s.n * g.pixels;
+    g.N = g.ocg;
+    g.panels_w = ceil_div(g.N, Bk::NR);
+    g.panel_w_len = g.K * Bk::NR;
+    g.block = balanced_block(g.M, Bk::MC, Bk::MR, s.groups, nt);
+    g.units = s.groups * ceil_div(g.M, g.block);
+    g.pack_elems = kc * round_up(g.block, Bk::MR);
+  }
+  const int64_t e = sizeof(T);
+  g.off_w = 0;
+  g.off_pack = round_up(s.groups * g.panels_w * g.panel_w_len * e, kAlign);
+  g.total = g.off_pack + nt * round_up(g.pack_elems * e, kAlign);
+  return g;
+}
+
+// ---- packing ---------------------------------------------------------------------
+
+// Weight element (output channel oc of group grp, reduction index k).
+template <class T>
+inline T weight_at(const ConvShape& s, const Geometry& g, const T* w, int64_t grp, int64_t o, int64_t k) {
+  const int64_t oc = grp * g.ocg + o;
+  return g.nchw ? w[oc * g.K + k] : w[k * s.oc + oc];
+}
+
+// All weight panels: [group][panel][k][R] with R = MR (NCHW) or NR (NHWC).
+template <class T>
+void pack_weights(const ConvShape& s, const Geometry& g, const T* w, T* wp, int nt) {
+  const int64_t R = g.nchw ? Blocking<T>::MR : Blocking<T>::NR;
+  const int64_t items = s.groups * g.panels_w;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t grp = it / g.panels_w, p = it % g.panels_w;
+    T* dst = wp + it * g.panel_w_len;
+    for (int64_t k = 0; k < g.K; ++k)
+      for (int64_t r = 0; r < R; ++r) {
+        const int64_t o = p * R + r;
+        dst[k * R + r] = o < g.ocg ? weight_at(s, g, w, grp, o, k) : T(0);
+      }
+  }
+}
+
+// NCHW: B block = im2col(x[n], group grp) rows k0..k0+kc, columns (pixels)
+// p0..p0+nc, as NR-column micro-panels [panel][k][NR].
+template <class T>
+void pack_im2col_nchw(const ConvShape& s, const Geometry& g, const T* x, int64_t n, int64_t grp,
+                      int64_t k0, int64_t kc, int64_t p0, int64_t nc, T* dst) {
+  constexpr int NR = Blocking<T>::NR;
+  const int64_t H = s.h, W = s.w, KHW = s.kh * s.kw;
+  const T* xg = x + (n * s.c + grp * g.icg) * H * W;
+  const bool pointwise = s.kh == 1 && s.kw == 1 && s.pt == 0 && s.pl == 0 && s.sh == 1 && s.sw == 1;
+  for (int64_t jp = 0; jp < nc; jp += NR) {
+    T* panel = dst + jp * kc;
+    const int64_t cols = min64(NR, nc - jp);
+    if (pointwise && cols == NR) {  // B is x itself: rows are channels, contiguous pixels
+      for (int64_t k = 0; k < kc; ++k) {
+        const T* src = xg + (k0 + k) * H * W + p0 + jp;
+        for (int j = 0; j < NR; ++j) panel[k * NR + j] = src[j];
+      }
+      continue;
+    }
+    int64_t ihb[NR], iwb[NR];
+    for (int j = 0; j < NR; ++j) {
+      const int64_t p = p0 + jp + min64(j, cols - 1);
+      ihb[j] = (p / s.ow) * s.sh - s.pt;
+      iwb[j] = (p % s.ow) * s.sw - s.pl;
+    }
+    // Whole panel on one output row with unit stride: each k is a run of
+    // NR consecutive input pixels, copied without per-element checks when
+    // it lies inside the image.
+    const bool one_row = cols == NR && ihb[0] == ihb[NR - 1] && s.sw == 1;
+    for (int64_t k = 0; k < kc; ++k) {
+      const int64_t kk = k0 + k, ic = kk / KHW, r = kk % KHW, kh = r / s.kw, kw = r % s.kw;
+      const T* plane = xg + ic * H * W;
+      T* out = panel + k * NR;
+      const int64_t dh = kh * s.dh, dw = kw * s.dw;
+      if (one_row) {
+        const int64_t ih = ihb[0] + dh, iw = iwb[0] + dw;
+        if (ih >= 0 && ih < H && iw >= 0 && iw + NR <= W) {
+          const T* src = plane + ih * W + iw;
+          for (int j = 0; j < NR; ++j) out[j] = src[j];
+          continue;
+        }
+      }
+      for (int j = 0; j < NR; ++j) {
+        const int64_t ih = ihb[j] + dh, iw = iwb[j] + dw;
+        const bool in = j < cols && ih >= 0 && ih < H && iw >= 0 && iw < W;
+        out[j] = in ? plane[ih * W + iw] : T(0);
+      }
+    }
+  }
+}
+
+// NHWC: A block = im2col(x, group grp) rows (pixels of all images) r0..r0+mc,
+// columns k0..k0+kc, as MR-row micro-panels [panel][k][MR].
+template <class T>
+void pack_im2col_nhwc(const ConvShape& s, const Geometry& g, const T* x, int64_t grp, int64_t r0,
+                      int64_t mc, int64_t k0, int64_t kc, T* dst) {
+  constexpr int MR = Blocking<T>::MR;
+  const int64_t H = s.h, W = s.w, C = s.c, IG = g.icg;
+  for (int64_t ip = 0; ip < mc; ip += MR) {
+    T* panel = dst + ip * kc;
+    for (int i = 0; i < MR; ++i) {
+      const int64_t row = r0 + ip + i;
+      if (ip + i >= mc) {
+        for (int64_t k = 0; k < kc; ++k) panel[k * MR + i] = T(0);
+        continue;
+      }
+      const int64_t n = row / g.pixels, p = row % g.pixels;
+      const int64_t ihb = (p / s.ow) * s.sh - s.pt, iwb = (p % s.ow) * s.sw - s.pl;
+      const T* xn = x + n * H * W * C + grp * IG;
+      // Walk k = (kh, kw, ic) incrementally: one bounds check per (kh, kw) run.
+      int64_t tap = k0 / IG, ic = k0 % IG;
+      int64_t k = 0;
+      while (k < kc) {
+        const int64_t kh = tap / s.kw, kw = tap % s.kw;
+        const int64_t ih = ihb + kh * s.dh, iw = iwb + kw * s.dw;
+        const int64_t run = min64(IG - ic, kc - k);
+        if (ih >= 0 && ih < H && iw >= 0 && iw < W) {
+          const T* src = xn + (ih * W + iw) * C + ic;
+          for (int64_t q = 0; q < run; ++q) panel[(k + q) * MR + i] = src[q];
+        } else {
+          for (int64_t q = 0; q < run; ++q) panel[(k + q) * MR + i] = T(0);
+        }
+        k += run;
+        ic = 0;
+        ++tap;
+      }
+    }
+  }
+}
+
+// ---- macro loops -------------------------------------------------------------------
+
+template <class T>
+void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
+                    char* pack_base, int nt) {
+  using Bk = Blocking<T>;
+  const int64_t col_blocks = ceil_div(g.N, g.block);
+  const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    T* bp = reinterpret_cast<T*>(pack_base + tid * pack_stride);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.units; ++u) {
+      const int64_t cb = u % col_blocks, grp = (u / col_blocks) % s.groups, n = u / (col_blocks * s.groups);
+      const int64_t p0 = cb * g.block, nc = min64(g.block, g.N - p0);
+      T* c = y + (n * s.oc + grp * g.ocg) * g.pixels + p0;  // row = output channel of the group
+      const T* wg = wp + grp * g.panels_w * g.panel_w_len;
+      const Epilogue<T> e{bias ? bias + grp * g.ocg : nullptr, true, s.act};
+      for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
+        const int64_t kc = min64(Bk::KC, g.K - k0);
+        const bool first = k0 == 0, last = k0 + kc == g.K;
+        pack_im2col_nchw(s, g, x, n, grp, k0, kc, p0, nc, bp);
+        for (int64_t i0 = 0; i0 < g.M; i0 += Bk::MC) {
+          const int64_t mc = min64(Bk::MC, g.M - i0);
+          for (int64_t jr = 0; jr < nc; jr += Bk::NR) {
+            const T* bpanel = bp + jr * kc;
+            for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) {
+              const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
+              micro_kernel<T>(kc, apanel, bpanel, c + ir * g.pixels + jr, g.pixels,
+                              static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
+                              !first, last, e, ir, 0);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
+                    char* pack_base, int nt) {
+  using Bk = Blocking<T>;
+  const int64_t row_blocks = ceil_div(g.M, g.block);
+  const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num();
+#else
+    const int tid = 0;
+#endif
+    T* ap = reinterpret_cast<T*>(pack_base + tid * pack_stride);
+#pragma omp for schedule(static)
+    for (int64_t u = 0; u < g.units; ++u) {
+      const int64_t rb = u % row_blocks, grp = u / row_blocks;
+      const int64_t r0 = rb * g.block, mc = min64(g.block, g.M - r0);
+      T* c = y + r0 * s.oc + grp * g.ocg;  // column = output channel of the group
+      const T* wg = wp + grp * g.panels_w * g.panel_w_len;
+      const Epilogue<T> e{bias ? bias + grp * g.ocg : nullptr, false, s.act};
+      for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
+        const int64_t kc = min64(Bk::KC, g.K - k0);
+        const bool first = k0 == 0, last = k0 + kc == g.K;
+        pack_im2col_nhwc(s, g, x, grp, r0, mc, k0, kc, ap);
+        for (int64_t jr = 0; jr < g.N; jr += Bk::NR) {
+          const T* bpanel = wg + (jr / Bk::NR) * g.panel_w_len + k0 * Bk::NR;
+          for (int64_t ir = 0; ir < mc; ir += Bk::MR) {
+            micro_kernel<T>(kc, ap + ir * kc, bpanel, c + ir * s.oc + jr, s.oc,
+                            static_cast<int>(min64(Bk::MR, mc - ir)), static_cast<int>(min64(Bk::NR, g.N - jr)),
+                            !first, last, e, 0, jr);
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class T>
+void conv_gemm(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, nt);
+  char* ws = static_cast<char*>(workspace);
+  T* wp = reinterpret_cast<T*>(ws + g.off_w);
+  pack_weights(s, g, w, wp, nt);
+  if (g.nchw)
+    conv_gemm_nchw(s, g, x, wp, bias, y, ws + g.off_pack, nt);
+  else
+    conv_gemm_nhwc(s, g, x, wp, bias, y, ws + g.off_pack, nt);
+}
+
+int64_t gemm_workspace_bytes(const ConvShape& s, int elem_bytes, int nt) {
+  return elem_bytes == 4 ? make_geometry<float>(s, nt).total : make_geometry<double>(s, nt).total;
+}
+
+}  // namespace
+
+const GemmKernels kGemmKernels = {
+    &gemm_workspace_bytes,
+    &conv_gemm<float>,
+    &conv_gemm<double>,
+};
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv
