@@ -141,6 +141,18 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("peak_flops", [](int elem_bytes, int64_t iters, int nthreads) {
+    if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("peak_flops: elem_bytes must be 4 or 8");
+    if (iters < 1 || nthreads < 1) throw std::invalid_argument("peak_flops: iters and nthreads must be >= 1");
+    const GemmKernels& g = *active_kernels().gemm;
+    double total = 0;
+    py::gil_scoped_release release;
+    // Every thread runs the probe at once (the sum is the team's peak: with
+    // SMT or shared FMA units it is less than nthreads x one thread).
+#pragma omp parallel num_threads(nthreads) reduction(+ : total)
+    total += g.peak_flops(elem_bytes, iters);
+    return total;
+  }, py::arg("elem_bytes"), py::arg("iters"), py::arg("nthreads"));
   m.def("default_num_threads", &default_num_threads);
   m.def("build_info", [] {
     py::dict d;

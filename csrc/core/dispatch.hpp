@@ -23,6 +23,8 @@ struct GemmKernels {
   GemmWorkspaceFn workspace_bytes;
   DirectConvFn<float> conv_f32;
   DirectConvFn<double> conv_f64;
+  // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
+  double (*peak_flops)(int elem_bytes, int64_t iters);
 };
 
 struct IsaKernels {

@@ -23,6 +23,7 @@
 // the same sequence of FMAs for any thread count.  Edge tiles go through a
 // stack buffer with the same scalar epilogue operations as the vector path,
 // so a tile's values do not depend on whether it is an edge tile.
+#include <chrono>
 #include <cstdint>
 #ifdef _OPENMP
 #include <omp.h>
@@ -97,6 +98,13 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, N = V::N;
+  // The C tile is read (accumulate) and written after the k loop; its rows
+  // are ldc apart and usually out of cache, so ask for them now and let the
+  // misses overlap with the FMAs instead of stalling the epilogue.
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1);
+    __builtin_prefetch(c + i * ldc + NR - 1, 1);
+  }
   R acc[MR][kNB];
   for (int i = 0; i < MR; ++i)
     for (int j = 0; j < kNB; ++j) acc[i][j] = V::zero();
@@ -226,51 +234,64 @@ void pack_weights(const ConvShape& s, const Geometry& g, const T* w, T* wp, int 
 }
 
 // NCHW: B block = im2col(x[n], group grp) rows k0..k0+kc, columns (pixels)
-// p0..p0+nc, as NR-column micro-panels [panel][k][NR].
+// p0..p0+nc, as NR-column micro-panels [panel][k][NR].  Panels are filled
+// one at a time, k after k, so the writes are sequential (filling k-major
+// across panels would write kc*NR*sizeof(T) bytes apart: one L1 set).  A
+// panel's pixels are cut into pieces that lie on one output row; for each k
+// a piece reads one input row: zeros left of it, a run of the row (a plain
+// copy at stride 1), zeros right of it.
 template <class T>
 void pack_im2col_nchw(const ConvShape& s, const Geometry& g, const T* x, int64_t n, int64_t grp,
                       int64_t k0, int64_t kc, int64_t p0, int64_t nc, T* dst) {
   constexpr int NR = Blocking<T>::NR;
-  const int64_t H = s.h, W = s.w, KHW = s.kh * s.kw;
+  const int64_t H = s.h, W = s.w, OW = s.ow;
   const T* xg = x + (n * s.c + grp * g.icg) * H * W;
-  const bool pointwise = s.kh == 1 && s.kw == 1 && s.pt == 0 && s.pl == 0 && s.sh == 1 && s.sw == 1;
+  struct Piece {
+    int64_t j, len, ihb, iwb;  // first column in the panel, columns, input row/col at kh=kw=0
+  };
+  Piece pieces[NR];
   for (int64_t jp = 0; jp < nc; jp += NR) {
     T* panel = dst + jp * kc;
     const int64_t cols = min64(NR, nc - jp);
-    if (pointwise && cols == NR) {  // B is x itself: rows are channels, contiguous pixels
-      for (int64_t k = 0; k < kc; ++k) {
-        const T* src = xg + (k0 + k) * H * W + p0 + jp;
-        for (int j = 0; j < NR; ++j) panel[k * NR + j] = src[j];
-      }
-      continue;
+    int np = 0;
+    for (int64_t j = 0; j < cols;) {
+      const int64_t p = p0 + jp + j, oh = p / OW, ow = p % OW;
+      const int64_t len = min64(cols - j, OW - ow);
+      pieces[np++] = Piece{j, len, oh * s.sh - s.pt, ow * s.sw - s.pl};
+      j += len;
     }
-    int64_t ihb[NR], iwb[NR];
-    for (int j = 0; j < NR; ++j) {
-      const int64_t p = p0 + jp + min64(j, cols - 1);
-      ihb[j] = (p / s.ow) * s.sh - s.pt;
-      iwb[j] = (p % s.ow) * s.sw - s.pl;
-    }
-    // Whole panel on one output row with unit stride: each k is a run of
-    // NR consecutive input pixels, copied without per-element checks when
-    // it lies inside the image.
-    const bool one_row = cols == NR && ihb[0] == ihb[NR - 1] && s.sw == 1;
+    int64_t ic = k0 / (s.kh * s.kw), kh = (k0 / s.kw) % s.kh, kw = k0 % s.kw;
     for (int64_t k = 0; k < kc; ++k) {
-      const int64_t kk = k0 + k, ic = kk / KHW, r = kk % KHW, kh = r / s.kw, kw = r % s.kw;
       const T* plane = xg + ic * H * W;
       T* out = panel + k * NR;
-      const int64_t dh = kh * s.dh, dw = kw * s.dw;
-      if (one_row) {
-        const int64_t ih = ihb[0] + dh, iw = iwb[0] + dw;
-        if (ih >= 0 && ih < H && iw >= 0 && iw + NR <= W) {
-          const T* src = plane + ih * W + iw;
-          for (int j = 0; j < NR; ++j) out[j] = src[j];
+      for (int i = 0; i < np; ++i) {
+        const Piece& pc = pieces[i];
+        T* o = out + pc.j;
+        const int64_t ih = pc.ihb + kh * s.dh, iw0 = pc.iwb + kw * s.dw;
+        if (ih < 0 || ih >= H) {
+          for (int64_t q = 0; q < pc.len; ++q) o[q] = T(0);
           continue;
         }
+        const T* row = plane + ih * W;
+        if (s.sw == 1) {
+          const int64_t lo = min64(pc.len, max64(0, -iw0)), hi = max64(lo, min64(pc.len, W - iw0));
+          for (int64_t q = 0; q < lo; ++q) o[q] = T(0);
+          for (int64_t q = lo; q < hi; ++q) o[q] = row[iw0 + q];
+          for (int64_t q = hi; q < pc.len; ++q) o[q] = T(0);
+        } else {
+          for (int64_t q = 0; q < pc.len; ++q) {
+            const int64_t iw = iw0 + q * s.sw;
+            o[q] = (iw >= 0 && iw < W) ? row[iw] : T(0);
+          }
+        }
       }
-      for (int j = 0; j < NR; ++j) {
-        const int64_t ih = ihb[j] + dh, iw = iwb[j] + dw;
-        const bool in = j < cols && ih >= 0 && ih < H && iw >= 0 && iw < W;
-        out[j] = in ? plane[ih * W + iw] : T(0);
+      for (int64_t q = cols; q < NR; ++q) out[q] = T(0);
+      if (++kw == s.kw) {
+        kw = 0;
+        if (++kh == s.kh) {
+          kh = 0;
+          ++ic;
+        }
       }
     }
   }
@@ -413,12 +434,47 @@ int64_t gemm_workspace_bytes(const ConvShape& s, int elem_bytes, int nt) {
   return elem_bytes == 4 ? make_geometry<float>(s, nt).total : make_geometry<double>(s, nt).total;
 }
 
+// FMA throughput probe: kPeakChains independent accumulator chains (enough
+// to cover FMA latency x ports on current cores, and few enough to stay in
+// registers with the two operands), `iters` rounds of one FMA per chain;
+// returns FLOP per second on one thread.
+#if defined(PYCONV_ISA_avx512)
+constexpr int kPeakChains = 24;
+#else
+constexpr int kPeakChains = 12;
+#endif
+
+template <class T>
+double fma_throughput(int64_t iters) {
+  using V = Vec<T>;
+  typename V::R acc[kPeakChains];
+  for (int i = 0; i < kPeakChains; ++i) acc[i] = V::set1(T(i) * T(1e-3));
+  const typename V::R a = V::set1(T(0.999999)), b = V::set1(T(1e-7));
+  const auto start = std::chrono::steady_clock::now();
+  for (int64_t it = 0; it < iters; ++it)
+    for (int i = 0; i < kPeakChains; ++i) acc[i] = V::fma(acc[i], a, b);
+  const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  // Keep the result alive so the loop is not optimised away.
+  alignas(64) T sink[V::N];
+  typename V::R total = acc[0];
+  for (int i = 1; i < kPeakChains; ++i) total = V::add(total, acc[i]);
+  V::store(sink, total);
+  volatile T keep = sink[0];
+  (void)keep;
+  return 2.0 * V::N * kPeakChains * static_cast<double>(iters) / secs;
+}
+
+double peak_flops(int elem_bytes, int64_t iters) {
+  return elem_bytes == 4 ? fma_throughput<float>(iters) : fma_throughput<double>(iters);
+}
+
 }  // namespace
 
 const GemmKernels kGemmKernels = {
     &gemm_workspace_bytes,
     &conv_gemm<float>,
     &conv_gemm<double>,
+    &peak_flops,
 };
 
 }  // namespace PYCONV_ISA_NS
