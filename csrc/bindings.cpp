@@ -54,8 +54,8 @@ Algo parse_algo(const std::string& algo) {
 }
 
 template <class T>
-void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias, py::array& y,
-              Algo algo) {
+void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias,
+              const py::object& packed, py::array& y, Algo algo) {
   const IsaKernels& k = active_kernels();
   const int nt = get_num_threads();
   workspace_bytes(k, s, sizeof(T), algo, nt);  // validates the shape before any size is trusted
@@ -69,21 +69,27 @@ void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const 
     check_buffer(b, "bias", dt, s.oc, false);
     bp = static_cast<const T*>(b.data());
   }
+  const T* pp = nullptr;
+  if (!packed.is_none() && algo != Algo::Direct) {
+    py::array pa = packed.cast<py::array>();
+    check_buffer(pa, "packed weight", dt, packed_weight_bytes(k, s, sizeof(T)) / int64_t(sizeof(T)), false);
+    pp = static_cast<const T*>(pa.data());
+  }
   const T* xp = static_cast<const T*>(x.data());
   const T* wp = static_cast<const T*>(w.data());
   T* yp = static_cast<T*>(y.mutable_data());
   py::gil_scoped_release release;
-  conv2d<T>(k, s, xp, wp, bp, yp, algo, nt);
+  conv2d<T>(k, s, xp, wp, pp, bp, yp, algo, nt);
 }
 
 void conv2d_entry(py::array x, py::array w, py::object bias, py::array y, const ShapeTuple& shape, int layout,
-                  int act, const std::string& algo) {
+                  int act, const std::string& algo, py::object packed) {
   const Algo a = parse_algo(algo);
   const ConvShape s = make_shape(shape, layout, act, !bias.is_none());
   if (x.dtype().is(py::dtype::of<float>()))
-    run_conv<float>(s, x, w, bias, y, a);
+    run_conv<float>(s, x, w, bias, packed, y, a);
   else if (x.dtype().is(py::dtype::of<double>()))
-    run_conv<double>(s, x, w, bias, y, a);
+    run_conv<double>(s, x, w, bias, packed, y, a);
   else
     throw py::type_error("conv2d: only float32 and float64 are computed natively");
 }
@@ -93,6 +99,36 @@ int64_t workspace_entry(const ShapeTuple& shape, int layout, bool has_bias, cons
   if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("conv2d: elem_bytes must be 4 or 8");
   return workspace_bytes(active_kernels(), make_shape(shape, layout, 0, has_bias), elem_bytes, parse_algo(algo),
                          get_num_threads());
+}
+
+// The weight-related part of a ConvShape (the rest is never read by packing).
+ConvShape weight_shape(int64_t c, int64_t oc, int64_t kh, int64_t kw, int64_t groups, int layout) {
+  ShapeTuple t{1, c, kh, kw, oc, 1, 1, kh, kw, 1, 1, 1, 1, 0, 0, 0, 0, groups};
+  return make_shape(t, layout, 0, false);
+}
+
+template <class T>
+py::array pack_typed(const py::array& w, const ConvShape& s) {
+  const IsaKernels& k = active_kernels();
+  const int64_t bytes = packed_weight_bytes(k, s, sizeof(T));
+  check_buffer(w, "weight", py::dtype::of<T>(), s.oc * (s.c / s.groups) * s.kh * s.kw, false);
+  py::array_t<T> out(bytes / int64_t(sizeof(T)));
+  const T* src = static_cast<const T*>(w.data());
+  T* dst = out.mutable_data();
+  const int nt = get_num_threads();
+  {
+    py::gil_scoped_release release;
+    pack_weight<T>(k, s, src, dst, nt);
+  }
+  return out;
+}
+
+py::array pack_weight_entry(py::array w, int64_t c, int64_t oc, int64_t kh, int64_t kw, int64_t groups,
+                            int layout) {
+  const ConvShape s = weight_shape(c, oc, kh, kw, groups, layout);
+  if (w.dtype().is(py::dtype::of<float>())) return pack_typed<float>(w, s);
+  if (w.dtype().is(py::dtype::of<double>())) return pack_typed<double>(w, s);
+  throw py::type_error("prepack: only float32 and float64 are packed natively");
 }
 
 Isa parse_isa(const std::string& name) {
@@ -127,7 +163,10 @@ std::string compiler() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "pyconv compiled kernels (private: use the pyconv package)";
   m.def("conv2d", &conv2d_entry, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
-        py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"));
+        py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"),
+        py::arg("packed") = py::none());
+  m.def("pack_weight", &pack_weight_entry, py::arg("weight"), py::arg("c"), py::arg("oc"), py::arg("kh"),
+        py::arg("kw"), py::arg("groups"), py::arg("layout"));
   m.def("workspace_bytes", &workspace_entry, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),
         py::arg("algo"), py::arg("elem_bytes"));
   m.def("set_isa", [](const std::string& cap) { return std::string(isa_name(set_active_isa(parse_isa(cap)))); },

@@ -17,10 +17,12 @@ except ImportError as exc:  # pragma: no cover - only outside an installed packa
     ) from exc
 
 from ._conv import conv2d, conv_output_shape, plan
+from ._prepack import PackedWeight, prepack
 from ._runtime import (
     config,
     get_num_threads,
     num_threads,
+    peak_gflops,
     set_max_isa,
     set_num_threads,
     show_config,
@@ -32,13 +34,16 @@ _apply_env_isa()
 del _apply_env_isa
 
 __all__ = [
+    "PackedWeight",
     "__version__",
     "config",
     "conv2d",
     "conv_output_shape",
     "get_num_threads",
     "num_threads",
+    "peak_gflops",
     "plan",
+    "prepack",
     "reference",
     "set_max_isa",
     "set_num_threads",

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _bench
 from ._bench import LIBRARIES, PEERS, BenchOptions, ShapeResult, geomean
-from ._runtime import config, get_num_threads, set_num_threads, show_config
+from ._runtime import config, get_num_threads, peak_gflops, set_num_threads, show_config
 from ._suite import DEFAULT_SUITE, QUICK_SUITE, ConvShape, select
 
 # --quick: the quick subset, three rounds of ~10 ms per library, one sample
@@ -29,7 +29,7 @@ QUICK: Dict[str, Any] = {"rounds": 3, "round_target_s": 0.01, "slow_rounds": 1}
 FULL: Dict[str, Any] = {"rounds": 5, "round_target_s": 0.05, "slow_rounds": _bench.SLOW_ROUNDS}
 
 MISMATCH_MARK = "!"
-TEXT_COLUMNS = ("shape", "best")  # left-aligned; every other column is a number
+TEXT_COLUMNS = ("shape", "algo", "best")  # left-aligned; every other column is a number
 
 
 # --------------------------------------------------------------------------
@@ -189,6 +189,8 @@ def _columns(libraries: Sequence[str]) -> List[Column]:
         ("GFLOP", lambda r: f"{r.shape.gflop:#.3g}"),
         ("pyconv", lambda r: _ms_cell(r, "pyconv")),
         ("GFLOP/s", lambda r: f"{r.gflops():.1f}" if r.gflops() else "-"),
+        ("%peak", lambda r: f"{r.percent_of_peak():.0f}%" if r.percent_of_peak() else "-"),
+        ("algo", lambda r: r.algo or "-"),
     ]
     if "numpy" in libraries:
         cols += [("NumPy", lambda r: _ms_cell(r, "numpy")),
@@ -205,6 +207,7 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
     """The bottom row: geometric means of throughput and of speed-ups."""
     means: Dict[str, Optional[float]] = {
         "GFLOP/s": geomean([r.gflops() for r in rows]),
+        "%peak": geomean([r.percent_of_peak() for r in rows]),
         "vs NumPy": geomean([r.speedup_over("numpy") for r in rows]),
         "vs best": geomean([r.speedup_over(r.best_peer()) for r in rows]),
     }
@@ -216,7 +219,8 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
         elif value is None:
             cells.append("")
         else:
-            cells.append(f"{value:.1f}" if h == "GFLOP/s" else fmt_ratio(value))
+            cells.append(f"{value:.1f}" if h == "GFLOP/s" else
+                         f"{value:.0f}%" if h == "%peak" else fmt_ratio(value))
     return cells
 
 
@@ -243,7 +247,8 @@ def header_lines(opts: BenchOptions, versions: Dict[str, Optional[str]]) -> List
     return [
         f"pyconv {cfg['version']} | ISA {cfg['isa']} | {opts.threads} thread(s) | "
         f"input {opts.layout} | CPU {cfg['cpu']} ({os.cpu_count()} logical)",
-        f"numpy {versions['numpy']} | peers: {peers}",
+        f"numpy {versions['numpy']} | peers: {peers} | measured float32 FMA peak "
+        f"{peak_gflops('float32', opts.threads):.0f} GFLOP/s on {opts.threads} thread(s)",
         "times: median ms per call; vs X = X's time / pyconv's; best = fastest peer whose "
         "output matches pyconv's",
         "torch = PyTorch NCHW, torch-CL = PyTorch channels_last, ORT = onnxruntime",
@@ -294,6 +299,8 @@ def _row_json(row: ShapeResult) -> Dict[str, Any]:
                   "problem": s.describe()},
         "gflop": s.gflop,
         "gflops": row.gflops(),
+        "percent_of_peak": row.percent_of_peak(),
+        "algo": row.algo,
         "speedup_vs_numpy": row.speedup_over("numpy"),
         "best_peer": row.best_peer(),
         "speedup_vs_best_peer": row.speedup_over(row.best_peer()),
@@ -405,6 +412,9 @@ def bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def info() -> int:
     show_config()
+    threads = get_num_threads()
+    print(f"{'fma peak':<15}  float32 {peak_gflops('float32'):.0f} GFLOP/s, "
+          f"float64 {peak_gflops('float64'):.0f} GFLOP/s ({threads} thread(s), measured)")
     return 0
 
 

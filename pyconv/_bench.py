@@ -34,7 +34,8 @@ import numpy as np
 
 from . import __version__, reference
 from ._conv import conv2d
-from ._runtime import set_num_threads
+from ._conv import plan as conv_plan
+from ._runtime import peak_gflops, set_num_threads
 from ._suite import ConvShape, make_inputs
 
 __all__ = [
@@ -300,6 +301,12 @@ class LibResult:
 class ShapeResult:
     shape: ConvShape
     results: Dict[str, LibResult]
+    algo: str = ""  # what pyconv's algo="auto" ran
+    peak_gflops: Optional[float] = None  # the machine's measured float32 FMA peak
+
+    def percent_of_peak(self) -> Optional[float]:
+        rate = self.gflops()
+        return 100.0 * rate / self.peak_gflops if rate and self.peak_gflops else None
 
     def ms(self, library: str) -> Optional[float]:
         res = self.results.get(library)
@@ -394,7 +401,9 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
         plan[lib] = _schedule(seconds, opts)
     for lib, samples in _time_rounds(runners, plan).items():
         results[lib].samples_s = samples
-    return ShapeResult(shape, results)
+    chosen = conv_plan(shape.x_shape(opts.layout), shape.w_shape(opts.layout), shape.stride,
+                       shape.padding, 1, shape.groups, layout=opts.layout)["algo"]
+    return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops("float32", opts.threads))
 
 
 def geomean(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._prepack import PackedWeight
 from ._normalize import (
     ConvGeometry,
     activation_code,
@@ -64,6 +65,9 @@ def _auto_algo(geo: ConvGeometry) -> str:
 _AUTO_MIN_REDUCTION = 16
 _AUTO_MIN_OUT_CHANNELS = 8
 
+# Kernels that take a prepacked weight (the packed GEMM's panels).
+_GEMM_KERNELS = ("im2col", "pointwise")
+
 _VERBOSE = os.environ.get("PYCONV_VERBOSE", "") not in ("", "0")
 
 
@@ -109,9 +113,10 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
         Input, ``(N, C, H, W)`` for ``layout="NCHW"`` or ``(N, H, W, C)`` for
         ``"NHWC"``; a 3-D array is one unbatched image.  Any array-like,
         including objects with ``__dlpack__`` (PyTorch CPU tensors, JAX).
-    weight : array_like
+    weight : array_like or PackedWeight
         ``(C_out, C_in/groups, KH, KW)`` for NCHW, ``(KH, KW, C_in/groups,
-        C_out)`` (HWIO) for NHWC.
+        C_out)`` (HWIO) for NHWC; or the result of :func:`pyconv.prepack`
+        for a layer called many times.
     bias : array_like, optional
         ``(C_out,)``.
     stride, dilation : int or (int, int)
@@ -151,7 +156,12 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     lay = layout_name(fn, layout)
     act = activation_code(fn, activation)
     xa = as_array(fn, "x", x)
-    wa = as_array(fn, "weight", weight)
+    packed_weight = weight if isinstance(weight, PackedWeight) else None
+    if packed_weight is not None:
+        _check_packed(fn, packed_weight, groups, lay)
+        wa = packed_weight.weight
+    else:
+        wa = as_array(fn, "weight", weight)
     ba = None if bias is None else as_array(fn, "bias", bias)
     geo = conv_geometry(fn, xa.shape, wa.shape, stride, padding, dilation, groups, lay)
     if ba is not None and ba.shape != (geo.oc,):
@@ -167,8 +177,11 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     xc = np.ascontiguousarray(xa, dtype=dtype)
     wc = np.ascontiguousarray(wa, dtype=dtype)
     bc = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
+    packed = None
+    if packed_weight is not None and kernel in _GEMM_KERNELS:
+        packed = packed_weight.packed(dtype, geo.c)
     start = time.perf_counter() if _VERBOSE else 0.0
-    _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel)
+    _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel, packed)
     if _VERBOSE:
         ms = (time.perf_counter() - start) * 1e3
         print(f"pyconv_verbose,conv2d,{geo.problem_string()} g{geo.groups} "
@@ -176,6 +189,14 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
               f"isa={_core.get_isa()},threads={_core.get_num_threads()},{ms:.3f}ms",
               file=sys.stderr)
     return y
+
+
+def _check_packed(fn: str, pw: PackedWeight, groups: Any, layout: str) -> None:
+    """A PackedWeight is only valid for the groups and layout it was made for."""
+    if pw.layout != layout:
+        raise ValueError(f"{fn}: weight was prepacked for layout {pw.layout!r}, not {layout!r}")
+    if not isinstance(groups, bool) and isinstance(groups, (int, np.integer)) and groups != pw.groups:
+        raise ValueError(f"{fn}: weight was prepacked for groups={pw.groups}, not groups={groups}")
 
 
 def conv_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,

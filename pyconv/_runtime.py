@@ -13,6 +13,7 @@ from . import _core
 
 __all__ = [
     "config",
+    "peak_gflops",
     "get_num_threads",
     "num_threads",
     "set_max_isa",
@@ -159,3 +160,38 @@ def show_config() -> None:
 
 def isa_available() -> List[str]:
     return list(_core.isa_available())
+
+
+# FMA probe: rounds per attempt (~4 ms at 100 GFLOP/s per core for float32)
+# and attempts (the best one counts: the probe measures what the core can
+# do, and another process only ever makes it look slower).
+_PEAK_ITERS = 1_000_000
+_PEAK_ATTEMPTS = 5
+_peak_cache: Dict[Any, float] = {}
+
+
+def peak_gflops(dtype: Any = "float32", threads: Any = None) -> float:
+    """Measured FMA peak of this machine, in GFLOP/s, for the active ISA.
+
+    Every thread runs a short loop of independent fused multiply-adds on the
+    active ISA's vectors; the result is the denominator of the benchmark's
+    "% of peak" column.  Measured once per (ISA, dtype, threads) and cached.
+
+    >>> import pyconv
+    >>> pyconv.peak_gflops("float32", threads=1) > 0
+    True
+    """
+    import numpy as np
+
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"peak_gflops: dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"peak_gflops: dtype must be 'float32' or 'float64', got {dtype!r}")
+    nt = get_num_threads() if threads is None else _thread_count("peak_gflops", threads)
+    key = (_core.get_isa(), dt.itemsize, nt)
+    if key not in _peak_cache:
+        _peak_cache[key] = max(_core.peak_flops(dt.itemsize, _PEAK_ITERS, nt)
+                               for _ in range(_PEAK_ATTEMPTS)) / 1e9
+    return _peak_cache[key]

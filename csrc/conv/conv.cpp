@@ -92,32 +92,58 @@ int useful_threads(const ConvShape& s, int nthreads) {
   return static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
 }
 
-int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads) {
+int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads,
+                        bool prepacked) {
   validate(s);
   require_algo(s, algo);
   if (algo == Algo::Direct) return k.direct_workspace_bytes(s, elem_bytes);
-  return k.gemm->workspace_bytes(s, elem_bytes, useful_threads(s, nthreads));
+  return k.gemm->workspace_bytes(s, elem_bytes, useful_threads(s, nthreads), prepacked);
+}
+
+int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes) {
+  require(s.oc >= 1 && s.kh >= 1 && s.kw >= 1 && s.groups >= 1 && s.c % s.groups == 0 && s.oc % s.groups == 0,
+          "inconsistent weight shape");
+  checked_product("conv2d", s.groups, s.oc / s.groups + 32, s.kh, s.kw, s.c / s.groups + 32, 8);
+  return k.gemm->packed_weight_bytes(s, elem_bytes);
 }
 
 template <class T>
-void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* bias, T* y, Algo algo,
-            int nthreads) {
+void pack_weight(const IsaKernels& k, const ConvShape& s, const T* w, T* packed, int nthreads) {
+  if constexpr (sizeof(T) == 4)
+    k.gemm->pack_f32(s, w, packed, nthreads);
+  else
+    k.gemm->pack_f64(s, w, packed, nthreads);
+}
+
+template <class T>
+void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias,
+            T* y, Algo algo, int nthreads) {
   const int nt = useful_threads(s, nthreads);
-  const int64_t bytes = workspace_bytes(k, s, sizeof(T), algo, nt);
+  const bool use_packed = prepacked != nullptr && algo != Algo::Direct;
+  const int64_t bytes = workspace_bytes(k, s, sizeof(T), algo, nt, use_packed);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   void* ws = acquire_workspace(cache, oneoff, bytes);
-  DirectConvFn<T> fn;
+  if (algo == Algo::Direct) {
+    if constexpr (sizeof(T) == 4)
+      k.direct_f32(s, x, w, bias, y, ws, nt);
+    else
+      k.direct_f64(s, x, w, bias, y, ws, nt);
+    return;
+  }
+  const T* pw = use_packed ? prepacked : nullptr;
   if constexpr (sizeof(T) == 4)
-    fn = algo == Algo::Direct ? k.direct_f32 : k.gemm->conv_f32;
+    k.gemm->conv_f32(s, x, w, pw, bias, y, ws, nt);
   else
-    fn = algo == Algo::Direct ? k.direct_f64 : k.gemm->conv_f64;
-  fn(s, x, w, bias, y, ws, nt);
+    k.gemm->conv_f64(s, x, w, pw, bias, y, ws, nt);
 }
 
-template void conv2d<float>(const IsaKernels&, const ConvShape&, const float*, const float*, const float*,
-                            float*, Algo, int);
-template void conv2d<double>(const IsaKernels&, const ConvShape&, const double*, const double*, const double*,
-                             double*, Algo, int);
+#define PYCONV_INSTANTIATE(T)                                                                          \
+  template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, int);               \
+  template void conv2d<T>(const IsaKernels&, const ConvShape&, const T*, const T*, const T*, const T*, \
+                          T*, Algo, int);
+PYCONV_INSTANTIATE(float)
+PYCONV_INSTANTIATE(double)
+#undef PYCONV_INSTANTIATE
 
 }  // namespace pyconv

@@ -16,13 +16,22 @@ using DirectConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const 
 using DirectWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes);
 
 // Convolution lowered to the packed GEMM (im2col and pointwise).  The
-// workspace depends on the thread count (one packing buffer per thread).
-using GemmWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes, int nthreads);
+// workspace depends on the thread count (one packing buffer per thread) and
+// holds the packed weight too unless the caller passes it prepacked.
+template <class T>
+using GemmConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
+                            void* workspace, int nthreads);
+template <class T>
+using PackWeightFn = void (*)(const ConvShape& s, const T* w, T* packed, int nthreads);
 
 struct GemmKernels {
-  GemmWorkspaceFn workspace_bytes;
-  DirectConvFn<float> conv_f32;
-  DirectConvFn<double> conv_f64;
+  int64_t (*workspace_bytes)(const ConvShape& s, int elem_bytes, int nthreads, bool prepacked);
+  // Packed weight: depends on the weight's shape, groups, layout and the ISA.
+  int64_t (*packed_weight_bytes)(const ConvShape& s, int elem_bytes);
+  PackWeightFn<float> pack_f32;
+  PackWeightFn<double> pack_f64;
+  GemmConvFn<float> conv_f32;
+  GemmConvFn<double> conv_f64;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };

@@ -174,7 +174,7 @@ inline int64_t balanced_block(int64_t extent, int64_t max_block, int64_t align, 
 }
 
 template <class T>
-Geometry make_geometry(const ConvShape& s, int nt) {
+Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
   using Bk = Blocking<T>;
   Geometry g{};
   g.nchw = s.layout == Layout::NCHW;
@@ -202,7 +202,7 @@ Geometry make_geometry(const ConvShape& s, int nt) {
   }
   const int64_t e = sizeof(T);
   g.off_w = 0;
-  g.off_pack = round_up(s.groups * g.panels_w * g.panel_w_len * e, kAlign);
+  g.off_pack = prepacked ? 0 : round_up(s.groups * g.panels_w * g.panel_w_len * e, kAlign);
   g.total = g.off_pack + nt * round_up(g.pack_elems * e, kAlign);
   return g;
 }
@@ -419,19 +419,40 @@ void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
 }
 
 template <class T>
-void conv_gemm(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, void* workspace, int nt) {
-  const Geometry g = make_geometry<T>(s, nt);
+void conv_gemm(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
+               void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, nt, prepacked != nullptr);
   char* ws = static_cast<char*>(workspace);
-  T* wp = reinterpret_cast<T*>(ws + g.off_w);
-  pack_weights(s, g, w, wp, nt);
+  const T* wp = prepacked;
+  if (!wp) {
+    T* own = reinterpret_cast<T*>(ws + g.off_w);
+    pack_weights(s, g, w, own, nt);
+    wp = own;
+  }
   if (g.nchw)
     conv_gemm_nchw(s, g, x, wp, bias, y, ws + g.off_pack, nt);
   else
     conv_gemm_nhwc(s, g, x, wp, bias, y, ws + g.off_pack, nt);
 }
 
-int64_t gemm_workspace_bytes(const ConvShape& s, int elem_bytes, int nt) {
-  return elem_bytes == 4 ? make_geometry<float>(s, nt).total : make_geometry<double>(s, nt).total;
+template <class T>
+void pack_weight_only(const ConvShape& s, const T* w, T* packed, int nt) {
+  pack_weights(s, make_geometry<T>(s, 1, true), w, packed, nt);
+}
+
+int64_t gemm_workspace_bytes(const ConvShape& s, int elem_bytes, int nt, bool prepacked) {
+  return elem_bytes == 4 ? make_geometry<float>(s, nt, prepacked).total
+                         : make_geometry<double>(s, nt, prepacked).total;
+}
+
+template <class T>
+int64_t packed_bytes(const ConvShape& s) {
+  const Geometry g = make_geometry<T>(s, 1, true);
+  return s.groups * g.panels_w * g.panel_w_len * static_cast<int64_t>(sizeof(T));
+}
+
+int64_t packed_weight_bytes(const ConvShape& s, int elem_bytes) {
+  return elem_bytes == 4 ? packed_bytes<float>(s) : packed_bytes<double>(s);
 }
 
 // FMA throughput probe: kPeakChains independent accumulator chains (enough
@@ -472,6 +493,9 @@ double peak_flops(int elem_bytes, int64_t iters) {
 
 const GemmKernels kGemmKernels = {
     &gemm_workspace_bytes,
+    &packed_weight_bytes,
+    &pack_weight_only<float>,
+    &pack_weight_only<double>,
     &conv_gemm<float>,
     &conv_gemm<double>,
     &peak_flops,
