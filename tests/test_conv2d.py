@@ -113,6 +113,98 @@ def test_conv2d_matches_reference(isa, problem):
         assert y.max() <= 6
 
 
+@pytest.mark.parametrize("algo", ["direct", "im2col"])
+@given(problem=conv_problems())
+def test_conv2d_algo_matches_reference(isa, algo, problem):
+    """The same property for each algorithm that serves every shape (the
+    property above only sees the one "auto" picks)."""
+    x, wt, b, kwargs = problem
+    y = check_conv(x, wt, b, dtype=x.dtype, algo=algo, **kwargs)
+    assert y.ndim == x.ndim
+
+
+@st.composite
+def pointwise_problems(draw):
+    """A 1x1, groups=1, unpadded conv2d: what algo="pointwise" serves.  Any
+    stride (which subsamples the input); "same" with a 1x1 kernel pads nothing."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(DTYPES))
+    c = draw(st.one_of(st.integers(1, 40), st.sampled_from([127, 128, 129, 255, 256, 257])))
+    oc = draw(st.one_of(st.integers(1, 40), st.sampled_from([4, 6, 8, 12, 16, 32, 33, 47, 49])))
+    stride = draw(int_or_pair(1, 3))
+    dilation = draw(int_or_pair(1, 3))  # no effect on a 1x1 kernel
+    padding = draw(st.sampled_from([0, (0, 0), ((0, 0), (0, 0)), "valid", "same"]))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 20))
+    n = draw(st.one_of(st.none(), st.integers(1, 3)))
+    bias = draw(st.booleans())
+    activation = draw(st.sampled_from([None, "relu", "relu6"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=1, kw=1, layout=layout, dtype=dtype,
+                           bias=bias)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, layout=layout, activation=activation)
+    return x, wt, b, kwargs
+
+
+@pytest.mark.parametrize("algo", ["pointwise", "im2col"])
+@given(problem=pointwise_problems())
+def test_pointwise_matches_reference(isa, algo, problem):
+    x, wt, b, kwargs = problem
+    y = check_conv(x, wt, b, dtype=x.dtype, algo=algo, **kwargs)
+    assert y.ndim == x.ndim
+    if kwargs["activation"] == "relu6":
+        assert y.min() >= 0 and y.max() <= 6
+
+
+# Reductions (C_in/groups * KH * KW) near every ISA's KC (128, 256, 512) and
+# beyond, output channels past MR/NR (and MC for the smallest), so the GEMM
+# accumulates across K blocks and meets partial tiles in every dimension.
+_K_TARGETS = [1, 127, 128, 129, 255, 256, 257, 383, 511, 512, 513, 600]
+
+
+@st.composite
+def wide_problems(draw):
+    """A conv2d with many channels and a small image (the reference stays fast)."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(DTYPES))
+    kh, kw = draw(st.integers(1, 3)), draw(st.integers(1, 3))
+    groups = draw(st.sampled_from([1, 1, 1, 2, 3]))
+    taps = kh * kw
+    target = draw(st.one_of(st.integers(1, 600), st.sampled_from(_K_TARGETS)))
+    icg = max(1, target // taps) + draw(st.integers(0, 1))  # K = icg*taps lands on or next to target
+    ocg = draw(st.one_of(st.integers(1, 70 // groups),
+                         st.sampled_from([v // groups for v in (6, 7, 12, 13, 16, 17, 32, 33, 49, 70)
+                                          if v >= groups])))
+    stride = draw(int_or_pair(1, 2))
+    dilation = draw(int_or_pair(1, 2))
+    padding = draw(paddings)
+    dh, dw = (dilation, dilation) if isinstance(dilation, int) else dilation
+    min_h = max(1, (kh - 1) * dh + 1 - _pad_lower_bound(padding, 0))
+    min_w = max(1, (kw - 1) * dw + 1 - _pad_lower_bound(padding, 1))
+    h = draw(st.integers(min_h, min_h + 5))
+    w = draw(st.integers(min_w, min_w + 6))
+    n = draw(st.one_of(st.none(), st.integers(1, 2)))
+    bias = draw(st.booleans())
+    activation = draw(st.sampled_from([None, "relu", "relu6"]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x, wt, b = conv_inputs(rng, n=n, c=icg * groups, h=h, w=w, oc=ocg * groups, kh=kh, kw=kw,
+                           groups=groups, layout=layout, dtype=dtype, bias=bias)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
+                  activation=activation)
+    return x, wt, b, kwargs
+
+
+@given(problem=wide_problems())
+def test_wide_channels_gemm_matches_reference(isa, problem):
+    """algo="im2col" (and "pointwise" where it serves) with K across KC blocks."""
+    x, wt, b, kwargs = problem
+    y = check_conv(x, wt, b, dtype=x.dtype, algo="im2col", **kwargs)
+    assert y.ndim == x.ndim
+    pads = pyconv.plan(x.shape, wt.shape, **{k: v for k, v in kwargs.items() if k != "activation"})["pads"]
+    kh, kw = wt.shape[2:] if kwargs["layout"] == "NCHW" else wt.shape[:2]
+    if kh == kw == 1 and kwargs["groups"] == 1 and not any(pads):
+        check_conv(x, wt, b, dtype=x.dtype, algo="pointwise", **kwargs)
+
+
 @given(problem=conv_problems())
 def test_conv2d_reference_keeps_dtype_and_shape(problem):
     """The oracle in the operands' own dtype agrees with its float64 self."""
@@ -198,15 +290,25 @@ def _layer_case(name: str):
     return x, wt, b, r
 
 
+def _layer_algos(name: str):
+    """"auto", "im2col" (serves every layer) and "pointwise" for 1x1 layers."""
+    _, _, _, _, _, k, _, p, g = LAYER_SHAPES[name]
+    return ["auto", "im2col"] + (["pointwise"] if k == 1 and g == 1 and p == 0 else [])
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("name", list(LAYER_SHAPES))
-def test_layer_shapes(isa, name, layout):
+@pytest.mark.parametrize("name, algo", [(n, a) for n in LAYER_SHAPES for a in _layer_algos(n)])
+def test_layer_shapes(isa, name, algo, layout):
     _, _, _, _, _, s, p, g = _test_size(name)
     x, wt, b, r = _layer_case(name)
     if layout == "NHWC":
         x, wt, r = x.transpose(0, 2, 3, 1).copy(), wt.transpose(2, 3, 1, 0).copy(), r.transpose(0, 2, 3, 1)
-    y = pyconv.conv2d(x, wt, b, stride=s, padding=p, groups=g, layout=layout)
+    y = pyconv.conv2d(x, wt, b, stride=s, padding=p, groups=g, layout=layout, algo=algo)
     assert_close(y, r, np.float32)
+
+
+def test_layer_algos_cover_pointwise():
+    assert sum("pointwise" in _layer_algos(n) for n in LAYER_SHAPES) >= 2
 
 
 @pytest.mark.parametrize("name", list(LAYER_SHAPES))

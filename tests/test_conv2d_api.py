@@ -403,6 +403,91 @@ def test_specialised_algo_refuses_other_shapes(isa, rng, algo, index):
         pyconv.conv2d(x, wt, b, algo=algo, **kwargs)
 
 
+# algo="pointwise" refuses everything but a 1x1, groups=1, unpadded conv, and says why.
+# (c, oc, kh, kw, stride, padding, dilation, groups)
+POINTWISE_REFUSED = {
+    "3x3": (5, 7, 3, 3, 1, 0, 1, 1),
+    "1x3": (5, 7, 1, 3, 1, 0, 1, 1),
+    "3x1": (5, 7, 3, 1, 2, 0, 1, 1),
+    "2x2_same": (5, 7, 2, 2, 1, "same", 1, 1),
+    "groups2": (4, 6, 1, 1, 1, 0, 1, 2),
+    "depthwise_1x1": (4, 8, 1, 1, 1, 0, 1, 4),
+    "pad1": (5, 7, 1, 1, 1, 1, 1, 1),
+    "pad_w_only": (5, 7, 1, 1, 1, (0, 1), 1, 1),
+    "pad_bottom_only": (5, 7, 1, 1, 1, ((0, 1), (0, 0)), 1, 1),
+    "pad_left_only": (5, 7, 1, 1, 2, ((0, 0), (1, 0)), 1, 1),
+    "3x3_groups_pad": (6, 6, 3, 3, 1, 1, 2, 3),
+}
+# Shapes pointwise must serve: any stride or dilation, "same"/"valid" that pad nothing.
+POINTWISE_SERVED = {
+    "plain": (5, 7, 1, 1, 1, 0, 1, 1),
+    "stride2": (5, 7, 1, 1, 2, 0, 1, 1),
+    "stride_1x3": (3, 33, 1, 1, (1, 3), "valid", 1, 1),
+    "same_stride2": (6, 17, 1, 1, 2, "same", 1, 1),
+    "dilation3": (5, 7, 1, 1, 1, ((0, 0), (0, 0)), 3, 1),
+}
+
+
+def _spec_case(rng, spec, layout, dtype=np.float32):
+    c, oc, kh, kw, s, p, d, g = spec
+    x, wt, b = conv_inputs(rng, n=2, c=c, h=9, w=8, oc=oc, kh=kh, kw=kw, groups=g, layout=layout,
+                           dtype=dtype, bias=True)
+    return x, wt, b, dict(stride=s, padding=p, dilation=d, groups=g, layout=layout)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", list(POINTWISE_REFUSED))
+def test_pointwise_refuses_with_a_reason(isa, rng, name, layout):
+    """ValueError naming conv2d and 'pointwise', out= untouched; im2col (which
+    serves every valid shape) and direct compute the same problem."""
+    x, wt, b, kwargs = _spec_case(rng, POINTWISE_REFUSED[name], layout)
+    out = np.full(pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), 7.0, np.float32)
+    with pytest.raises(ValueError, match="pointwise") as info:
+        pyconv.conv2d(x, wt, b, algo="pointwise", out=out, **kwargs)
+    assert "conv2d" in str(info.value)
+    assert np.all(out == 7.0)
+    r = reference64(x, wt, b, **kwargs)
+    for algo in ("im2col", "direct"):
+        assert_close(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), r, np.float32)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", list(POINTWISE_SERVED))
+def test_pointwise_serves_1x1(isa, rng, name, layout, dtype):
+    x, wt, b, kwargs = _spec_case(rng, POINTWISE_SERVED[name], layout, dtype)
+    for algo in ("pointwise", "im2col"):
+        check_conv(x, wt, b, dtype=dtype, algo=algo, activation="relu", **kwargs)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("spec", [s for specs in list(SERVED.values()) + list(REFUSED.values()) for s in specs],
+                         ids=lambda s: "c{c}oc{oc}k{k}s{stride}p{padding}g{groups}".format(**s))
+def test_im2col_serves_every_shape(isa, rng, spec, layout):
+    """Every shape a specialised algorithm serves or refuses, im2col serves."""
+    x, wt, b, kwargs = _algo_case(rng, spec, layout)
+    check_conv(x, wt, b, dtype=np.float32, algo="im2col", activation="relu6", **kwargs)
+
+
+def test_depthwise_message_points_to_working_algos(rng):
+    """While algo='depthwise' is not built, its error says so and names the
+    algorithms that do work (which then do)."""
+    x, wt, b, kwargs = _algo_case(rng, SERVED["depthwise"][0], "NCHW")
+    try:
+        pyconv.conv2d(x, wt, b, algo="depthwise", **kwargs)
+    except ValueError as exc:
+        msg = str(exc)
+        assert "not available" in msg and "depthwise" in msg and "conv2d" in msg
+        named = [a for a in ("auto", "direct", "im2col") if repr(a) in msg or f'"{a}"' in msg]
+        assert named, msg
+        for algo in named:
+            assert_close(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), reference64(x, wt, b, **kwargs),
+                         np.float32)
+    else:  # built since: then it must be right
+        assert_close(pyconv.conv2d(x, wt, b, algo="depthwise", **kwargs), reference64(x, wt, b, **kwargs),
+                     np.float32)
+
+
 @pytest.mark.parametrize("algo, exc", [
     ("winograd_f6x3", ValueError), ("", ValueError), ("Direct ", ValueError), (None, TypeError),
     (1, TypeError), (b"direct", TypeError), (["direct"], TypeError),

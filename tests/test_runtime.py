@@ -366,6 +366,91 @@ def test_plan_matches_what_conv2d_runs(tmp_path):
     assert f"algo={algo}" in proc.stderr
 
 
+# Shapes for the algo/workspace checks: (x shape, weight shape, kwargs).  The
+# real layers' sizes, in both layouts, plus small and grouped ones.
+GEMM_PLAN_CASES = [
+    ((1, 64, 56, 56), (64, 64, 3, 3), dict(padding=1)),
+    ((1, 128, 56, 56), (256, 128, 3, 3), dict(padding=1)),
+    ((1, 56, 56, 64), (1, 1, 64, 256), dict(layout="NHWC")),
+    ((8, 1024, 14, 14), (256, 1024, 1, 1), dict()),
+    ((8, 14, 14, 1024), (1, 1, 1024, 256), dict(layout="NHWC", dtype="float64")),
+    ((1, 64, 56, 56), (256, 64, 1, 1), dict(stride=2)),
+    ((2, 32, 20, 20), (64, 8, 3, 3), dict(groups=4, padding="same")),
+    ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    ((8, 512, 14, 14), (512, 1, 3, 3), dict(padding="same", groups=512)),
+    ((1, 3, 8, 8), (8, 3, 3, 3), dict(padding=1)),
+    ((2, 600, 5, 5), (70, 600, 1, 1), dict(padding=1)),  # 1x1 but padded: not pointwise
+]
+KNOWN_ALGOS = {"direct", "im2col", "pointwise"}
+
+
+def _is_pointwise_shape(ws, kwargs, pads) -> bool:
+    kh, kw = ws[2:] if kwargs.get("layout", "NCHW") == "NCHW" else ws[:2]
+    return kh == kw == 1 and kwargs.get("groups", 1) == 1 and not any(pads)
+
+
+@pytest.mark.parametrize("xs, ws, kwargs", GEMM_PLAN_CASES)
+def test_plan_algo_and_workspace(isa, xs, ws, kwargs):
+    p = pyconv.plan(xs, ws, **kwargs)
+    assert p["algo"] in KNOWN_ALGOS, p
+    if p["algo"] == "pointwise":
+        assert _is_pointwise_shape(ws, kwargs, p["pads"]), p
+    if p["algo"] in ("im2col", "pointwise"):
+        # packed weights and per-thread packing buffers: never free
+        assert p["workspace_bytes"] > 0, p
+    # "auto" is a function of the shape: not of the thread count, the ISA,
+    # the dtype or the call
+    for threads in (1, 2, 3):
+        with pyconv.num_threads(threads):
+            assert pyconv.plan(xs, ws, **kwargs)["algo"] == p["algo"]
+    other = dict(kwargs, dtype="float64" if kwargs.get("dtype", "float32") == "float32" else "float32")
+    assert pyconv.plan(xs, ws, **other)["algo"] == p["algo"]
+    for other_isa in ISAS:
+        pyconv.set_max_isa(other_isa)
+        assert pyconv.plan(xs, ws, **kwargs)["algo"] == p["algo"], other_isa
+    pyconv.set_max_isa(isa)
+
+
+def test_plan_chooses_the_gemm_for_big_layers():
+    """The GEMM algorithms are reachable from "auto" (else the workspace check
+    above checks nothing): a 128->256 3x3 layer and a 1024->256 1x1 layer."""
+    algos = {pyconv.plan(xs, ws, **kw)["algo"] for xs, ws, kw in GEMM_PLAN_CASES}
+    assert algos & {"im2col", "pointwise"}, algos
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gemm_workspace_grows_with_the_weight(dtype):
+    """The GEMM's workspace holds the packed weight: at least its size."""
+    for xs, ws, kwargs in GEMM_PLAN_CASES:
+        kwargs = dict(kwargs, dtype=dtype)
+        p = pyconv.plan(xs, ws, **kwargs)
+        if p["algo"] in ("im2col", "pointwise"):
+            assert p["workspace_bytes"] >= math.prod(ws) * np.dtype(dtype).itemsize, (xs, ws, p)
+
+
+_PLAN_VS_RUN_CHILD = """
+import numpy as np, pyconv
+cases = {cases!r}
+for xs, ws, kw in cases:
+    kw = dict(kw)
+    kw.pop("dtype", None)
+    print("PLAN", pyconv.plan(xs, ws, **kw)["algo"], flush=True)
+    pyconv.conv2d(np.ones(xs, np.float32), np.ones(ws, np.float32), **kw)
+"""
+
+
+def test_plan_matches_what_conv2d_runs_for_gemm_shapes(tmp_path):
+    """For GEMM-sized layers too, plan()["algo"] is what conv2d(algo="auto") runs."""
+    cases = [c for c in GEMM_PLAN_CASES if math.prod(c[0]) * math.prod(c[1][:2]) < 5e7][:6]
+    proc = run_python(_PLAN_VS_RUN_CHILD.format(cases=cases), tmp_path, PYCONV_VERBOSE="1")
+    assert proc.returncode == 0, proc.stderr
+    planned = [line.split()[1] for line in proc.stdout.splitlines() if line.startswith("PLAN")]
+    ran = [part.split("=", 1)[1] for line in proc.stderr.splitlines() if "conv2d" in line
+           for part in line.split(",") if part.startswith("algo=")]
+    assert len(planned) == len(cases) and ran == planned, (planned, proc.stderr)
+    assert set(planned) & {"im2col", "pointwise"}, planned
+
+
 # ==========================================================================
 # PYCONV_VERBOSE
 
