@@ -45,25 +45,31 @@ _ALGORITHMS: Dict[str, Optional[Tuple[str, Callable[[ConvGeometry], bool], str]]
 
 
 def _auto_algo(geo: ConvGeometry) -> str:
-    """algo="auto": a fixed rule of the shape alone (never of the thread count,
-    so default calls are reproducible).  Measured on the bench suite: the
-    packed GEMM wins once the reduction (C_in/groups * KH * KW) and the output
-    channels per group fill its register tile; the direct kernel wins on
-    depthwise-like layers (one input channel per group) and tiny reductions.
+    """algo="auto": a fixed rule of the shape and layout alone (never of the
+    thread count or ISA, so default calls are reproducible).
+
+    Measured on the bench suite (AVX2, 1 and 2 threads; README has the
+    table): the direct kernel reads the input in place of an im2col copy and
+    wins or ties on every NCHW layer and on thin or small NHWC layers.  The
+    packed GEMM wins in NHWC once its operands are wide: 1x1 layers with at
+    least _AUTO_PW_CHANNELS input and output channels (no lowering at all),
+    and large 3x3 layers (reduction >= _AUTO_IM2COL_REDUCTION, output
+    channels >= _AUTO_IM2COL_OUT) whose weights overflow the cache the
+    direct kernel streams them from.
     """
     icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
     reduction = icg * geo.kh * geo.kw
-    if icg == 1 or reduction < _AUTO_MIN_REDUCTION or ocg < _AUTO_MIN_OUT_CHANNELS:
-        return "direct"
-    if _serves_pointwise(geo):
-        return "pointwise"
-    return "im2col"
+    if geo.layout == "NHWC" and icg > 1:
+        if _serves_pointwise(geo) and min(icg, ocg) >= _AUTO_PW_CHANNELS:
+            return "pointwise"
+        if reduction >= _AUTO_IM2COL_REDUCTION and ocg >= _AUTO_IM2COL_OUT:
+            return "im2col"
+    return "direct"
 
 
-# Below these the GEMM's packing overhead and partial tiles cost more than
-# the direct kernel's L2-streamed weights (see _auto_algo).
-_AUTO_MIN_REDUCTION = 16
-_AUTO_MIN_OUT_CHANNELS = 8
+_AUTO_PW_CHANNELS = 32
+_AUTO_IM2COL_REDUCTION = 1024
+_AUTO_IM2COL_OUT = 256
 
 # Kernels that take a prepacked weight (the packed GEMM's panels).
 _GEMM_KERNELS = ("im2col", "pointwise")
