@@ -70,9 +70,9 @@ void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const 
     bp = static_cast<const T*>(b.data());
   }
   const T* pp = nullptr;
-  if (!packed.is_none() && algo != Algo::Direct) {
+  if (!packed.is_none()) {
     py::array pa = packed.cast<py::array>();
-    check_buffer(pa, "packed weight", dt, packed_weight_bytes(k, s, sizeof(T)) / int64_t(sizeof(T)), false);
+    check_buffer(pa, "packed weight", dt, packed_weight_bytes(k, s, sizeof(T), algo) / int64_t(sizeof(T)), false);
     pp = static_cast<const T*>(pa.data());
   }
   const T* xp = static_cast<const T*>(x.data());
@@ -108,9 +108,9 @@ ConvShape weight_shape(int64_t c, int64_t oc, int64_t kh, int64_t kw, int64_t gr
 }
 
 template <class T>
-py::array pack_typed(const py::array& w, const ConvShape& s) {
+py::array pack_typed(const py::array& w, const ConvShape& s, Algo algo) {
   const IsaKernels& k = active_kernels();
-  const int64_t bytes = packed_weight_bytes(k, s, sizeof(T));
+  const int64_t bytes = packed_weight_bytes(k, s, sizeof(T), algo);
   check_buffer(w, "weight", py::dtype::of<T>(), s.oc * (s.c / s.groups) * s.kh * s.kw, false);
   py::array_t<T> out(bytes / int64_t(sizeof(T)));
   const T* src = static_cast<const T*>(w.data());
@@ -118,16 +118,17 @@ py::array pack_typed(const py::array& w, const ConvShape& s) {
   const int nt = get_num_threads();
   {
     py::gil_scoped_release release;
-    pack_weight<T>(k, s, src, dst, nt);
+    pack_weight<T>(k, s, src, dst, algo, nt);
   }
   return out;
 }
 
 py::array pack_weight_entry(py::array w, int64_t c, int64_t oc, int64_t kh, int64_t kw, int64_t groups,
-                            int layout) {
+                            int layout, const std::string& algo) {
   const ConvShape s = weight_shape(c, oc, kh, kw, groups, layout);
-  if (w.dtype().is(py::dtype::of<float>())) return pack_typed<float>(w, s);
-  if (w.dtype().is(py::dtype::of<double>())) return pack_typed<double>(w, s);
+  const Algo a = parse_algo(algo);
+  if (w.dtype().is(py::dtype::of<float>())) return pack_typed<float>(w, s, a);
+  if (w.dtype().is(py::dtype::of<double>())) return pack_typed<double>(w, s, a);
   throw py::type_error("prepack: only float32 and float64 are packed natively");
 }
 
@@ -166,7 +167,7 @@ PYBIND11_MODULE(_core, m) {
         py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"),
         py::arg("packed") = py::none());
   m.def("pack_weight", &pack_weight_entry, py::arg("weight"), py::arg("c"), py::arg("oc"), py::arg("kh"),
-        py::arg("kw"), py::arg("groups"), py::arg("layout"));
+        py::arg("kw"), py::arg("groups"), py::arg("layout"), py::arg("algo"));
   m.def("workspace_bytes", &workspace_entry, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),
         py::arg("algo"), py::arg("elem_bytes"));
   m.def("set_isa", [](const std::string& cap) { return std::string(isa_name(set_active_isa(parse_isa(cap)))); },
@@ -183,13 +184,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("peak_flops", [](int elem_bytes, int64_t iters, int nthreads) {
     if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("peak_flops: elem_bytes must be 4 or 8");
     if (iters < 1 || nthreads < 1) throw std::invalid_argument("peak_flops: iters and nthreads must be >= 1");
-    const GemmKernels& g = *active_kernels().gemm;
+    const IsaKernels& k = active_kernels();
     double total = 0;
     py::gil_scoped_release release;
     // Every thread runs the probe at once (the sum is the team's peak: with
     // SMT or shared FMA units it is less than nthreads x one thread).
 #pragma omp parallel num_threads(nthreads) reduction(+ : total)
-    total += g.peak_flops(elem_bytes, iters);
+    total += k.peak_flops(elem_bytes, iters);
     return total;
   }, py::arg("elem_bytes"), py::arg("iters"), py::arg("nthreads"));
   m.def("default_num_threads", &default_num_threads);

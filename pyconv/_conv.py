@@ -71,9 +71,6 @@ _AUTO_PW_CHANNELS = 32
 _AUTO_IM2COL_REDUCTION = 1024
 _AUTO_IM2COL_OUT = 256
 
-# Kernels that take a prepacked weight (the packed GEMM's panels).
-_GEMM_KERNELS = ("im2col", "pointwise")
-
 _VERBOSE = os.environ.get("PYCONV_VERBOSE", "") not in ("", "0")
 
 
@@ -183,9 +180,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     xc = np.ascontiguousarray(xa, dtype=dtype)
     wc = np.ascontiguousarray(wa, dtype=dtype)
     bc = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
-    packed = None
-    if packed_weight is not None and kernel in _GEMM_KERNELS:
-        packed = packed_weight.packed(dtype, geo.c)
+    packed = None if packed_weight is None else packed_weight.packed(dtype, geo.c, kernel)
     start = time.perf_counter() if _VERBOSE else 0.0
     _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel, packed)
     if _VERBOSE:

@@ -17,10 +17,11 @@ __all__ = ["PackedWeight", "prepack"]
 class PackedWeight:
     """A convolution weight prepared once for many :func:`pyconv.conv2d` calls.
 
-    Pass it to ``conv2d`` in place of the weight array.  The GEMM algorithms
-    (``"im2col"``, ``"pointwise"``, chosen by ``"auto"`` for most dense
-    layers) then skip repacking the weight on every call; the panels are made
-    on first use for each ISA and dtype and kept.
+    Pass it to ``conv2d`` in place of the weight array: the kernels then skip
+    reordering the weight into their own layout on every call (for a large
+    layer that reorder reads and writes megabytes).  The packed forms are
+    made on first use, for each algorithm family (direct, GEMM), ISA and
+    dtype, and kept.
 
     A ``PackedWeight`` is a snapshot: it owns a read-only copy of the weight
     taken when it was made, so changing the original array afterwards never
@@ -41,7 +42,7 @@ class PackedWeight:
         self.weight = weight
         self.groups = groups
         self.layout = layout
-        self._packs: Dict[Tuple[str, str], np.ndarray] = {}
+        self._packs: Dict[Tuple[str, str, str], np.ndarray] = {}
         self._lock = threading.Lock()
 
     @property
@@ -56,9 +57,10 @@ class PackedWeight:
         return (f"PackedWeight(shape={self.shape}, dtype={self.dtype}, groups={self.groups}, "
                 f"layout={self.layout!r}, packed_for={sorted(self._packs)})")
 
-    def packed(self, dtype: np.dtype, c_in: int) -> np.ndarray:
-        """The GEMM panels for the active ISA and ``dtype`` (made on first use)."""
-        key = (_core.get_isa(), np.dtype(dtype).str)
+    def packed(self, dtype: np.dtype, c_in: int, kernel: str) -> np.ndarray:
+        """The weight in ``kernel``'s layout for the active ISA and ``dtype``."""
+        family = "direct" if kernel == "direct" else "gemm"  # im2col and pointwise share panels
+        key = (_core.get_isa(), np.dtype(dtype).str, family)
         pack = self._packs.get(key)
         if pack is None:
             with self._lock:
@@ -70,7 +72,7 @@ class PackedWeight:
                     else:
                         kh, kw, _, oc = w.shape
                     pack = _core.pack_weight(w, c_in, oc, kh, kw, self.groups,
-                                             0 if self.layout == "NCHW" else 1)
+                                             0 if self.layout == "NCHW" else 1, kernel)
                     pack.flags.writeable = False
                     self._packs[key] = pack
         return pack

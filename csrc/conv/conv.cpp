@@ -92,54 +92,54 @@ int useful_threads(const ConvShape& s, int nthreads) {
   return static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
 }
 
+namespace {
+
+const AlgoKernels& algo_kernels(const IsaKernels& k, Algo algo) {
+  return algo == Algo::Direct ? *k.direct : *k.gemm;
+}
+
+}  // namespace
+
 int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads,
                         bool prepacked) {
   validate(s);
   require_algo(s, algo);
-  if (algo == Algo::Direct) return k.direct_workspace_bytes(s, elem_bytes);
-  return k.gemm->workspace_bytes(s, elem_bytes, useful_threads(s, nthreads), prepacked);
+  return algo_kernels(k, algo).workspace_bytes(s, elem_bytes, useful_threads(s, nthreads), prepacked);
 }
 
-int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes) {
+int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo) {
   require(s.oc >= 1 && s.kh >= 1 && s.kw >= 1 && s.groups >= 1 && s.c % s.groups == 0 && s.oc % s.groups == 0,
           "inconsistent weight shape");
   checked_product("conv2d", s.groups, s.oc / s.groups + 32, s.kh, s.kw, s.c / s.groups + 32, 8);
-  return k.gemm->packed_weight_bytes(s, elem_bytes);
+  return algo_kernels(k, algo).packed_weight_bytes(s, elem_bytes);
 }
 
 template <class T>
-void pack_weight(const IsaKernels& k, const ConvShape& s, const T* w, T* packed, int nthreads) {
+void pack_weight(const IsaKernels& k, const ConvShape& s, const T* w, T* packed, Algo algo, int nthreads) {
+  const AlgoKernels& a = algo_kernels(k, algo);
   if constexpr (sizeof(T) == 4)
-    k.gemm->pack_f32(s, w, packed, nthreads);
+    a.pack_f32(s, w, packed, nthreads);
   else
-    k.gemm->pack_f64(s, w, packed, nthreads);
+    a.pack_f64(s, w, packed, nthreads);
 }
 
 template <class T>
 void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias,
             T* y, Algo algo, int nthreads) {
   const int nt = useful_threads(s, nthreads);
-  const bool use_packed = prepacked != nullptr && algo != Algo::Direct;
-  const int64_t bytes = workspace_bytes(k, s, sizeof(T), algo, nt, use_packed);
+  const int64_t bytes = workspace_bytes(k, s, sizeof(T), algo, nt, prepacked != nullptr);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   void* ws = acquire_workspace(cache, oneoff, bytes);
-  if (algo == Algo::Direct) {
-    if constexpr (sizeof(T) == 4)
-      k.direct_f32(s, x, w, bias, y, ws, nt);
-    else
-      k.direct_f64(s, x, w, bias, y, ws, nt);
-    return;
-  }
-  const T* pw = use_packed ? prepacked : nullptr;
+  const AlgoKernels& a = algo_kernels(k, algo);
   if constexpr (sizeof(T) == 4)
-    k.gemm->conv_f32(s, x, w, pw, bias, y, ws, nt);
+    a.conv_f32(s, x, w, prepacked, bias, y, ws, nt);
   else
-    k.gemm->conv_f64(s, x, w, pw, bias, y, ws, nt);
+    a.conv_f64(s, x, w, prepacked, bias, y, ws, nt);
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                          \
-  template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, int);               \
+  template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, Algo, int);         \
   template void conv2d<T>(const IsaKernels&, const ConvShape&, const T*, const T*, const T*, const T*, \
                           T*, Algo, int);
 PYCONV_INSTANTIATE(float)

@@ -16,19 +16,20 @@ enum class Algo : int { Direct = 0, Im2col = 1, Pointwise = 2 };
 int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo, int nthreads,
                         bool prepacked = false);
 
-// Bytes of a weight prepacked for the GEMM algorithms (im2col, pointwise),
-// and the packing itself.  Only the weight-related fields of s are used.
-int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes);
+// Bytes of a weight prepacked for `algo` (im2col and pointwise share the
+// GEMM's format), and the packing itself.  Only the weight-related fields of
+// s are used.
+int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo);
 template <class T>
-void pack_weight(const IsaKernels& k, const ConvShape& s, const T* w, T* packed, int nthreads);
+void pack_weight(const IsaKernels& k, const ConvShape& s, const T* w, T* packed, Algo algo, int nthreads);
 
 // Threads a call actually uses: fewer than asked for tiny problems.
 int useful_threads(const ConvShape& s, int nthreads);
 
 // Runs `algo`; allocates its workspace (std::bad_alloc on failure, before
 // anything is written to y).
-// `prepacked`: null, or a weight packed by pack_weight() with the same k for
-// a GEMM algorithm.
+// `prepacked`: null, or a weight packed by pack_weight() with the same k and
+// algo.
 template <class T>
 void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias,
             T* y, Algo algo, int nthreads);

@@ -8,41 +8,36 @@
 
 namespace pyconv {
 
-// Direct convolution.  `workspace` holds at least direct_workspace_bytes()
-// bytes, 64-byte aligned; x, w, bias, y are C-contiguous in s.layout.
+// Entry points of one convolution algorithm (direct, or the packed GEMM
+// behind im2col and pointwise), all with the same shape:
+//  - workspace_bytes: scratch the call needs with `nthreads` threads (per-
+//    thread buffers), without the weight area when the weight is prepacked;
+//  - packed_weight_bytes / pack: the weight in the kernel's own layout,
+//    which depends on the weight's shape, groups, layout and the ISA only
+//    (only those fields of s are read), so it can be made once and reused;
+//  - conv: the convolution; x, w, bias, y are C-contiguous in s.layout,
+//    `prepacked` is null or made by pack, `workspace` is 64-byte aligned.
 template <class T>
-using DirectConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const T* bias, T* y,
-                              void* workspace, int nthreads);
-using DirectWorkspaceFn = int64_t (*)(const ConvShape& s, int elem_bytes);
-
-// Convolution lowered to the packed GEMM (im2col and pointwise).  The
-// workspace depends on the thread count (one packing buffer per thread) and
-// holds the packed weight too unless the caller passes it prepacked.
-template <class T>
-using GemmConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
-                            void* workspace, int nthreads);
+using ConvFn = void (*)(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
+                        void* workspace, int nthreads);
 template <class T>
 using PackWeightFn = void (*)(const ConvShape& s, const T* w, T* packed, int nthreads);
 
-struct GemmKernels {
+struct AlgoKernels {
   int64_t (*workspace_bytes)(const ConvShape& s, int elem_bytes, int nthreads, bool prepacked);
-  // Packed weight: depends on the weight's shape, groups, layout and the ISA.
   int64_t (*packed_weight_bytes)(const ConvShape& s, int elem_bytes);
   PackWeightFn<float> pack_f32;
   PackWeightFn<double> pack_f64;
-  GemmConvFn<float> conv_f32;
-  GemmConvFn<double> conv_f64;
-  // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
-  double (*peak_flops)(int elem_bytes, int64_t iters);
+  ConvFn<float> conv_f32;
+  ConvFn<double> conv_f64;
 };
 
 struct IsaKernels {
   const char* name;
-  int lanes_f32;  // SIMD width the kernels use, for plan()/config()
-  DirectWorkspaceFn direct_workspace_bytes;
-  DirectConvFn<float> direct_f32;
-  DirectConvFn<double> direct_f64;
-  const GemmKernels* gemm;
+  const AlgoKernels* direct;
+  const AlgoKernels* gemm;
+  // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
+  double (*peak_flops)(int elem_bytes, int64_t iters);
 };
 
 enum class Isa : int { Generic = 0, Avx2 = 1, Avx512 = 2 };
@@ -65,7 +60,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
-namespace avx2 { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
-namespace avx512 { extern const IsaKernels kKernels; extern const GemmKernels kGemmKernels; }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
 }  // namespace pyconv

@@ -53,10 +53,11 @@ struct Plan {
   bool depthwise;             // one input and one output channel per group
   bool pad_input;             // the input is copied (layout change or padding)
   int64_t off_x, off_w, off_b, total;  // byte offsets into the workspace
+  int64_t w_bytes;                      // the packed weight
 };
 
 template <class T>
-Plan make_plan(const ConvShape& s) {
+Plan make_plan(const ConvShape& s, bool prepacked) {
   Plan p{};
   p.lanes = Vec<T>::N;
   p.hp = s.h + s.pt + s.pb;
@@ -83,7 +84,8 @@ Plan make_plan(const ConvShape& s) {
   p.off_x = off;
   if (p.pad_input) off += round_up(s.n * p.hp * p.wp * s.c * e, kAlign);
   p.off_w = off;
-  off += round_up(w_elems * e, kAlign);
+  p.w_bytes = w_elems * e;
+  if (!prepacked) off += round_up(w_elems * e, kAlign);
   p.off_b = off;
   off += round_up(b_elems * e, kAlign);
   p.total = off;
@@ -128,40 +130,44 @@ void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
   }
 }
 
-// Weight (OIHW or HWIO) -> [g][ob][kh][kw][ic][bw], zero-filled past ocg;
-// bias -> [g][ob][bw].
+// Weight (OIHW or HWIO) -> [g][ob][kh][kw][ic][bw], zero-filled past ocg.
 template <class T>
-void pack_weights(const ConvShape& s, const Plan& p, const T* w, const T* bias, T* wp, T* bp) {
-  const int64_t G = s.groups, IG = icg(s), OG = ocg(s), KH = s.kh, KW = s.kw, BW = p.bw;
-  for (int64_t g = 0; g < G; ++g)
-    for (int64_t ob = 0; ob < p.ob; ++ob) {
-      T* blk = wp + (g * p.ob + ob) * KH * KW * IG * BW;
-      for (int64_t kh = 0; kh < KH; ++kh)
-        for (int64_t kw = 0; kw < KW; ++kw)
-          for (int64_t ic = 0; ic < IG; ++ic) {
-            T* dst = blk + ((kh * KW + kw) * IG + ic) * BW;
-            for (int64_t j = 0; j < BW; ++j) {
-              const int64_t o = ob * BW + j;
-              T v = T(0);
-              if (o < OG) {
-                const int64_t oc = g * OG + o;
-                v = s.layout == Layout::NCHW ? w[((oc * IG + ic) * KH + kh) * KW + kw]
-                                             : w[((kh * KW + kw) * IG + ic) * s.oc + oc];
-              }
-              dst[j] = v;
+void pack_weights(const ConvShape& s, const Plan& p, const T* w, T* wp, int nt) {
+  const int64_t IG = icg(s), OG = ocg(s), KH = s.kh, KW = s.kw, BW = p.bw;
+  const int64_t items = s.groups * p.ob;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < items; ++it) {
+    const int64_t g = it / p.ob, ob = it % p.ob;
+    T* blk = wp + it * KH * KW * IG * BW;
+    for (int64_t kh = 0; kh < KH; ++kh)
+      for (int64_t kw = 0; kw < KW; ++kw)
+        for (int64_t ic = 0; ic < IG; ++ic) {
+          T* dst = blk + ((kh * KW + kw) * IG + ic) * BW;
+          for (int64_t j = 0; j < BW; ++j) {
+            const int64_t o = ob * BW + j;
+            T v = T(0);
+            if (o < OG) {
+              const int64_t oc = g * OG + o;
+              v = s.layout == Layout::NCHW ? w[((oc * IG + ic) * KH + kh) * KW + kw]
+                                           : w[((kh * KW + kw) * IG + ic) * s.oc + oc];
             }
+            dst[j] = v;
           }
-      T* bdst = bp + (g * p.ob + ob) * BW;
-      for (int64_t j = 0; j < BW; ++j) {
-        const int64_t o = ob * BW + j;
-        bdst[j] = (bias && o < OG) ? bias[g * OG + o] : T(0);
-      }
-    }
+        }
+  }
 }
 
-// Depthwise weight -> [kh][kw][C rounded up to lanes]; bias -> [C rounded up].
+// Bias -> [g][ob][bw], zero-filled (and all zeros without a bias).
 template <class T>
-void pack_weights_dw(const ConvShape& s, const Plan& p, const T* w, const T* bias, T* wp, T* bp) {
+void pack_bias(const ConvShape& s, const Plan& p, const T* bias, T* bp) {
+  const int64_t OG = ocg(s), BW = p.bw;
+  for (int64_t g = 0; g < s.groups; ++g)
+    for (int64_t j = 0; j < p.ob * BW; ++j) bp[g * p.ob * BW + j] = (bias && j < OG) ? bias[g * OG + j] : T(0);
+}
+
+// Depthwise weight -> [kh][kw][C rounded up to lanes].
+template <class T>
+void pack_weights_dw(const ConvShape& s, const Plan& p, const T* w, T* wp) {
   const int64_t C = s.c, CP = round_up(C, p.lanes), KH = s.kh, KW = s.kw;
   for (int64_t kh = 0; kh < KH; ++kh)
     for (int64_t kw = 0; kw < KW; ++kw)
@@ -171,7 +177,21 @@ void pack_weights_dw(const ConvShape& s, const Plan& p, const T* w, const T* bia
           v = s.layout == Layout::NCHW ? w[(c * KH + kh) * KW + kw] : w[(kh * KW + kw) * C + c];
         wp[(kh * KW + kw) * CP + c] = v;
       }
-  for (int64_t c = 0; c < CP; ++c) bp[c] = (bias && c < C) ? bias[c] : T(0);
+}
+
+// Depthwise bias -> [C rounded up to lanes].
+template <class T>
+void pack_bias_dw(const ConvShape& s, const Plan& p, const T* bias, T* bp) {
+  const int64_t CP = round_up(s.c, p.lanes);
+  for (int64_t c = 0; c < CP; ++c) bp[c] = (bias && c < s.c) ? bias[c] : T(0);
+}
+
+template <class T>
+void pack_weight_any(const ConvShape& s, const Plan& p, const T* w, T* wp, int nt) {
+  if (p.depthwise)
+    pack_weights_dw(s, p, w, wp);
+  else
+    pack_weights(s, p, w, wp, nt);
 }
 
 // ---- micro-kernels ---------------------------------------------------------
@@ -354,40 +374,52 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
 }
 
 template <class T>
-void conv_direct(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, void* workspace,
-                 int nt) {
-  const Plan p = make_plan<T>(s);
+void conv_direct(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
+                 void* workspace, int nt) {
+  const Plan p = make_plan<T>(s, prepacked != nullptr);
   char* ws = static_cast<char*>(workspace);
   T* xp = reinterpret_cast<T*>(ws + p.off_x);
-  T* wp = reinterpret_cast<T*>(ws + p.off_w);
   T* bp = reinterpret_cast<T*>(ws + p.off_b);
+  const T* wp = prepacked;
+  if (!wp) {
+    T* own = reinterpret_cast<T*>(ws + p.off_w);
+    pack_weight_any(s, p, w, own, nt);
+    wp = own;
+  }
   if (p.pad_input)
     pack_input(s, p, x, xp, nt);
   else
     xp = const_cast<T*>(x);  // NHWC without padding: read the caller's array in place
   if (p.depthwise) {
-    pack_weights_dw(s, p, w, bias, wp, bp);
+    pack_bias_dw(s, p, bias, bp);
     compute_depthwise(s, p, xp, wp, bp, y, nt);
   } else {
-    pack_weights(s, p, w, bias, wp, bp);
+    pack_bias(s, p, bias, bp);
     compute_general(s, p, xp, wp, bp, y, nt);
   }
 }
 
-int64_t direct_workspace_bytes(const ConvShape& s, int elem_bytes) {
-  return elem_bytes == 4 ? make_plan<float>(s).total : make_plan<double>(s).total;
+template <class T>
+void pack_direct(const ConvShape& s, const T* w, T* packed, int nt) {
+  pack_weight_any(s, make_plan<T>(s, true), w, packed, nt);
+}
+
+int64_t direct_workspace_bytes(const ConvShape& s, int elem_bytes, int, bool prepacked) {
+  return elem_bytes == 4 ? make_plan<float>(s, prepacked).total : make_plan<double>(s, prepacked).total;
+}
+
+int64_t direct_packed_bytes(const ConvShape& s, int elem_bytes) {
+  return elem_bytes == 4 ? make_plan<float>(s, true).w_bytes : make_plan<double>(s, true).w_bytes;
 }
 
 }  // namespace
 
-const IsaKernels kKernels = {
-    PYCONV_ISA_NAME,
-    Vec<float>::N,
-    &direct_workspace_bytes,
-    &conv_direct<float>,
-    &conv_direct<double>,
-    &kGemmKernels,
+const AlgoKernels kDirect = {
+    &direct_workspace_bytes, &direct_packed_bytes, &pack_direct<float>, &pack_direct<double>,
+    &conv_direct<float>,     &conv_direct<double>,
 };
+
+const IsaKernels kKernels = {PYCONV_ISA_NAME, &kDirect, &kGemm, &peak_flops};
 
 }  // namespace PYCONV_ISA_NS
 }  // namespace pyconv

@@ -485,20 +485,15 @@ double fma_throughput(int64_t iters) {
   return 2.0 * V::N * kPeakChains * static_cast<double>(iters) / secs;
 }
 
+}  // namespace
+
 double peak_flops(int elem_bytes, int64_t iters) {
   return elem_bytes == 4 ? fma_throughput<float>(iters) : fma_throughput<double>(iters);
 }
 
-}  // namespace
-
-const GemmKernels kGemmKernels = {
-    &gemm_workspace_bytes,
-    &packed_weight_bytes,
-    &pack_weight_only<float>,
-    &pack_weight_only<double>,
-    &conv_gemm<float>,
-    &conv_gemm<double>,
-    &peak_flops,
+const AlgoKernels kGemm = {
+    &gemm_workspace_bytes, &packed_weight_bytes, &pack_weight_only<float>, &pack_weight_only<double>,
+    &conv_gemm<float>,     &conv_gemm<double>,
 };
 
 }  // namespace PYCONV_ISA_NS
