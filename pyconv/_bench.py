@@ -34,6 +34,7 @@ import numpy as np
 
 from . import __version__, reference
 from ._conv import conv2d
+from ._prepack import prepack
 from ._conv import plan as conv_plan
 from ._runtime import peak_gflops, set_num_threads
 from ._suite import ConvShape, make_inputs
@@ -132,7 +133,7 @@ def library_versions() -> Dict[str, Optional[str]]:
 
 
 def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NCHW",
-                 seed: int = 0) -> Runner:
+                 seed: int = 0, prepacked: bool = True) -> Runner:
     """A zero-argument callable computing ``shape``'s conv2d with ``library``.
 
     Inputs are made here (seeded, float32, identical numbers for every
@@ -143,7 +144,7 @@ def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NC
     if reason is not None:
         raise RuntimeError(reason)
     if library == "pyconv":
-        return _pyconv_runner(shape, threads, layout, seed)
+        return _pyconv_runner(shape, threads, layout, seed, prepacked)
     if library == "numpy":
         return _numpy_runner(shape, seed)
     if library in ("torch", "torch_cl"):
@@ -151,9 +152,13 @@ def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NC
     return _onnxruntime_runner(shape, threads, seed)
 
 
-def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int) -> Runner:
+def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int, prepacked: bool) -> Runner:
     set_num_threads(threads)
     x, w = make_inputs(shape, layout, seed)
+    if prepacked:
+        # A layer run many times holds its weight prepacked, as onnxruntime
+        # holds its initializers packed from session creation on.
+        w = prepack(w, shape.groups, layout=layout)
 
     def call() -> np.ndarray:
         return conv2d(x, w, None, shape.stride, shape.padding, 1, shape.groups,
@@ -269,6 +274,7 @@ class BenchOptions:
 
     threads: int
     layout: str = "NCHW"
+    prepacked: bool = True  # pyconv's weight through pyconv.prepack (see _pyconv_runner)
     rounds: int = 5
     warmup: int = 2
     round_target_s: float = 0.05
@@ -386,7 +392,8 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
     expected: Optional[np.ndarray] = None
     for lib in libs:
         try:
-            runner = build_runner(lib, shape, opts.threads, opts.layout if lib == "pyconv" else "NCHW")
+            runner = build_runner(lib, shape, opts.threads, opts.layout if lib == "pyconv" else "NCHW",
+                                  prepacked=opts.prepacked)
             out, seconds = _warm_up(runner, opts)
         except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
             if lib not in PEERS:
