@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="only these shapes of the default suite (see --list)")
     bench.add_argument("--repeat", type=_positive_int, default=None, metavar="R",
                        help=f"timing rounds (default {FULL['rounds']}, {QUICK['rounds']} with --quick)")
+    bench.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                       help="computation dtype of every library (default float32)")
     bench.add_argument("--no-prepack", dest="prepack", action="store_false",
                        help="time pyconv with plain weight arrays (default: pyconv.prepack, as "
                             "onnxruntime packs its weights at session creation)")
@@ -96,7 +98,8 @@ def _options(args: argparse.Namespace) -> BenchOptions:
     if args.repeat is not None:
         preset["rounds"] = args.repeat
     threads = args.threads if args.threads is not None else get_num_threads()
-    return BenchOptions(threads=threads, layout=args.layout, prepacked=args.prepack, **preset)
+    return BenchOptions(threads=threads, layout=args.layout, prepacked=args.prepack, dtype=args.dtype,
+                        **preset)
 
 
 # --------------------------------------------------------------------------
@@ -249,10 +252,10 @@ def header_lines(opts: BenchOptions, versions: Dict[str, Optional[str]]) -> List
                       if m in ("torch", "onnxruntime") and v is not None) or "none"
     return [
         f"pyconv {cfg['version']} | ISA {cfg['isa']} | {opts.threads} thread(s) | "
-        f"input {opts.layout} | weights {'prepacked' if opts.prepacked else 'plain'} | "
+        f"{opts.dtype} | input {opts.layout} | weights {'prepacked' if opts.prepacked else 'plain'} | "
         f"CPU {cfg['cpu']} ({os.cpu_count()} logical)",
-        f"numpy {versions['numpy']} | peers: {peers} | measured float32 FMA peak "
-        f"{peak_gflops('float32', opts.threads):.0f} GFLOP/s on {opts.threads} thread(s)",
+        f"numpy {versions['numpy']} | peers: {peers} | measured {opts.dtype} FMA peak "
+        f"{peak_gflops(opts.dtype, opts.threads):.0f} GFLOP/s on {opts.threads} thread(s)",
         "times: median ms per call; vs X = X's time / pyconv's; best = fastest peer whose "
         "output matches pyconv's",
         "torch = PyTorch NCHW, torch-CL = PyTorch channels_last, ORT = onnxruntime",
@@ -326,6 +329,7 @@ def report_json(rows: Sequence[ShapeResult], opts: BenchOptions, libraries: Sequ
         "config": config(),
         "versions": versions,
         "options": {"threads": opts.threads, "layout": opts.layout, "prepacked": opts.prepacked,
+                    "dtype": opts.dtype,
                     "rounds": opts.rounds,
                     "warmup": opts.warmup, "round_target_s": opts.round_target_s,
                     "slow_rounds": opts.slow_rounds, "settle_s": _bench.SETTLE_S,

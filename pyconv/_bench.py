@@ -133,7 +133,7 @@ def library_versions() -> Dict[str, Optional[str]]:
 
 
 def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NCHW",
-                 seed: int = 0, prepacked: bool = True) -> Runner:
+                 seed: int = 0, prepacked: bool = True, dtype: Any = np.float32) -> Runner:
     """A zero-argument callable computing ``shape``'s conv2d with ``library``.
 
     Inputs are made here (seeded, float32, identical numbers for every
@@ -144,17 +144,18 @@ def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NC
     if reason is not None:
         raise RuntimeError(reason)
     if library == "pyconv":
-        return _pyconv_runner(shape, threads, layout, seed, prepacked)
+        return _pyconv_runner(shape, threads, layout, seed, prepacked, dtype)
     if library == "numpy":
-        return _numpy_runner(shape, seed)
+        return _numpy_runner(shape, seed, dtype)
     if library in ("torch", "torch_cl"):
-        return _torch_runner(shape, threads, library == "torch_cl", seed)
-    return _onnxruntime_runner(shape, threads, seed)
+        return _torch_runner(shape, threads, library == "torch_cl", seed, dtype)
+    return _onnxruntime_runner(shape, threads, seed, dtype)
 
 
-def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int, prepacked: bool) -> Runner:
+def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int, prepacked: bool,
+                   dtype: Any) -> Runner:
     set_num_threads(threads)
-    x, w = make_inputs(shape, layout, seed)
+    x, w = make_inputs(shape, layout, seed, dtype)
     if prepacked:
         # A layer run many times holds its weight prepacked, as onnxruntime
         # holds its initializers packed from session creation on.
@@ -169,20 +170,20 @@ def _pyconv_runner(shape: ConvShape, threads: int, layout: str, seed: int, prepa
     return Runner(call, np.asarray)
 
 
-def _numpy_runner(shape: ConvShape, seed: int) -> Runner:
+def _numpy_runner(shape: ConvShape, seed: int, dtype: Any) -> Runner:
     # The reference is the best vectorised NumPy we have (one matmul per
-    # kernel tap); float32 inputs make it compute in float32, like the rest.
-    x, w = make_inputs(shape, "NCHW", seed)
+    # kernel tap); it computes in its inputs' dtype, like the rest.
+    x, w = make_inputs(shape, "NCHW", seed, dtype)
     return Runner(lambda: reference.conv2d(x, w, None, shape.stride, shape.padding, 1, shape.groups),
                   np.asarray)
 
 
-def _torch_runner(shape: ConvShape, threads: int, channels_last: bool, seed: int) -> Runner:
+def _torch_runner(shape: ConvShape, threads: int, channels_last: bool, seed: int, dtype: Any) -> Runner:
     import torch
     import torch.nn.functional as F
 
     torch.set_num_threads(threads)
-    x, w = make_inputs(shape, "NCHW", seed)
+    x, w = make_inputs(shape, "NCHW", seed, dtype)
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
     if channels_last:
         xt = xt.to(memory_format=torch.channels_last)
@@ -207,11 +208,13 @@ def _torch_runner(shape: ConvShape, threads: int, channels_last: bool, seed: int
 
 
 def _onnx_conv_model(shape: ConvShape, weight: np.ndarray) -> bytes:
+    # (float32 or float64, from the weight's dtype)
     """A one-node ONNX graph ``y = Conv(x, W)`` with the weight as an initializer."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     geo = shape.geometry()
+    elem = TensorProto.DOUBLE if weight.dtype == np.float64 else TensorProto.FLOAT
     top, bottom, left, right = geo.pads
     node = helper.make_node(
         "Conv", ["x", "w"], ["y"],
@@ -223,8 +226,8 @@ def _onnx_conv_model(shape: ConvShape, weight: np.ndarray) -> bytes:
     )
     graph = helper.make_graph(
         [node], "pyconv_bench_conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape.x_shape("NCHW")))],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, list(geo.out_shape))],
+        [helper.make_tensor_value_info("x", elem, list(shape.x_shape("NCHW")))],
+        [helper.make_tensor_value_info("y", elem, list(geo.out_shape))],
         initializer=[numpy_helper.from_array(weight, "w")],
     )
     opset = [helper.make_opsetid("", ONNX_OPSET)]
@@ -236,10 +239,10 @@ def _onnx_conv_model(shape: ConvShape, weight: np.ndarray) -> bytes:
     return bytes(model.SerializeToString())
 
 
-def _onnxruntime_runner(shape: ConvShape, threads: int, seed: int) -> Runner:
+def _onnxruntime_runner(shape: ConvShape, threads: int, seed: int, dtype: Any) -> Runner:
     import onnxruntime as ort
 
-    x, w = make_inputs(shape, "NCHW", seed)
+    x, w = make_inputs(shape, "NCHW", seed, dtype)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -275,6 +278,7 @@ class BenchOptions:
     threads: int
     layout: str = "NCHW"
     prepacked: bool = True  # pyconv's weight through pyconv.prepack (see _pyconv_runner)
+    dtype: str = "float32"
     rounds: int = 5
     warmup: int = 2
     round_target_s: float = 0.05
@@ -308,7 +312,7 @@ class ShapeResult:
     shape: ConvShape
     results: Dict[str, LibResult]
     algo: str = ""  # what pyconv's algo="auto" ran
-    peak_gflops: Optional[float] = None  # the machine's measured float32 FMA peak
+    peak_gflops: Optional[float] = None  # the machine's measured FMA peak in the bench's dtype
 
     def percent_of_peak(self) -> Optional[float]:
         rate = self.gflops()
@@ -393,7 +397,7 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
     for lib in libs:
         try:
             runner = build_runner(lib, shape, opts.threads, opts.layout if lib == "pyconv" else "NCHW",
-                                  prepacked=opts.prepacked)
+                                  prepacked=opts.prepacked, dtype=opts.dtype)
             out, seconds = _warm_up(runner, opts)
         except Exception as exc:  # noqa: BLE001 - a peer's failure is reported, not fatal
             if lib not in PEERS:
@@ -409,8 +413,8 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
     for lib, samples in _time_rounds(runners, plan).items():
         results[lib].samples_s = samples
     chosen = conv_plan(shape.x_shape(opts.layout), shape.w_shape(opts.layout), shape.stride,
-                       shape.padding, 1, shape.groups, layout=opts.layout)["algo"]
-    return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops("float32", opts.threads))
+                       shape.padding, 1, shape.groups, layout=opts.layout, dtype=opts.dtype)["algo"]
+    return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops(opts.dtype, opts.threads))
 
 
 def geomean(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -13,7 +13,7 @@ dense and depthwise groups.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Tuple, Union
+from typing import Any, Iterable, Tuple, Union
 
 import numpy as np
 
@@ -80,9 +80,12 @@ class ConvShape:
         return f"{self.geometry().problem_string()}_g{self.groups}"
 
 
-def make_inputs(shape: ConvShape, layout: str = "NCHW",
-                seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Seeded float32 ``(x, weight)`` for ``shape``, C-contiguous, in ``layout``.
+def make_inputs(shape: ConvShape, layout: str = "NCHW", seed: int = 0,
+                dtype: Any = np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded ``(x, weight)`` for ``shape``, C-contiguous, in ``layout``.
+
+    Drawn in float32 and then cast, so float32 and float64 runs see the same
+    numbers.
 
     Both layouts hold the same numbers (NHWC is the NCHW draw transposed), so
     results computed in either layout can be compared.  The weight is scaled
@@ -96,9 +99,9 @@ def make_inputs(shape: ConvShape, layout: str = "NCHW",
     fan_in = (shape.c_in // shape.groups) * shape.kernel * shape.kernel
     w *= np.float32(1.0 / np.sqrt(fan_in))
     if lay == "NHWC":
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-        w = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
-    return x, w
+        x = x.transpose(0, 2, 3, 1)
+        w = w.transpose(2, 3, 1, 0)
+    return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(w, dtype=dtype)
 
 
 def _shape(name: str, n: int, c_in: int, h: int, w: int, c_out: int, kernel: int,
