@@ -166,7 +166,7 @@ def isa_available() -> List[str]:
 # and attempts (the best one counts: the probe measures what the core can
 # do, and another process only ever makes it look slower).
 _PEAK_ITERS = 1_000_000
-_PEAK_ATTEMPTS = 5
+_PEAK_ATTEMPTS = 10
 _peak_cache: Dict[Any, float] = {}
 
 
