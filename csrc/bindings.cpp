@@ -50,6 +50,7 @@ Algo parse_algo(const std::string& algo) {
   if (algo == "direct") return Algo::Direct;
   if (algo == "im2col") return Algo::Im2col;
   if (algo == "pointwise") return Algo::Pointwise;
+  if (algo == "depthwise") return Algo::Depthwise;
   throw std::invalid_argument("conv2d: algo '" + algo + "' is not a kernel of this build");
 }
 

@@ -35,12 +35,16 @@ def _serves_all(geo: ConvGeometry) -> bool:
     return True
 
 
+def _serves_depthwise(geo: ConvGeometry) -> bool:
+    return geo.groups == geo.c
+
+
 _ALGORITHMS: Dict[str, Optional[Tuple[str, Callable[[ConvGeometry], bool], str]]] = {
     "direct": ("direct", _serves_all, ""),
     "im2col": ("im2col", _serves_all, ""),
     "pointwise": ("pointwise", _serves_pointwise,
                   "serves 1x1 kernels with groups=1 and no padding only"),
-    "depthwise": None,
+    "depthwise": ("depthwise", _serves_depthwise, "serves groups == C_in (depthwise) only"),
 }
 
 
@@ -49,7 +53,10 @@ def _auto_algo(geo: ConvGeometry) -> str:
     thread count or ISA, so default calls are reproducible).
 
     Measured on the bench suite (AVX2, 1 and 2 threads; README has the
-    table): the direct kernel reads the input in place of an im2col copy and
+    table).  Depthwise layers (groups == C_in) go to the depthwise kernel in
+    NHWC, and in NCHW when output rows are at least _AUTO_DW_NCHW_MIN_WIDTH
+    wide (it vectorises along the row; narrow planes are better served by the
+    direct kernel's channel vectors).  The direct kernel reads the input in place of an im2col copy and
     wins or ties on every NCHW layer and on thin or small NHWC layers.  The
     packed GEMM wins in NHWC once its operands are wide: 1x1 layers with at
     least _AUTO_PW_CHANNELS input and output channels (no lowering at all),
@@ -59,6 +66,8 @@ def _auto_algo(geo: ConvGeometry) -> str:
     """
     icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
     reduction = icg * geo.kh * geo.kw
+    if _serves_depthwise(geo) and (geo.layout == "NHWC" or geo.ow >= _AUTO_DW_NCHW_MIN_WIDTH):
+        return "depthwise"
     if geo.layout == "NHWC" and icg > 1:
         if _serves_pointwise(geo) and min(icg, ocg) >= _AUTO_PW_CHANNELS:
             return "pointwise"
@@ -67,6 +76,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
     return "direct"
 
 
+_AUTO_DW_NCHW_MIN_WIDTH = 32
 _AUTO_PW_CHANNELS = 32
 _AUTO_IM2COL_REDUCTION = 1024
 _AUTO_IM2COL_OUT = 256

@@ -77,6 +77,7 @@ void require_algo(const ConvShape& s, Algo algo) {
   if (algo == Algo::Pointwise)
     require(s.kh == 1 && s.kw == 1 && s.groups == 1 && !(s.pt || s.pb || s.pl || s.pr),
             "algo='pointwise' serves 1x1 kernels with groups=1 and no padding only");
+  if (algo == Algo::Depthwise) require(s.groups == s.c, "algo='depthwise' serves groups == C_in only");
 }
 
 }  // namespace
@@ -95,7 +96,11 @@ int useful_threads(const ConvShape& s, int nthreads) {
 namespace {
 
 const AlgoKernels& algo_kernels(const IsaKernels& k, Algo algo) {
-  return algo == Algo::Direct ? *k.direct : *k.gemm;
+  switch (algo) {
+    case Algo::Direct: return *k.direct;
+    case Algo::Depthwise: return *k.depthwise;
+    default: return *k.gemm;  // im2col and pointwise
+  }
 }
 
 }  // namespace
@@ -110,6 +115,7 @@ int64_t workspace_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes,
 int64_t packed_weight_bytes(const IsaKernels& k, const ConvShape& s, int elem_bytes, Algo algo) {
   require(s.oc >= 1 && s.kh >= 1 && s.kw >= 1 && s.groups >= 1 && s.c % s.groups == 0 && s.oc % s.groups == 0,
           "inconsistent weight shape");
+  require_algo(s, algo);
   checked_product("conv2d", s.groups, s.oc / s.groups + 32, s.kh, s.kw, s.c / s.groups + 32, 8);
   return algo_kernels(k, algo).packed_weight_bytes(s, elem_bytes);
 }

@@ -8,7 +8,7 @@ namespace pyconv {
 
 // The convolution algorithms of the API (algo= in Python); "auto" is resolved
 // in Python (pyconv/_conv.py), which knows the whole registry.
-enum class Algo : int { Direct = 0, Im2col = 1, Pointwise = 2 };
+enum class Algo : int { Direct = 0, Im2col = 1, Pointwise = 2, Depthwise = 3 };
 
 // Validates the shape in checked 64-bit arithmetic (std::invalid_argument on
 // inconsistency, overflow, or an algorithm that cannot serve it) and returns

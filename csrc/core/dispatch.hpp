@@ -36,6 +36,7 @@ struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
   const AlgoKernels* gemm;
+  const AlgoKernels* depthwise;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -60,7 +61,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
 }  // namespace pyconv

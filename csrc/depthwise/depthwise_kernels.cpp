@@ -1,0 +1,334 @@
+// Depthwise convolution (groups == C_in, any channel multiplier m, stride,
+// dilation, padding), compiled once per ISA.  Output channel c*m + j reads
+// input channel c.  Depthwise layers do ~2 FLOP per byte moved, so the goal
+// is to touch the input and the output once each, from the layout they are
+// in, with no layout conversion:
+//
+// NCHW: one input plane at a time.  The plane is copied, zero-padded, into a
+// per-thread scratch split into `sw` column phases (phase f holds padded
+// columns f, f + sw, ...), so that for any stride and dilation an output row
+// reads each kernel tap as one contiguous run: padded column ow*sw + kw*dw
+// is phase (kw*dw) % sw at ow + (kw*dw) / sw.  The kernel is vectorised
+// along the output width (TV vectors of V pixels per tile), with the tap
+// weight broadcast; the m output planes of the input plane reuse the scratch
+// while it is hot in L1/L2.  Padding never reaches the inner loop.
+//
+// NHWC: vectorised across channels (V consecutive input channels, plain
+// vector loads of input and weight per tap).  Output rows are split into a
+// border (pixels whose taps leave the image: one pixel at a time, taps
+// clipped) and an interior (TW pixels per tile, no checks); the kernel rows
+// a given output row can reach are clipped once per row.
+//
+// Determinism: every output element is computed by one thread in the fixed
+// tap order (kh, kw).
+#include <cstdint>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "core/dispatch.hpp"
+#include "core/problem.hpp"
+#include "simd/vec.hpp"
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+namespace {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+constexpr int64_t kAlign = 64;
+constexpr int kTileVectors = 4;  // NCHW: 4 accumulators of V pixels per row tile
+#if defined(PYCONV_ISA_avx512)
+constexpr int kTilePixels = 8;   // NHWC: 8 pixels x V channels per tile
+#else
+constexpr int kTilePixels = 6;
+#endif
+
+template <class T>
+inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
+  if (act == Activation::Relu) return Vec<T>::relu(v);
+  if (act == Activation::Relu6) return Vec<T>::relu6(v);
+  return v;
+}
+
+struct Geometry {
+  int64_t m;              // channel multiplier
+  int64_t hp, wq;         // NCHW scratch: padded rows, columns per phase
+  int64_t plane_elems;    // NCHW scratch elements per thread (all phases)
+  int64_t cp;             // NHWC: channels rounded up to lanes
+  int64_t w_elems;        // packed weight
+  int64_t off_w, off_b, off_scratch, total;
+};
+
+template <class T>
+Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
+  constexpr int V = Vec<T>::N;
+  Geometry g{};
+  g.m = s.oc / s.c;
+  const int64_t e = sizeof(T);
+  int64_t off = 0;
+  if (s.layout == Layout::NCHW) {
+    g.hp = s.h + s.pt + s.pb;
+    const int64_t span = round_up(s.ow, V);  // columns a row's tiles read (full tiles, then single vectors)
+    const int64_t reach = (s.kw - 1) * s.dw / s.sw;            // furthest phase offset of a tap
+    g.wq = max64(ceil_div(s.w + s.pl + s.pr, s.sw), span + reach);
+    g.plane_elems = s.sw * g.hp * g.wq;
+    g.w_elems = s.oc * s.kh * s.kw;  // OIHW as is
+    g.off_w = off;
+    if (!prepacked) off += round_up(g.w_elems * e, kAlign);
+    g.off_b = off;
+    g.off_scratch = off;
+    off += nt * round_up(g.plane_elems * e, kAlign);
+  } else {
+    g.cp = round_up(s.c, V);
+    g.w_elems = g.m * s.kh * s.kw * g.cp;  // [j][kh][kw][c]
+    g.off_w = off;
+    if (!prepacked) off += round_up(g.w_elems * e, kAlign);
+    g.off_b = off;
+    off += round_up(g.m * g.cp * e, kAlign);  // bias [j][c]
+    g.off_scratch = off;
+  }
+  g.total = off;
+  return g;
+}
+
+template <class T>
+void pack_weight(const ConvShape& s, const Geometry& g, const T* w, T* wp) {
+  if (s.layout == Layout::NCHW) {
+    for (int64_t i = 0; i < g.w_elems; ++i) wp[i] = w[i];
+    return;
+  }
+  const int64_t taps = s.kh * s.kw;
+  for (int64_t j = 0; j < g.m; ++j)
+    for (int64_t t = 0; t < taps; ++t)
+      for (int64_t c = 0; c < g.cp; ++c)
+        wp[(j * taps + t) * g.cp + c] = c < s.c ? w[t * s.oc + c * g.m + j] : T(0);
+}
+
+// ---- NCHW ------------------------------------------------------------------
+
+// Zero-padded copy of one input plane, split into sw column phases.
+template <class T>
+void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scratch) {
+  const int64_t sw = s.sw;
+  for (int64_t f = 0; f < sw; ++f)
+    for (int64_t r = 0; r < g.hp; ++r) {
+      T* dst = scratch + (f * g.hp + r) * g.wq;
+      const int64_t ih = r - s.pt;
+      if (ih < 0 || ih >= s.h) {
+        for (int64_t q = 0; q < g.wq; ++q) dst[q] = T(0);
+        continue;
+      }
+      // Columns q with input column q*sw + f - pl inside [0, W): a plain
+      // (for sw == 1, contiguous) copy between two zero runs.
+      const T* src = plane + ih * s.w + f - s.pl;
+      const int64_t q_lo = min64(g.wq, max64(0, ceil_div(s.pl - f, sw)));
+      const int64_t q_hi = max64(q_lo, min64(g.wq, (s.w - 1 + s.pl - f) / sw + 1));
+      for (int64_t q = 0; q < q_lo; ++q) dst[q] = T(0);
+      if (sw == 1) {
+        for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q];
+      } else {
+        for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q * sw];
+      }
+      for (int64_t q = q_hi; q < g.wq; ++q) dst[q] = T(0);
+    }
+}
+
+// One output row of one output plane: TV vectors of V pixels per tile.
+template <class T, int TV>
+void row_tile_nchw(const ConvShape& s, const Geometry& g, const T* scratch, const T* wk, T bias, int64_t oh,
+                   int64_t ow, T* yrow) {
+  using V = Vec<T>;
+  typename V::R acc[TV];
+  for (int v = 0; v < TV; ++v) acc[v] = V::zero();
+  for (int64_t kh = 0; kh < s.kh; ++kh) {
+    const int64_t r = oh * s.sh + kh * s.dh;
+    for (int64_t kw = 0; kw < s.kw; ++kw) {
+      const int64_t col = kw * s.dw;
+      const T* src = scratch + ((col % s.sw) * g.hp + r) * g.wq + col / s.sw + ow;
+      const typename V::R wv = V::set1(wk[kh * s.kw + kw]);
+      for (int v = 0; v < TV; ++v) acc[v] = V::fma(V::load(src + v * V::N), wv, acc[v]);
+    }
+  }
+  const typename V::R bv = V::set1(bias);
+  for (int v = 0; v < TV; ++v) {
+    const int64_t lanes = min64(V::N, s.ow - ow - v * V::N);
+    if (lanes <= 0) break;
+    const typename V::R r = activate<T>(s.has_bias ? V::add(acc[v], bv) : acc[v], s.act);
+    if (lanes == V::N)
+      V::store(yrow + ow + v * V::N, r);
+    else
+      V::store_n(yrow + ow + v * V::N, r, static_cast<int>(lanes));
+  }
+}
+
+template <class T>
+void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
+                    char* scratch_base, int nt) {
+  constexpr int V = Vec<T>::N;
+  const int64_t planes = s.n * s.c;
+  const int64_t stride = round_up(g.plane_elems * static_cast<int64_t>(sizeof(T)), kAlign);
+  const int64_t taps = s.kh * s.kw, out_plane = s.oh * s.ow;
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    T* scratch = reinterpret_cast<T*>(scratch_base + omp_get_thread_num() * stride);
+#else
+    T* scratch = reinterpret_cast<T*>(scratch_base);
+#endif
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      const int64_t n = p / s.c, c = p % s.c;
+      fill_phases(s, g, x + p * s.h * s.w, scratch);
+      for (int64_t j = 0; j < g.m; ++j) {
+        const int64_t oc = c * g.m + j;
+        const T* wk = wp + oc * taps;
+        const T b = bias ? bias[oc] : T(0);
+        T* yplane = y + (n * s.oc + oc) * out_plane;
+        for (int64_t oh = 0; oh < s.oh; ++oh) {
+          T* yrow = yplane + oh * s.ow;
+          int64_t ow = 0;
+          for (; ow + V * kTileVectors <= s.ow; ow += V * kTileVectors)
+            row_tile_nchw<T, kTileVectors>(s, g, scratch, wk, b, oh, ow, yrow);
+          for (; ow < s.ow; ow += V) row_tile_nchw<T, 1>(s, g, scratch, wk, b, oh, ow, yrow);
+        }
+      }
+    }
+  }
+}
+
+// ---- NHWC ------------------------------------------------------------------
+
+// TW pixels x V channels, taps kh in [kh0, kh1), kw in [kw0, kw1) (all TW
+// pixels share the kw range: interior tiles use all of it).
+template <class T, int TW>
+void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
+               int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t c, int lanes, T* ydst,
+               int64_t j) {
+  using V = Vec<T>;
+  const bool full = lanes == V::N;
+  typename V::R acc[TW];
+  for (int t = 0; t < TW; ++t) acc[t] = V::zero();
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const T* xrow = xn + (ih0 + kh * s.dh) * s.w * s.c + c;
+    for (int64_t kw = kw0; kw < kw1; ++kw) {
+      const typename V::R wv = V::load(wj + (kh * s.kw + kw) * g.cp + c);
+      const T* xk = xrow + (iw0 + kw * s.dw) * s.c;
+      for (int t = 0; t < TW; ++t) {
+        const T* src = xk + t * s.sw * s.c;
+        acc[t] = V::fma(full ? V::load(src) : V::load_n(src, lanes), wv, acc[t]);
+      }
+    }
+  }
+  const typename V::R bv = V::load(bj + c);
+  alignas(64) T buf[V::N];
+  for (int t = 0; t < TW; ++t) {
+    const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t], bv) : acc[t], s.act);
+    T* dst = ydst + t * s.oc;
+    if (g.m == 1) {
+      if (full)
+        V::store(dst + c, r);
+      else
+        V::store_n(dst + c, r, lanes);
+    } else {  // channel c + l of multiplier slot j goes to (c + l) * m + j
+      V::store(buf, r);
+      for (int l = 0; l < lanes; ++l) dst[(c + l) * g.m + j] = buf[l];
+    }
+  }
+}
+
+template <class T>
+void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bp, T* y, int nt) {
+  constexpr int V = Vec<T>::N;
+  const int64_t taps = s.kh * s.kw;
+  // Output columns whose taps all land inside the image.
+  const int64_t ow_lo = min64(s.ow, ceil_div(s.pl, s.sw));
+  const int64_t last = s.w - 1 - (s.kw - 1) * s.dw + s.pl;  // largest ow*sw still inside
+  const int64_t ow_hi = last < 0 ? ow_lo : max64(ow_lo, min64(s.ow, last / s.sw + 1));
+  const int64_t rows = s.n * s.oh;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / s.oh, oh = r % s.oh;
+    const int64_t ih0 = oh * s.sh - s.pt;
+    // Kernel rows inside the image for this output row.
+    int64_t kh0 = 0, kh1 = s.kh;
+    while (kh0 < kh1 && ih0 + kh0 * s.dh < 0) ++kh0;
+    while (kh1 > kh0 && ih0 + (kh1 - 1) * s.dh >= s.h) --kh1;
+    const T* xn = x + n * s.h * s.w * s.c;
+    T* yrow = y + r * s.ow * s.oc;
+    for (int64_t j = 0; j < g.m; ++j) {
+      const T* wj = wp + j * taps * g.cp;
+      const T* bj = bp + j * g.cp;
+      for (int64_t c = 0; c < s.c; c += V) {
+        const int lanes = static_cast<int>(min64(V, s.c - c));
+        auto border = [&](int64_t ow) {
+          const int64_t iw0 = ow * s.sw - s.pl;
+          int64_t kw0 = 0, kw1 = s.kw;
+          while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
+          while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
+          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, lanes, yrow + ow * s.oc, j);
+        };
+        for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+        int64_t ow = ow_lo;
+        for (; ow + kTilePixels <= ow_hi; ow += kTilePixels)
+          tile_nhwc<T, kTilePixels>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, lanes,
+                                    yrow + ow * s.oc, j);
+        for (; ow < ow_hi; ++ow)
+          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, lanes,
+                          yrow + ow * s.oc, j);
+        for (int64_t o = ow_hi; o < s.ow; ++o) border(o);
+      }
+    }
+  }
+}
+
+// ---- entry points ----------------------------------------------------------
+
+template <class T>
+void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
+                    void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, nt, prepacked != nullptr);
+  char* ws = static_cast<char*>(workspace);
+  const T* wp = prepacked;
+  if (!wp) {
+    T* own = reinterpret_cast<T*>(ws + g.off_w);
+    pack_weight(s, g, w, own);
+    wp = own;
+  }
+  if (s.layout == Layout::NCHW) {
+    depthwise_nchw(s, g, x, wp, bias, y, ws + g.off_scratch, nt);
+    return;
+  }
+  T* bp = reinterpret_cast<T*>(ws + g.off_b);
+  for (int64_t j = 0; j < g.m; ++j)
+    for (int64_t c = 0; c < g.cp; ++c) bp[j * g.cp + c] = (bias && c < s.c) ? bias[c * g.m + j] : T(0);
+  depthwise_nhwc(s, g, x, wp, bp, y, nt);
+}
+
+template <class T>
+void pack_depthwise(const ConvShape& s, const T* w, T* packed, int) {
+  pack_weight(s, make_geometry<T>(s, 1, true), w, packed);
+}
+
+int64_t depthwise_workspace_bytes(const ConvShape& s, int elem_bytes, int nt, bool prepacked) {
+  return elem_bytes == 4 ? make_geometry<float>(s, nt, prepacked).total
+                         : make_geometry<double>(s, nt, prepacked).total;
+}
+
+int64_t depthwise_packed_bytes(const ConvShape& s, int elem_bytes) {
+  return elem_bytes == 4 ? make_geometry<float>(s, 1, true).w_elems * 4
+                         : make_geometry<double>(s, 1, true).w_elems * 8;
+}
+
+}  // namespace
+
+const AlgoKernels kDepthwise = {
+    &depthwise_workspace_bytes, &depthwise_packed_bytes, &pack_depthwise<float>, &pack_depthwise<double>,
+    &conv_depthwise<float>,     &conv_depthwise<double>,
+};
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv
