@@ -17,6 +17,7 @@ except ImportError as exc:  # pragma: no cover - only outside an installed packa
     ) from exc
 
 from ._conv import conv2d, conv_output_shape, plan
+from ._depthwise import depthwise_conv2d, separable_conv2d
 from ._prepack import PackedWeight, prepack
 from ._runtime import (
     config,
@@ -39,6 +40,7 @@ __all__ = [
     "config",
     "conv2d",
     "conv_output_shape",
+    "depthwise_conv2d",
     "get_num_threads",
     "num_threads",
     "peak_gflops",
@@ -46,6 +48,7 @@ __all__ = [
     "prepack",
     "reference",
     "set_max_isa",
+    "separable_conv2d",
     "set_num_threads",
     "show_config",
 ]

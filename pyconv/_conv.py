@@ -165,7 +165,14 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     >>> pyconv.conv2d(x, w, stride=2, padding="same").shape
     (1, 8, 16, 16)
     """
-    fn = "conv2d"
+    return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, layout, activation,
+                   algo, out)
+
+
+def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
+            groups: Any, layout: str, activation: Optional[str], algo: str,
+            out: Optional[np.ndarray]) -> np.ndarray:
+    """conv2d's body; ``fn`` names the public function in error messages."""
     lay = layout_name(fn, layout)
     act = activation_code(fn, activation)
     xa = as_array(fn, "x", x)
@@ -195,7 +202,7 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel, packed)
     if _VERBOSE:
         ms = (time.perf_counter() - start) * 1e3
-        print(f"pyconv_verbose,conv2d,{geo.problem_string()} g{geo.groups} "
+        print(f"pyconv_verbose,{fn},{geo.problem_string()} g{geo.groups} "
               f"{'f32' if dtype == np.float32 else 'f64'} {lay},algo={kernel},"
               f"isa={_core.get_isa()},threads={_core.get_num_threads()},{ms:.3f}ms",
               file=sys.stderr)

@@ -16,6 +16,8 @@ import numpy as np
 
 __all__ = [
     "ConvGeometry",
+    "depthwise_groups",
+    "pointwise_check",
     "activation_code",
     "as_array",
     "check_out",
@@ -331,3 +333,38 @@ def conv_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: Any
             raise ValueError(f"{fn}: the {what} is too large ({count} elements overflow 64-bit sizes)")
     return ConvGeometry(n=n, c=c, h=h, w=w, oc=oc, kh=kh, kw=kw, stride=st, dilation=dl, pads=pads,
                         groups=g, layout=layout, batched=batched, oh=oh, ow=ow)
+
+
+def depthwise_groups(fn: str, x_shape: Tuple[int, ...], w_shape: Tuple[int, ...], layout: str,
+                     name: str = "weight") -> int:
+    """groups (= C_in) of a depthwise call, after checking the weight's form."""
+    if len(x_shape) not in (3, 4):
+        dims = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
+        raise ValueError(f"{fn}: input must be 4-D {dims} or 3-D, got shape {tuple(x_shape)}")
+    c = x_shape[-3] if layout == "NCHW" else x_shape[-1]
+    form = "(C_in*m, 1, KH, KW)" if layout == "NCHW" else "(KH, KW, 1, C_in*m)"
+    if len(w_shape) != 4:
+        raise ValueError(f"{fn}: {name} must be 4-D {form} for layout {layout!r}, got shape {tuple(w_shape)}")
+    per_group = w_shape[1] if layout == "NCHW" else w_shape[2]
+    c_out = w_shape[0] if layout == "NCHW" else w_shape[3]
+    if per_group != 1:
+        raise ValueError(f"{fn}: {name} must have shape {form} (one input channel per filter), "
+                         f"got shape {tuple(w_shape)}")
+    if c < 1 or c_out % c:
+        raise ValueError(f"{fn}: {name} has {c_out} filters, not a multiple of the {c} input "
+                         f"channels (channel multiplier must be an integer)")
+    return int(c)
+
+
+def pointwise_check(fn: str, w_shape: Tuple[int, ...], c_mid: int, layout: str) -> None:
+    """The 1x1 weight of a separable convolution must read the C_mid channels."""
+    form = "(C_out, C_mid, 1, 1)" if layout == "NCHW" else "(1, 1, C_mid, C_out)"
+    if len(w_shape) != 4:
+        raise ValueError(f"{fn}: pointwise_weight must be 4-D {form}, got shape {tuple(w_shape)}")
+    kh, kw, cin = ((w_shape[2], w_shape[3], w_shape[1]) if layout == "NCHW"
+                   else (w_shape[0], w_shape[1], w_shape[2]))
+    if (kh, kw) != (1, 1):
+        raise ValueError(f"{fn}: pointwise_weight must be 1x1, got shape {tuple(w_shape)}")
+    if cin != c_mid:
+        raise ValueError(f"{fn}: pointwise_weight reads {cin} channels but the depthwise step "
+                         f"makes {c_mid}")

@@ -8,6 +8,6 @@ matrix product per kernel tap over strided views, so real layer shapes take well
 under a second.
 """
 
-from ._conv import conv2d, conv_output_shape
+from ._conv import conv2d, conv_output_shape, depthwise_conv2d, separable_conv2d
 
-__all__ = ["conv2d", "conv_output_shape"]
+__all__ = ["conv2d", "conv_output_shape", "depthwise_conv2d", "separable_conv2d"]

@@ -4,9 +4,17 @@ from typing import Any, Optional, Tuple
 
 import numpy as np
 
-from .._normalize import activation_code, as_array, conv_geometry, layout_name, result_dtype
+from .._normalize import (
+    activation_code,
+    as_array,
+    conv_geometry,
+    depthwise_groups,
+    layout_name,
+    pointwise_check,
+    result_dtype,
+)
 
-__all__ = ["conv2d", "conv_output_shape"]
+__all__ = ["conv2d", "conv_output_shape", "depthwise_conv2d", "separable_conv2d"]
 
 
 def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
@@ -75,3 +83,29 @@ def conv_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padd
     fn = "reference.conv_output_shape"
     return conv_geometry(fn, input_shape, weight_shape, stride, padding, dilation, groups,
                          layout_name(fn, layout)).out_shape
+
+
+def depthwise_conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                     dilation: Any = 1, *, layout: str = "NCHW",
+                     activation: Optional[str] = None) -> np.ndarray:
+    """Reference depthwise convolution: :func:`conv2d` with groups = C_in."""
+    fn = "reference.depthwise_conv2d"
+    lay = layout_name(fn, layout)
+    xa, wa = as_array(fn, "x", x), as_array(fn, "weight", weight)
+    groups = depthwise_groups(fn, xa.shape, wa.shape, lay)
+    return conv2d(xa, wa, bias, stride, padding, dilation, groups, layout=lay, activation=activation)
+
+
+def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias: Any = None,
+                     stride: Any = 1, padding: Any = 0, dilation: Any = 1, *,
+                     layout: str = "NCHW", activation: Optional[str] = None) -> np.ndarray:
+    """Reference separable convolution: depthwise, then 1x1 with bias and activation."""
+    fn = "reference.separable_conv2d"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    dw = as_array(fn, "depthwise_weight", depthwise_weight)
+    pw = as_array(fn, "pointwise_weight", pointwise_weight)
+    groups = depthwise_groups(fn, xa.shape, dw.shape, lay, name="depthwise_weight")
+    pointwise_check(fn, pw.shape, dw.shape[0] if lay == "NCHW" else dw.shape[3], lay)
+    mid = conv2d(xa, dw, None, stride, padding, dilation, groups, layout=lay)
+    return conv2d(mid, pw, bias, layout=lay, activation=activation)
