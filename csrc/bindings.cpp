@@ -5,9 +5,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <array>
+#include <chrono>
+#include <cstring>
 #include <string>
 #include <vector>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "core/dispatch.hpp"
 #include "core/threading.hpp"
@@ -182,6 +188,31 @@ PYBIND11_MODULE(_core, m) {
     set_num_threads(n);
   }, py::arg("n"));
   m.def("get_num_threads", &get_num_threads);
+  m.def("copy_bandwidth", [](int64_t bytes, int repeats, int nthreads) {
+    // Memory bandwidth probe: `nthreads` threads copy disjoint slices of a
+    // `bytes` buffer; best of `repeats`, counting bytes read plus written.
+    if (bytes < 4096 || bytes > (int64_t(1) << 34) || repeats < 1 || nthreads < 1)
+      throw std::invalid_argument("copy_bandwidth: bytes in [4 KiB, 16 GiB], repeats and nthreads >= 1");
+    std::vector<char> src(static_cast<size_t>(bytes), 1), dst(static_cast<size_t>(bytes), 0);
+    double best = 0;
+    py::gil_scoped_release release;
+    for (int r = 0; r < repeats; ++r) {
+      const auto start = std::chrono::steady_clock::now();
+#pragma omp parallel num_threads(nthreads)
+      {
+#ifdef _OPENMP
+        const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const int64_t t = 0, nt = 1;
+#endif
+        const int64_t lo = bytes * t / nt, hi = bytes * (t + 1) / nt;
+        std::memcpy(dst.data() + lo, src.data() + lo, static_cast<size_t>(hi - lo));
+      }
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (secs > 0) best = std::max(best, 2.0 * static_cast<double>(bytes) / secs);
+    }
+    return best;
+  }, py::arg("bytes"), py::arg("repeats"), py::arg("nthreads"));
   m.def("peak_flops", [](int elem_bytes, int64_t iters, int nthreads) {
     if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("peak_flops: elem_bytes must be 4 or 8");
     if (iters < 1 || nthreads < 1) throw std::invalid_argument("peak_flops: iters and nthreads must be >= 1");

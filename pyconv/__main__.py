@@ -196,6 +196,8 @@ def _columns(libraries: Sequence[str]) -> List[Column]:
         ("pyconv", lambda r: _ms_cell(r, "pyconv")),
         ("GFLOP/s", lambda r: f"{r.gflops():.1f}" if r.gflops() else "-"),
         ("%peak", lambda r: f"{r.percent_of_peak():.0f}%" if r.percent_of_peak() else "-"),
+        ("GB/s", lambda r: f"{r.gbytes_per_s():.1f}" if r.gbytes_per_s() else "-"),
+        ("%bw", lambda r: f"{r.percent_of_bandwidth():.0f}%" if r.percent_of_bandwidth() else "-"),
         ("algo", lambda r: r.algo or "-"),
     ]
     if "numpy" in libraries:
@@ -214,6 +216,7 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
     means: Dict[str, Optional[float]] = {
         "GFLOP/s": geomean([r.gflops() for r in rows]),
         "%peak": geomean([r.percent_of_peak() for r in rows]),
+        "%bw": geomean([r.percent_of_bandwidth() for r in rows]),
         "vs NumPy": geomean([r.speedup_over("numpy") for r in rows]),
         "vs best": geomean([r.speedup_over(r.best_peer()) for r in rows]),
     }
@@ -226,7 +229,7 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
             cells.append("")
         else:
             cells.append(f"{value:.1f}" if h == "GFLOP/s" else
-                         f"{value:.0f}%" if h == "%peak" else fmt_ratio(value))
+                         f"{value:.0f}%" if h in ("%peak", "%bw") else fmt_ratio(value))
     return cells
 
 
@@ -255,7 +258,10 @@ def header_lines(opts: BenchOptions, versions: Dict[str, Optional[str]]) -> List
         f"{opts.dtype} | input {opts.layout} | weights {'prepacked' if opts.prepacked else 'plain'} | "
         f"CPU {cfg['cpu']} ({os.cpu_count()} logical)",
         f"numpy {versions['numpy']} | peers: {peers} | measured {opts.dtype} FMA peak "
-        f"{peak_gflops(opts.dtype, opts.threads):.0f} GFLOP/s on {opts.threads} thread(s)",
+        f"{peak_gflops(opts.dtype, opts.threads):.0f} GFLOP/s, copy bandwidth "
+        f"{_bench.copy_bandwidth_gbs(_bench.BANDWIDTH_CACHE_BYTES, opts.threads):.0f} GB/s (8 MiB) / "
+        f"{_bench.copy_bandwidth_gbs(_bench.BANDWIDTH_DRAM_BYTES, opts.threads):.0f} GB/s (256 MiB) "
+        f"on {opts.threads} thread(s)",
         "times: median ms per call; vs X = X's time / pyconv's; best = fastest peer whose "
         "output matches pyconv's",
         "torch = PyTorch NCHW, torch-CL = PyTorch channels_last, ORT = onnxruntime",
@@ -307,6 +313,8 @@ def _row_json(row: ShapeResult) -> Dict[str, Any]:
         "gflop": s.gflop,
         "gflops": row.gflops(),
         "percent_of_peak": row.percent_of_peak(),
+        "gbytes_per_s": row.gbytes_per_s(),
+        "percent_of_bandwidth": row.percent_of_bandwidth(),
         "algo": row.algo,
         "speedup_vs_numpy": row.speedup_over("numpy"),
         "best_peer": row.best_peer(),

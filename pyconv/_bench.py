@@ -32,7 +32,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import __version__, reference
+from . import __version__, _core, reference
 from ._conv import conv2d
 from ._prepack import prepack
 from ._conv import plan as conv_plan
@@ -307,6 +307,23 @@ class LibResult:
         return min(self.samples_s) * 1e3 if self.ok else None
 
 
+# Bandwidth probes: a working set that stays in this class of machine's
+# large L3 (what a layer's tensors see when they were just produced) and one
+# far beyond any cache (DRAM).  Measured once per thread count.
+BANDWIDTH_CACHE_BYTES = 8 << 20
+BANDWIDTH_DRAM_BYTES = 256 << 20
+_bandwidth_cache: Dict[Tuple[int, int], float] = {}
+
+
+def copy_bandwidth_gbs(nbytes: int, threads: int) -> float:
+    """GB/s (read + written) of a parallel copy of ``nbytes``, best of a few."""
+    key = (nbytes, threads)
+    if key not in _bandwidth_cache:
+        repeats = 20 if nbytes <= BANDWIDTH_CACHE_BYTES else 4
+        _bandwidth_cache[key] = _core.copy_bandwidth(nbytes, repeats, threads) / 1e9
+    return _bandwidth_cache[key]
+
+
 @dataclass
 class ShapeResult:
     shape: ConvShape
@@ -314,9 +331,22 @@ class ShapeResult:
     algo: str = ""  # what pyconv's algo="auto" ran
     peak_gflops: Optional[float] = None  # the machine's measured FMA peak in the bench's dtype
 
+    bandwidth_gbs: Optional[float] = None  # the machine's cache-resident copy bandwidth
+
     def percent_of_peak(self) -> Optional[float]:
         rate = self.gflops()
         return 100.0 * rate / self.peak_gflops if rate and self.peak_gflops else None
+
+    def gbytes_per_s(self) -> Optional[float]:
+        """Compulsory traffic (input + output + weight bytes) over pyconv's time."""
+        ms = self.ms("pyconv")
+        return self.shape.min_bytes(self.itemsize) / (ms * 1e-3) / 1e9 if ms else None
+
+    def percent_of_bandwidth(self) -> Optional[float]:
+        rate = self.gbytes_per_s()
+        return 100.0 * rate / self.bandwidth_gbs if rate and self.bandwidth_gbs else None
+
+    itemsize: int = 4
 
     def ms(self, library: str) -> Optional[float]:
         res = self.results.get(library)
@@ -414,7 +444,9 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
         results[lib].samples_s = samples
     chosen = conv_plan(shape.x_shape(opts.layout), shape.w_shape(opts.layout), shape.stride,
                        shape.padding, 1, shape.groups, layout=opts.layout, dtype=opts.dtype)["algo"]
-    return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops(opts.dtype, opts.threads))
+    return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops(opts.dtype, opts.threads),
+                       bandwidth_gbs=copy_bandwidth_gbs(BANDWIDTH_CACHE_BYTES, opts.threads),
+                       itemsize=np.dtype(opts.dtype).itemsize)
 
 
 def geomean(values: Sequence[Optional[float]]) -> Optional[float]:

@@ -56,6 +56,14 @@ class ConvShape:
             return (self.c_out, cg, self.kernel, self.kernel)
         return (self.kernel, self.kernel, cg, self.c_out)
 
+    def min_bytes(self, itemsize: int = 4) -> int:
+        """Bytes any implementation must move: input, output and weight once."""
+        geo = self.geometry()
+        out = geo.n * geo.oc * geo.oh * geo.ow
+        x = self.n * self.c_in * self.h * self.w
+        w = self.c_out * (self.c_in // self.groups) * self.kernel * self.kernel
+        return (x + out + w) * itemsize
+
     def geometry(self, layout: str = "NCHW") -> ConvGeometry:
         """The resolved problem, through the same normalisation conv2d uses.
 
