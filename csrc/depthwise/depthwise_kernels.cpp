@@ -41,10 +41,14 @@ inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 constexpr int64_t kAlign = 64;
 constexpr int kTileVectors = 4;  // NCHW: 4 accumulators of V pixels per row tile
+// NHWC tiles: kTilePixels pixels x kChanVectors vectors of channels, so even
+// a single border pixel has 4 independent FMA chains (a lone chain of 9
+// dependent FMAs would wait on latency, not throughput).
+constexpr int kChanVectors = 4;
 #if defined(PYCONV_ISA_avx512)
-constexpr int kTilePixels = 8;   // NHWC: 8 pixels x V channels per tile
+constexpr int kTilePixels = 4;   // 4 x 4 zmm accumulators + 4 weight vectors
 #else
-constexpr int kTilePixels = 6;
+constexpr int kTilePixels = 2;   // 2 x 4 ymm accumulators + 4 weight vectors
 #endif
 
 template <class T>
@@ -83,7 +87,7 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
     g.off_scratch = off;
     off += nt * round_up(g.plane_elems * e, kAlign);
   } else {
-    g.cp = round_up(s.c, V);
+    g.cp = round_up(s.c, V * kChanVectors);
     g.w_elems = g.m * s.kh * s.kw * g.cp;  // [j][kh][kw][c]
     g.off_w = off;
     if (!prepacked) off += round_up(g.w_elems * e, kAlign);
@@ -202,47 +206,63 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
 
 // ---- NHWC ------------------------------------------------------------------
 
-// TW pixels x V channels, taps kh in [kh0, kh1), kw in [kw0, kw1) (all TW
-// pixels share the kw range: interior tiles use all of it).
+// TW pixels x kChanVectors vectors of channels from c, taps kh in [kh0, kh1),
+// kw in [kw0, kw1) (all TW pixels share the kw range: interior tiles use all
+// of it).  Vectors past the last channel have 0 lanes: masked loads read
+// nothing, the packed weights and bias are zero-padded that far.
 template <class T, int TW>
 void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
-               int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t c, int lanes, T* ydst,
-               int64_t j) {
+               int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t c, T* ydst, int64_t j) {
   using V = Vec<T>;
-  const bool full = lanes == V::N;
-  typename V::R acc[TW];
-  for (int t = 0; t < TW; ++t) acc[t] = V::zero();
+  constexpr int CB = kChanVectors;
+  int lanes[CB];
+  bool full = true;
+  for (int b = 0; b < CB; ++b) {
+    lanes[b] = static_cast<int>(max64(0, min64(V::N, s.c - c - b * V::N)));
+    full = full && lanes[b] == V::N;
+  }
+  typename V::R acc[TW][CB];
+  for (int t = 0; t < TW; ++t)
+    for (int b = 0; b < CB; ++b) acc[t][b] = V::zero();
   for (int64_t kh = kh0; kh < kh1; ++kh) {
     const T* xrow = xn + (ih0 + kh * s.dh) * s.w * s.c + c;
     for (int64_t kw = kw0; kw < kw1; ++kw) {
-      const typename V::R wv = V::load(wj + (kh * s.kw + kw) * g.cp + c);
+      typename V::R wv[CB];
+      for (int b = 0; b < CB; ++b) wv[b] = V::load(wj + (kh * s.kw + kw) * g.cp + c + b * V::N);
       const T* xk = xrow + (iw0 + kw * s.dw) * s.c;
       for (int t = 0; t < TW; ++t) {
         const T* src = xk + t * s.sw * s.c;
-        acc[t] = V::fma(full ? V::load(src) : V::load_n(src, lanes), wv, acc[t]);
+        for (int b = 0; b < CB; ++b) {
+          const typename V::R xv = full ? V::load(src + b * V::N) : V::load_n(src + b * V::N, lanes[b]);
+          acc[t][b] = V::fma(xv, wv[b], acc[t][b]);
+        }
       }
     }
   }
-  const typename V::R bv = V::load(bj + c);
   alignas(64) T buf[V::N];
-  for (int t = 0; t < TW; ++t) {
-    const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t], bv) : acc[t], s.act);
-    T* dst = ydst + t * s.oc;
-    if (g.m == 1) {
-      if (full)
-        V::store(dst + c, r);
-      else
-        V::store_n(dst + c, r, lanes);
-    } else {  // channel c + l of multiplier slot j goes to (c + l) * m + j
-      V::store(buf, r);
-      for (int l = 0; l < lanes; ++l) dst[(c + l) * g.m + j] = buf[l];
+  for (int b = 0; b < CB; ++b) {
+    if (lanes[b] == 0) break;
+    const typename V::R bv = V::load(bj + c + b * V::N);
+    const int64_t cb = c + b * V::N;
+    for (int t = 0; t < TW; ++t) {
+      const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][b], bv) : acc[t][b], s.act);
+      T* dst = ydst + t * s.oc;
+      if (g.m == 1) {
+        if (lanes[b] == V::N)
+          V::store(dst + cb, r);
+        else
+          V::store_n(dst + cb, r, lanes[b]);
+      } else {  // channel cb + l of multiplier slot j goes to (cb + l) * m + j
+        V::store(buf, r);
+        for (int l = 0; l < lanes[b]; ++l) dst[(cb + l) * g.m + j] = buf[l];
+      }
     }
   }
 }
 
 template <class T>
 void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bp, T* y, int nt) {
-  constexpr int V = Vec<T>::N;
+  constexpr int CW = Vec<T>::N * kChanVectors;  // channels per tile
   const int64_t taps = s.kh * s.kw;
   // Output columns whose taps all land inside the image.
   const int64_t ow_lo = min64(s.ow, ceil_div(s.pl, s.sw));
@@ -262,24 +282,23 @@ void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
     for (int64_t j = 0; j < g.m; ++j) {
       const T* wj = wp + j * taps * g.cp;
       const T* bj = bp + j * g.cp;
-      for (int64_t c = 0; c < s.c; c += V) {
-        const int lanes = static_cast<int>(min64(V, s.c - c));
-        auto border = [&](int64_t ow) {
+      for (int64_t c = 0; c < s.c; c += CW) {
+        auto single = [&](int64_t ow, bool clip) {
           const int64_t iw0 = ow * s.sw - s.pl;
           int64_t kw0 = 0, kw1 = s.kw;
-          while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
-          while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
-          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, lanes, yrow + ow * s.oc, j);
+          if (clip) {
+            while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
+            while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
+          }
+          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
         };
-        for (int64_t ow = 0; ow < ow_lo; ++ow) border(ow);
+        for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
         int64_t ow = ow_lo;
         for (; ow + kTilePixels <= ow_hi; ow += kTilePixels)
-          tile_nhwc<T, kTilePixels>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, lanes,
+          tile_nhwc<T, kTilePixels>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c,
                                     yrow + ow * s.oc, j);
-        for (; ow < ow_hi; ++ow)
-          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, lanes,
-                          yrow + ow * s.oc, j);
-        for (int64_t o = ow_hi; o < s.ow; ++o) border(o);
+        for (; ow < ow_hi; ++ow) single(ow, false);
+        for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
       }
     }
   }
