@@ -14,6 +14,9 @@ from ._normalize import as_array, layout_name
 __all__ = ["PackedWeight", "prepack"]
 
 
+_FAMILY = {"im2col": "gemm", "pointwise": "gemm"}
+
+
 class PackedWeight:
     """A convolution weight prepared once for many :func:`pyconv.conv2d` calls.
 
@@ -59,7 +62,7 @@ class PackedWeight:
 
     def packed(self, dtype: np.dtype, c_in: int, kernel: str) -> np.ndarray:
         """The weight in ``kernel``'s layout for the active ISA and ``dtype``."""
-        family = "direct" if kernel == "direct" else "gemm"  # im2col and pointwise share panels
+        family = _FAMILY.get(kernel, kernel)  # im2col and pointwise share the GEMM's panels
         key = (_core.get_isa(), np.dtype(dtype).str, family)
         pack = self._packs.get(key)
         if pack is None:

@@ -39,7 +39,8 @@ def w4() -> np.ndarray:  # (2, 3, 3, 3) weight
 @dataclass(frozen=True)
 class Case:
     id: str
-    op: str                                   # "conv2d", "conv_output_shape" or "plan"
+    op: str                                   # "conv2d", "conv_output_shape", "plan",
+                                              # "depthwise_conv2d" or "separable_conv2d"
     make: Callable[[], Tuple[tuple, Dict[str, Any]]]  # -> (args, kwargs), built lazily
     exc: type
     fragments: Tuple[str, ...] = ()           # must all appear in the message
@@ -58,6 +59,22 @@ def shape(case_id: str, xs: Any, ws: Any, exc: type, *fragments: str, op: str = 
 
 def std() -> tuple:
     return x4(), w4()
+
+
+def dwconv(case_id: str, args: Callable[[], tuple], exc: type, *fragments: str, **kwargs: Any) -> Case:
+    return Case(case_id, "depthwise_conv2d", lambda: (args(), kwargs), exc, fragments)
+
+
+def sepconv(case_id: str, args: Callable[[], tuple], exc: type, *fragments: str, **kwargs: Any) -> Case:
+    return Case(case_id, "separable_conv2d", lambda: (args(), kwargs), exc, fragments)
+
+
+def dw_std() -> tuple:  # (1, 3, 6, 6) input, multiplier-2 depthwise weight (6, 1, 3, 3)
+    return x4(), X(6, 1, 3, 3)
+
+
+def sep_std() -> tuple:  # ... then a 1x1 weight from the 6 channels to 4
+    return x4(), X(6, 1, 3, 3), X(4, 6, 1, 1)
 
 
 V, T = ValueError, TypeError
@@ -192,6 +209,99 @@ CASES: List[Case] = [
     conv("out_list", std, T, "out", out=[0.0], pyconv_only=True),
     conv("out_wrong_shape", std, V, "out", "shape", out=np.zeros((1, 2, 4, 5), np.float32),
          pyconv_only=True),
+    # ---- algo="depthwise" serves groups == C_in only
+    conv("algo_depthwise_dense", std, V, "algo", "depthwise", algo="depthwise", pyconv_only=True),
+    conv("algo_depthwise_grouped", lambda: (X(1, 4, 6, 6), X(4, 2, 3, 3)), V, "algo", "depthwise",
+         groups=2, algo="depthwise", pyconv_only=True),
+    conv("algo_depthwise_dense_nhwc", lambda: (X(1, 6, 6, 3), X(3, 3, 3, 2)), V, "algo", "depthwise",
+         layout="NHWC", algo="depthwise", pyconv_only=True),
+    # ---- depthwise_conv2d: the weight's form
+    dwconv("dw_weight_two_channels_per_filter", lambda: (X(1, 4, 6, 6), X(4, 2, 3, 3)), V, "weight",
+           "(4, 2, 3, 3)"),
+    dwconv("dw_weight_dense", lambda: (x4(), X(6, 3, 3, 3)), V, "weight", "(6, 3, 3, 3)"),
+    dwconv("dw_weight_two_channels_nhwc", lambda: (X(1, 6, 6, 4), X(3, 3, 2, 4)), V, "weight",
+           "(3, 3, 2, 4)", layout="NHWC"),
+    dwconv("dw_weight_nchw_form_in_nhwc", lambda: (X(1, 6, 6, 3), X(6, 1, 3, 3)), V, "weight",
+           layout="NHWC"),
+    dwconv("dw_multiplier_mismatch", lambda: (x4(), X(4, 1, 3, 3)), V, "weight", "4 filters", "3 input"),
+    dwconv("dw_fewer_filters_than_channels", lambda: (X(1, 4, 6, 6), X(2, 1, 3, 3)), V, "weight",
+           "2 filters", "4 input"),
+    dwconv("dw_multiplier_mismatch_nhwc", lambda: (X(1, 6, 6, 4), X(3, 3, 1, 6)), V, "weight",
+           "6 filters", "4 input", layout="NHWC"),
+    dwconv("dw_multiplier_mismatch_unbatched", lambda: (X(3, 6, 6), X(5, 1, 3, 3)), V, "weight",
+           "5 filters", "3 input"),
+    dwconv("dw_zero_filters", lambda: (x4(), X(0, 1, 3, 3)), V, "weight"),
+    dwconv("dw_zero_input_channels", lambda: (X(1, 0, 6, 6), X(3, 1, 3, 3)), V, "0 input"),
+    # ---- depthwise_conv2d: ndim
+    dwconv("dw_x_2d", lambda: (X(6, 6), X(3, 1, 3, 3)), V, "input", "4-D"),
+    dwconv("dw_x_5d", lambda: (X(1, 1, 3, 6, 6), X(3, 1, 3, 3)), V, "input", "4-D"),
+    dwconv("dw_x_scalar", lambda: (np.float32(1.0), X(3, 1, 3, 3)), V, "input"),
+    dwconv("dw_weight_3d", lambda: (x4(), X(3, 3, 3)), V, "weight", "4-D"),
+    dwconv("dw_weight_5d", lambda: (x4(), X(3, 1, 3, 3, 1)), V, "weight", "4-D"),
+    dwconv("dw_weight_2d_nhwc", lambda: (X(1, 6, 6, 3), X(3, 3)), V, "weight", "4-D", layout="NHWC"),
+    # ---- depthwise_conv2d: other arguments
+    dwconv("dw_layout_bad", dw_std, V, "layout", "NCWH", layout="NCWH"),
+    dwconv("dw_layout_int", dw_std, T, "layout", layout=1),
+    dwconv("dw_activation_bad", dw_std, V, "activation", "gelu", activation="gelu"),
+    dwconv("dw_activation_int", dw_std, T, "activation", activation=2),
+    dwconv("dw_stride_0", dw_std, V, "stride", stride=0),
+    dwconv("dw_stride_pair_0", dw_std, V, "stride", stride=(2, 0)),
+    dwconv("dw_stride_float", dw_std, T, "stride", stride=1.0),
+    dwconv("dw_stride_triple", dw_std, V, "stride", stride=(1, 1, 1)),
+    dwconv("dw_dilation_0", dw_std, V, "dilation", dilation=0),
+    dwconv("dw_dilation_str", dw_std, T, "dilation", dilation="2"),
+    dwconv("dw_padding_bad_string", dw_std, V, "padding", "full", padding="full"),
+    dwconv("dw_padding_negative", dw_std, V, "padding", padding=-1),
+    dwconv("dw_padding_pairs_negative", dw_std, V, "padding", padding=((0, -1), (0, 0))),
+    dwconv("dw_padding_float", dw_std, T, "padding", padding=0.5),
+    dwconv("dw_padding_triple", dw_std, V, "padding", padding=(1, 1, 1)),
+    dwconv("dw_empty_output", lambda: (X(1, 3, 2, 6), X(3, 1, 3, 3)), V, "empty"),
+    dwconv("dw_bias_wrong_length", lambda: (x4(), X(6, 1, 3, 3), X(3)), V, "bias", "(6,)"),
+    dwconv("dw_bias_2d", lambda: (x4(), X(6, 1, 3, 3), X(6, 1)), V, "bias"),
+    dwconv("dw_x_none", lambda: (None, X(3, 1, 3, 3)), T, "x"),
+    dwconv("dw_weight_none", lambda: (x4(), None), T, "weight"),
+    dwconv("dw_x_complex", lambda: (X(1, 3, 6, 6, dtype=np.complex64), X(3, 1, 3, 3)), T, "x", "complex"),
+    dwconv("dw_weight_object", lambda: (x4(), np.ones((3, 1, 3, 3), dtype=object)), T, "weight", "object"),
+    dwconv("dw_bias_complex", lambda: (x4(), X(3, 1, 3, 3), X(3, dtype=np.complex128)), T, "bias",
+           "complex"),
+    dwconv("dw_padding_overflow", dw_std, V, "too large", padding=2**62),
+    # ---- separable_conv2d: the pointwise weight
+    sepconv("sep_pointwise_3x3", lambda: (x4(), X(6, 1, 3, 3), X(4, 6, 3, 3)), V, "pointwise_weight", "1x1"),
+    sepconv("sep_pointwise_1x2", lambda: (x4(), X(6, 1, 3, 3), X(4, 6, 1, 2)), V, "pointwise_weight", "1x1"),
+    sepconv("sep_pointwise_3x3_nhwc", lambda: (X(1, 6, 6, 3), X(3, 3, 1, 3), X(3, 3, 3, 4)), V,
+            "pointwise_weight", "1x1", layout="NHWC"),
+    sepconv("sep_pointwise_wrong_channels", lambda: (x4(), X(6, 1, 3, 3), X(4, 5, 1, 1)), V,
+            "pointwise_weight", "5", "6"),
+    sepconv("sep_pointwise_reads_c_in", lambda: (x4(), X(6, 1, 3, 3), X(4, 3, 1, 1)), V,
+            "pointwise_weight", "3", "6"),
+    sepconv("sep_pointwise_wrong_channels_nhwc", lambda: (X(1, 6, 6, 3), X(3, 3, 1, 6), X(1, 1, 3, 4)),
+            V, "pointwise_weight", "3", "6", layout="NHWC"),
+    sepconv("sep_pointwise_3d", lambda: (x4(), X(6, 1, 3, 3), X(4, 6, 1)), V, "pointwise_weight", "4-D"),
+    sepconv("sep_pointwise_none", lambda: (x4(), X(6, 1, 3, 3), None), T, "pointwise_weight"),
+    sepconv("sep_pointwise_complex", lambda: (x4(), X(6, 1, 3, 3), X(4, 6, 1, 1, dtype=np.complex64)), T,
+            "pointwise_weight", "complex"),
+    # ---- separable_conv2d: bias (C_out of the pointwise step) and the depthwise weight
+    sepconv("sep_bias_depthwise_length", lambda: sep_std() + (X(6),), V, "bias", "(4,)"),
+    sepconv("sep_bias_wrong_length", lambda: sep_std() + (X(5),), V, "bias", "(4,)"),
+    sepconv("sep_bias_2d", lambda: sep_std() + (X(4, 1),), V, "bias"),
+    sepconv("sep_bias_complex", lambda: sep_std() + (X(4, dtype=np.complex64),), T, "bias", "complex"),
+    sepconv("sep_depthwise_dense", lambda: (x4(), X(6, 3, 3, 3), X(4, 6, 1, 1)), V, "depthwise_weight"),
+    sepconv("sep_depthwise_multiplier_mismatch", lambda: (x4(), X(4, 1, 3, 3), X(4, 4, 1, 1)), V,
+            "depthwise_weight", "4 filters"),
+    sepconv("sep_depthwise_3d", lambda: (x4(), X(6, 3, 3), X(4, 6, 1, 1)), V, "depthwise_weight", "4-D"),
+    sepconv("sep_depthwise_none", lambda: (x4(), None, X(4, 6, 1, 1)), T, "depthwise_weight"),
+    # ---- separable_conv2d: other arguments
+    sepconv("sep_x_2d", lambda: (X(6, 6), X(6, 1, 3, 3), X(4, 6, 1, 1)), V, "input", "4-D"),
+    sepconv("sep_x_none", lambda: (None, X(6, 1, 3, 3), X(4, 6, 1, 1)), T, "x"),
+    sepconv("sep_layout_bad", sep_std, V, "layout", layout="NWHC"),
+    sepconv("sep_activation_bad", sep_std, V, "activation", "tanh", activation="tanh"),
+    sepconv("sep_activation_int", sep_std, T, "activation", activation=1),
+    sepconv("sep_stride_0", sep_std, V, "stride", stride=0),
+    sepconv("sep_stride_float", sep_std, T, "stride", stride=2.5),
+    sepconv("sep_dilation_negative", sep_std, V, "dilation", dilation=-1),
+    sepconv("sep_padding_bad_string", sep_std, V, "padding", padding="full"),
+    sepconv("sep_padding_negative", sep_std, V, "padding", padding=(-1, 0)),
+    sepconv("sep_empty_output", lambda: (X(1, 3, 6, 2), X(6, 1, 3, 3), X(4, 6, 1, 1)), V, "empty"),
 ]
 
 
@@ -205,6 +315,8 @@ def implementations(case: Case) -> List[Tuple[str, Callable[..., Any]]]:
         return impls
     if case.op == "conv_output_shape":
         return [("pyconv", pyconv.conv_output_shape), ("reference", pyconv.reference.conv_output_shape)]
+    if case.op in ("depthwise_conv2d", "separable_conv2d"):
+        return [("pyconv", getattr(pyconv, case.op)), ("reference", getattr(pyconv.reference, case.op))]
     return [("pyconv", pyconv.plan)]
 
 

@@ -363,14 +363,17 @@ SERVED = {
     "pointwise": [dict(c=5, oc=7, k=1, stride=1, padding=0, groups=1),
                   dict(c=5, oc=7, k=1, stride=2, padding="valid", groups=1)],
     "depthwise": [dict(c=6, oc=6, k=3, stride=1, padding=1, groups=6),
-                  dict(c=3, oc=9, k=5, stride=2, padding="same", groups=3)],
+                  dict(c=3, oc=9, k=5, stride=2, padding="same", groups=3),
+                  # one input channel: groups=1 == C_in is depthwise too (multiplier 4)
+                  dict(c=1, oc=4, k=3, stride=1, padding=0, groups=1)],
 }
 REFUSED = {
     "pointwise": [dict(c=5, oc=7, k=3, stride=1, padding=0, groups=1),
                   dict(c=4, oc=4, k=1, stride=1, padding=0, groups=2),
                   dict(c=5, oc=7, k=1, stride=1, padding=1, groups=1)],
     "depthwise": [dict(c=4, oc=4, k=3, stride=1, padding=1, groups=1),
-                  dict(c=4, oc=4, k=3, stride=1, padding=1, groups=2)],
+                  dict(c=4, oc=4, k=3, stride=1, padding=1, groups=2),
+                  dict(c=6, oc=12, k=1, stride=1, padding=0, groups=3)],
 }
 
 
@@ -383,24 +386,22 @@ def _algo_case(rng, spec, layout):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("algo, index", [(a, i) for a, specs in SERVED.items() for i in range(len(specs))])
-def test_specialised_algo_serves_or_is_not_available(isa, rng, algo, index, layout):
-    """Either a correct result or, while the algorithm is not built yet,
-    a ValueError saying so; never a wrong result."""
+def test_specialised_algo_serves(isa, rng, algo, index, layout):
+    """Every algorithm of DESIGN.md is built: each serves its shapes correctly."""
     x, wt, b, kwargs = _algo_case(rng, SERVED[algo][index], layout)
-    try:
-        y = pyconv.conv2d(x, wt, b, algo=algo, **kwargs)
-    except ValueError as exc:
-        assert "not available" in str(exc)
-        assert "conv2d" in str(exc) and algo in str(exc)
-        return
-    assert_close(y, reference64(x, wt, b, **kwargs), np.float32)
+    check_conv(x, wt, b, dtype=np.float32, algo=algo, activation="relu", **kwargs)
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("algo, index", [(a, i) for a, specs in REFUSED.items() for i in range(len(specs))])
-def test_specialised_algo_refuses_other_shapes(isa, rng, algo, index):
-    x, wt, b, kwargs = _algo_case(rng, REFUSED[algo][index], "NCHW")
-    with pytest.raises(ValueError, match="conv2d"):
-        pyconv.conv2d(x, wt, b, algo=algo, **kwargs)
+def test_specialised_algo_refuses_other_shapes(isa, rng, algo, index, layout):
+    """A ValueError naming conv2d and the algorithm, with out= untouched."""
+    x, wt, b, kwargs = _algo_case(rng, REFUSED[algo][index], layout)
+    out = np.full(pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), 7.0, np.float32)
+    with pytest.raises(ValueError, match=f"conv2d: algo='{algo}'") as info:
+        pyconv.conv2d(x, wt, b, algo=algo, out=out, **kwargs)
+    assert algo in str(info.value)
+    assert np.all(out == 7.0)
 
 
 # algo="pointwise" refuses everything but a 1x1, groups=1, unpadded conv, and says why.
@@ -469,23 +470,26 @@ def test_im2col_serves_every_shape(isa, rng, spec, layout):
     check_conv(x, wt, b, dtype=np.float32, algo="im2col", activation="relu6", **kwargs)
 
 
-def test_depthwise_message_points_to_working_algos(rng):
-    """While algo='depthwise' is not built, its error says so and names the
-    algorithms that do work (which then do)."""
-    x, wt, b, kwargs = _algo_case(rng, SERVED["depthwise"][0], "NCHW")
-    try:
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_depthwise_algo_refuses_groups_other_than_c_in(isa, rng, groups, layout):
+    """algo='depthwise' serves groups == C_in (any multiplier) and refuses
+    every other grouping with a ValueError that names conv2d and 'depthwise';
+    the algorithms that serve every shape compute those."""
+    x, wt, b = conv_inputs(rng, n=2, c=8, h=9, w=40, oc=16, kh=3, kw=3, groups=groups, layout=layout,
+                           bias=True)
+    kwargs = dict(padding=1, groups=groups, layout=layout)
+    with pytest.raises(ValueError, match="depthwise") as info:
         pyconv.conv2d(x, wt, b, algo="depthwise", **kwargs)
-    except ValueError as exc:
-        msg = str(exc)
-        assert "not available" in msg and "depthwise" in msg and "conv2d" in msg
-        named = [a for a in ("auto", "direct", "im2col") if repr(a) in msg or f'"{a}"' in msg]
-        assert named, msg
-        for algo in named:
-            assert_close(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), reference64(x, wt, b, **kwargs),
-                         np.float32)
-    else:  # built since: then it must be right
-        assert_close(pyconv.conv2d(x, wt, b, algo="depthwise", **kwargs), reference64(x, wt, b, **kwargs),
-                     np.float32)
+    msg = str(info.value)
+    assert msg.startswith("conv2d:") and "algo" in msg and f"groups={groups}" in msg, msg
+    r = reference64(x, wt, b, **kwargs)
+    for algo in ("auto", "direct", "im2col"):
+        assert_close(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), r, np.float32)
+    # the same layer made depthwise (groups == C_in = 8, multiplier 2) is served
+    xd, wd, bd = conv_inputs(rng, n=2, c=8, h=9, w=40, oc=16, kh=3, kw=3, groups=8, layout=layout,
+                             bias=True)
+    check_conv(xd, wd, bd, dtype=np.float32, algo="depthwise", padding=1, groups=8, layout=layout)
 
 
 @pytest.mark.parametrize("algo, exc", [

@@ -380,8 +380,10 @@ GEMM_PLAN_CASES = [
     ((8, 512, 14, 14), (512, 1, 3, 3), dict(padding="same", groups=512)),
     ((1, 3, 8, 8), (8, 3, 3, 3), dict(padding=1)),
     ((2, 600, 5, 5), (70, 600, 1, 1), dict(padding=1)),  # 1x1 but padded: not pointwise
+    ((8, 14, 14, 512), (3, 3, 1, 512), dict(padding="same", groups=512, layout="NHWC")),
+    ((1, 32, 112, 112), (64, 1, 3, 3), dict(padding=1, groups=32)),
 ]
-KNOWN_ALGOS = {"direct", "im2col", "pointwise"}
+KNOWN_ALGOS = {"direct", "im2col", "pointwise", "depthwise"}
 
 
 def _is_pointwise_shape(ws, kwargs, pads) -> bool:
@@ -395,8 +397,11 @@ def test_plan_algo_and_workspace(isa, xs, ws, kwargs):
     assert p["algo"] in KNOWN_ALGOS, p
     if p["algo"] == "pointwise":
         assert _is_pointwise_shape(ws, kwargs, p["pads"]), p
-    if p["algo"] in ("im2col", "pointwise"):
-        # packed weights and per-thread packing buffers: never free
+    if p["algo"] == "depthwise":
+        groups = kwargs.get("groups", 1)
+        assert groups == (xs[1] if kwargs.get("layout", "NCHW") == "NCHW" else xs[3]), p
+    if p["algo"] in ("im2col", "pointwise", "depthwise"):
+        # packed weights and per-thread packing/padding buffers: never free
         assert p["workspace_bytes"] > 0, p
     # "auto" is a function of the shape: not of the thread count, the ISA,
     # the dtype or the call

@@ -25,7 +25,13 @@ def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any 
     y[n, o, i, j] = bias[o] + sum over c, p, q of
         xpad[n, g*Cg + c, i*sh + p*dh, j*sw + q*dw] * w[o, c, p, q],  g = o // (C_out/groups)
     """
-    fn = "reference.conv2d"
+    return _conv2d("reference.conv2d", x, weight, bias, stride, padding, dilation, groups, layout,
+                   activation)
+
+
+def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
+            groups: Any, layout: str, activation: Optional[str]) -> np.ndarray:
+    """conv2d's body; ``fn`` names the public function in error messages."""
     lay = layout_name(fn, layout)
     act = activation_code(fn, activation)
     xa = as_array(fn, "x", x)
@@ -93,7 +99,7 @@ def depthwise_conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, pad
     lay = layout_name(fn, layout)
     xa, wa = as_array(fn, "x", x), as_array(fn, "weight", weight)
     groups = depthwise_groups(fn, xa.shape, wa.shape, lay)
-    return conv2d(xa, wa, bias, stride, padding, dilation, groups, layout=lay, activation=activation)
+    return _conv2d(fn, xa, wa, bias, stride, padding, dilation, groups, lay, activation)
 
 
 def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias: Any = None,
@@ -105,7 +111,11 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
     xa = as_array(fn, "x", x)
     dw = as_array(fn, "depthwise_weight", depthwise_weight)
     pw = as_array(fn, "pointwise_weight", pointwise_weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
     groups = depthwise_groups(fn, xa.shape, dw.shape, lay, name="depthwise_weight")
     pointwise_check(fn, pw.shape, dw.shape[0] if lay == "NCHW" else dw.shape[3], lay)
-    mid = conv2d(xa, dw, None, stride, padding, dilation, groups, layout=lay)
-    return conv2d(mid, pw, bias, layout=lay, activation=activation)
+    dtype = result_dtype(xa, dw, pw, ba)  # one dtype for both steps, from all operands
+    mid = _conv2d(fn, xa.astype(dtype, copy=False), dw.astype(dtype, copy=False), None, stride, padding,
+                  dilation, groups, lay, None)
+    return _conv2d(fn, mid, pw.astype(dtype, copy=False),
+                   None if ba is None else ba.astype(dtype, copy=False), 1, 0, 1, 1, lay, activation)
