@@ -17,6 +17,7 @@ from ._normalize import (
     as_array,
     check_out,
     conv_geometry,
+    float_dtype,
     layout_name,
     result_dtype,
 )
@@ -251,12 +252,7 @@ def plan(x_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0, dil
     fn = "plan"
     lay = layout_name(fn, layout)
     geo = conv_geometry(fn, x_shape, weight_shape, stride, padding, dilation, groups, lay)
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"{fn}: dtype must be 'float32' or 'float64', got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"{fn}: dtype must be 'float32' or 'float64', got {dtype!r}")
+    dt = float_dtype(fn, dtype)
     kernel = _choose_algo(fn, "auto", geo)
     ws = _core.workspace_bytes(geo.core_tuple(), 0 if lay == "NCHW" else 1, False, kernel,
                                dt.itemsize) if geo.n else 0

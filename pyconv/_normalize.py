@@ -17,6 +17,7 @@ import numpy as np
 __all__ = [
     "ConvGeometry",
     "depthwise_groups",
+    "float_dtype",
     "pointwise_check",
     "activation_code",
     "as_array",
@@ -116,6 +117,17 @@ def resolve_pads(spec: PaddingSpec, hw: Tuple[int, int], k: Tuple[int, int],
         return (t, b, l, r)
     (t, b), (l, r) = spec
     return (t, b, l, r)
+
+
+def float_dtype(fn: str, value: Any) -> np.dtype:
+    """A ``dtype=`` argument that must name float32 or float64."""
+    try:
+        dt = np.dtype(value)
+    except TypeError:
+        raise TypeError(f"{fn}: dtype must be 'float32' or 'float64', got {value!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"{fn}: dtype must be 'float32' or 'float64', got {value!r}")
+    return dt
 
 
 def layout_name(fn: str, value: Any) -> str:

@@ -181,14 +181,9 @@ def peak_gflops(dtype: Any = "float32", threads: Any = None) -> float:
     >>> pyconv.peak_gflops("float32", threads=1) > 0
     True
     """
-    import numpy as np
+    from ._normalize import float_dtype
 
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"peak_gflops: dtype must be 'float32' or 'float64', got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise ValueError(f"peak_gflops: dtype must be 'float32' or 'float64', got {dtype!r}")
+    dt = float_dtype("peak_gflops", dtype)
     nt = get_num_threads() if threads is None else _thread_count("peak_gflops", threads)
     key = (_core.get_isa(), dt.itemsize, nt)
     if key not in _peak_cache:

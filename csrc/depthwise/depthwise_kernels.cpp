@@ -22,24 +22,17 @@
 // Determinism: every output element is computed by one thread in the fixed
 // tap order (kh, kw).
 #include <cstdint>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
+#include "simd/kernel_util.hpp"
 #include "simd/vec.hpp"
 
 namespace pyconv {
 namespace PYCONV_ISA_NS {
 namespace {
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
-constexpr int64_t kAlign = 64;
 constexpr int kTileVectors = 4;  // NCHW: 4 accumulators of V pixels per row tile
 // NHWC tiles: kTilePixels pixels x kChanVectors vectors of channels, so even
 // a single border pixel has 4 independent FMA chains (a lone chain of 9
@@ -50,13 +43,6 @@ constexpr int kTilePixels = 4;   // 4 x 4 zmm accumulators + 4 weight vectors
 #else
 constexpr int kTilePixels = 2;   // 2 x 4 ymm accumulators + 4 weight vectors
 #endif
-
-template <class T>
-inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
-  if (act == Activation::Relu) return Vec<T>::relu(v);
-  if (act == Activation::Relu6) return Vec<T>::relu6(v);
-  return v;
-}
 
 struct Geometry {
   int64_t m;              // channel multiplier
@@ -178,11 +164,7 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
   const int64_t taps = s.kh * s.kw, out_plane = s.oh * s.ow;
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    T* scratch = reinterpret_cast<T*>(scratch_base + omp_get_thread_num() * stride);
-#else
-    T* scratch = reinterpret_cast<T*>(scratch_base);
-#endif
+    T* scratch = reinterpret_cast<T*>(scratch_base + thread_index() * stride);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
       const int64_t n = p / s.c, c = p % s.c;

@@ -26,6 +26,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
+#include "simd/kernel_util.hpp"
 #include "simd/vec.hpp"
 
 namespace pyconv {
@@ -39,11 +40,7 @@ constexpr int kTileW = 6;   // 6 px x 2 ymm accumulators = 12 of 16 registers
 #else
 constexpr int kTileW = 4;
 #endif
-constexpr int64_t kAlign = 64;  // bytes; every workspace region starts on a cache line
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
 
 // Where everything lives in the workspace, derived from the shape alone so
 // that workspace_bytes() and the kernel agree.
@@ -195,13 +192,6 @@ void pack_weight_any(const ConvShape& s, const Plan& p, const T* w, T* wp, int n
 }
 
 // ---- micro-kernels ---------------------------------------------------------
-
-template <class T>
-inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
-  if (act == Activation::Relu) return Vec<T>::relu(v);
-  if (act == Activation::Relu6) return Vec<T>::relu6(v);
-  return v;
-}
 
 // Strides of the padded input and of the output, in elements.
 struct Steps {

@@ -25,22 +25,16 @@
 // so a tile's values do not depend on whether it is an edge tile.
 #include <chrono>
 #include <cstdint>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
+#include "simd/kernel_util.hpp"
 #include "simd/vec.hpp"
 
 namespace pyconv {
 namespace PYCONV_ISA_NS {
 namespace {
 
-inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
-inline int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
-inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
-inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
 
 // Register blocking: MR x NB vectors of accumulators, leaving registers for
 // NB B vectors and one A broadcast.
@@ -52,7 +46,6 @@ constexpr int kMR = 6;   // 6 x 2 ymm = 12 of 16 registers
 constexpr int kMR = 4;
 #endif
 constexpr int kNB = 2;
-constexpr int64_t kAlign = 64;
 
 template <class T>
 struct Blocking {
@@ -80,13 +73,6 @@ inline T scalar_act(T v, Activation act) {
   if (act == Activation::None) return v;
   v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in the vector path
   if (act == Activation::Relu6) v = v > T(6) ? T(6) : v;
-  return v;
-}
-
-template <class T>
-inline typename Vec<T>::R vector_act(typename Vec<T>::R v, Activation act) {
-  if (act == Activation::Relu) return Vec<T>::relu(v);
-  if (act == Activation::Relu6) return Vec<T>::relu6(v);
   return v;
 }
 
@@ -123,7 +109,7 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
         R v = accumulate ? V::add(acc[i][j], V::load(dst)) : acc[i][j];
         if (last) {
           if (e.bias) v = V::add(v, e.bias_per_row ? V::set1(e.bias[row0 + i]) : V::load(e.bias + col0 + j * N));
-          v = vector_act<T>(v, e.act);
+          v = activate<T>(v, e.act);
         }
         V::store(dst, v);
       }
@@ -346,11 +332,7 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
   const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_index();
     T* bp = reinterpret_cast<T*>(pack_base + tid * pack_stride);
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < g.units; ++u) {
@@ -388,11 +370,7 @@ void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
   const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 #pragma omp parallel num_threads(nt)
   {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num();
-#else
-    const int tid = 0;
-#endif
+    const int tid = thread_index();
     T* ap = reinterpret_cast<T*>(pack_base + tid * pack_stride);
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < g.units; ++u) {
