@@ -7,7 +7,7 @@ from typing import Any, Optional
 import numpy as np
 
 from ._conv import _conv2d
-from ._normalize import as_array, depthwise_groups, layout_name, pointwise_check, result_dtype
+from ._normalize import as_array, depthwise_groups, layout_name, separable_operands
 
 __all__ = ["depthwise_conv2d", "separable_conv2d"]
 
@@ -57,18 +57,7 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
     (1, 16, 8, 8)
     """
     fn = "separable_conv2d"
-    lay = layout_name(fn, layout)
-    xa = as_array(fn, "x", x)
-    dw = as_array(fn, "depthwise_weight", depthwise_weight)
-    pw = as_array(fn, "pointwise_weight", pointwise_weight)
-    ba = None if bias is None else as_array(fn, "bias", bias)
-    groups = depthwise_groups(fn, xa.shape, dw.shape, lay, name="depthwise_weight")
-    c_mid = dw.shape[0] if lay == "NCHW" else dw.shape[3]
-    pointwise_check(fn, pw.shape, c_mid, lay)
-    # One dtype for the whole operation, from all four operands (the rule of
-    # conv2d), so the intermediate is computed in it too.
-    dtype = result_dtype(xa, dw, pw, ba)
-    mid = _conv2d(fn, xa.astype(dtype, copy=False), dw.astype(dtype, copy=False), None, stride, padding,
-                  dilation, groups, lay, None, "auto", None)
-    return _conv2d(fn, mid, pw.astype(dtype, copy=False), None if ba is None else ba.astype(dtype, copy=False),
-                   1, 0, 1, 1, lay, activation, "auto", None)
+    lay, xa, dw, pw, ba, groups = separable_operands(fn, x, depthwise_weight, pointwise_weight, bias,
+                                                     layout)
+    mid = _conv2d(fn, xa, dw, None, stride, padding, dilation, groups, lay, None, "auto", None)
+    return _conv2d(fn, mid, pw, ba, 1, 0, 1, 1, lay, activation, "auto", None)

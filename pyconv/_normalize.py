@@ -19,6 +19,7 @@ __all__ = [
     "depthwise_groups",
     "float_dtype",
     "pointwise_check",
+    "separable_operands",
     "activation_code",
     "as_array",
     "check_out",
@@ -380,3 +381,23 @@ def pointwise_check(fn: str, w_shape: Tuple[int, ...], c_mid: int, layout: str) 
     if cin != c_mid:
         raise ValueError(f"{fn}: pointwise_weight reads {cin} channels but the depthwise step "
                          f"makes {c_mid}")
+
+
+def separable_operands(fn: str, x: Any, depthwise_weight: Any, pointwise_weight: Any, bias: Any,
+                       layout: str) -> Tuple[Any, ...]:
+    """Checked operands of a separable convolution, in its one computation dtype.
+
+    Returns (layout, x, depthwise_weight, pointwise_weight, bias or None,
+    groups), the arrays cast to the dtype conv2d's rule gives for all four
+    operands together, so the intermediate is computed in it too.
+    """
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    dw = as_array(fn, "depthwise_weight", depthwise_weight)
+    pw = as_array(fn, "pointwise_weight", pointwise_weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    groups = depthwise_groups(fn, xa.shape, dw.shape, lay, name="depthwise_weight")
+    pointwise_check(fn, pw.shape, dw.shape[0] if lay == "NCHW" else dw.shape[3], lay)
+    dtype = result_dtype(xa, dw, pw, ba)
+    cast = [None if a is None else a.astype(dtype, copy=False) for a in (xa, dw, pw, ba)]
+    return (lay, *cast, groups)

@@ -10,8 +10,8 @@ from .._normalize import (
     conv_geometry,
     depthwise_groups,
     layout_name,
-    pointwise_check,
     result_dtype,
+    separable_operands,
 )
 
 __all__ = ["conv2d", "conv_output_shape", "depthwise_conv2d", "separable_conv2d"]
@@ -107,15 +107,7 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
                      layout: str = "NCHW", activation: Optional[str] = None) -> np.ndarray:
     """Reference separable convolution: depthwise, then 1x1 with bias and activation."""
     fn = "reference.separable_conv2d"
-    lay = layout_name(fn, layout)
-    xa = as_array(fn, "x", x)
-    dw = as_array(fn, "depthwise_weight", depthwise_weight)
-    pw = as_array(fn, "pointwise_weight", pointwise_weight)
-    ba = None if bias is None else as_array(fn, "bias", bias)
-    groups = depthwise_groups(fn, xa.shape, dw.shape, lay, name="depthwise_weight")
-    pointwise_check(fn, pw.shape, dw.shape[0] if lay == "NCHW" else dw.shape[3], lay)
-    dtype = result_dtype(xa, dw, pw, ba)  # one dtype for both steps, from all operands
-    mid = _conv2d(fn, xa.astype(dtype, copy=False), dw.astype(dtype, copy=False), None, stride, padding,
-                  dilation, groups, lay, None)
-    return _conv2d(fn, mid, pw.astype(dtype, copy=False),
-                   None if ba is None else ba.astype(dtype, copy=False), 1, 0, 1, 1, lay, activation)
+    lay, xa, dw, pw, ba, groups = separable_operands(fn, x, depthwise_weight, pointwise_weight, bias,
+                                                     layout)
+    mid = _conv2d(fn, xa, dw, None, stride, padding, dilation, groups, lay, None)
+    return _conv2d(fn, mid, pw, ba, 1, 0, 1, 1, lay, activation)
