@@ -52,6 +52,8 @@ def _int(fn: str, name: str, value: Any) -> int:
 
 def pair(fn: str, name: str, value: Any, minimum: int = 1) -> Tuple[int, int]:
     """Normalise an int-or-pair argument (stride, dilation, kernel_size)."""
+    if type(value) is int and value >= minimum:  # the common case
+        return value, value
     if isinstance(value, (str, bytes)):
         raise TypeError(f"{fn}: {name} must be an int or a pair of ints, got {value!r}")
     if isinstance(value, (tuple, list, np.ndarray)):
@@ -279,6 +281,8 @@ class ConvGeometry:
 
 
 def _shape(fn: str, name: str, value: Any) -> Tuple[int, ...]:
+    if type(value) is tuple and all(type(v) is int for v in value):
+        return value  # ndarray.shape: the common case, already exact
     if isinstance(value, np.ndarray) and value.dtype.kind != "O":
         value = value.tolist()
     if isinstance(value, (str, bytes)) or not hasattr(value, "__len__"):
