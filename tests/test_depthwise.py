@@ -37,6 +37,7 @@ from conftest import (
     LAYOUTS,
     assert_close,
     check_conv,
+    conv_inputs,
     f64,
     input_shape,
     rand,
@@ -751,3 +752,20 @@ def test_pyconv_depthwise_matches_torch(isa, rng, dtype):
                         activation="relu")
             expected = torch_depthwise(x, wt, b, **full)
             assert_close(pyconv.conv2d(x, wt, b, algo="depthwise", **full), expected, dtype)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("w, kw, stride, padding", [
+    (1, 2, 2, "same"),   # right pad only, stride past the input: found by hypothesis
+    (1, 2, 3, "same"),
+    (2, 3, 3, "same"),
+    (1, 1, 2, ((0, 0), (0, 3))),
+    (3, 2, 4, ((0, 0), (2, 1))),
+    (1, 3, 1, 1),
+])
+def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw, stride, padding):
+    """Padding columns must read zeros, never the next row's first pixels."""
+    x, wt, b = conv_inputs(rng, n=2, c=3, h=4, w=w, oc=6, kh=1, kw=kw, groups=3,
+                           layout=layout, dtype=np.float32, bias=True)
+    check_conv(x, wt, b, dtype=np.float32, algo="depthwise", stride=stride, padding=padding,
+               groups=3, layout=layout)

@@ -116,7 +116,8 @@ void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scrat
       // (for sw == 1, contiguous) copy between two zero runs.
       const T* src = plane + ih * s.w + f - s.pl;
       const int64_t q_lo = min64(g.wq, max64(0, ceil_div(s.pl - f, sw)));
-      const int64_t q_hi = max64(q_lo, min64(g.wq, (s.w - 1 + s.pl - f) / sw + 1));
+      const int64_t last = s.w - 1 + s.pl - f;  // q*sw <= last; may be negative (no column)
+      const int64_t q_hi = last < 0 ? q_lo : max64(q_lo, min64(g.wq, last / sw + 1));
       for (int64_t q = 0; q < q_lo; ++q) dst[q] = T(0);
       if (sw == 1) {
         for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q];
