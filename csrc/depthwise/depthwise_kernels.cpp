@@ -43,6 +43,7 @@ constexpr int kTilePixels = 4;   // 4 x 4 zmm accumulators + 4 weight vectors
 #else
 constexpr int kTilePixels = 2;   // 2 x 4 ymm accumulators + 4 weight vectors
 #endif
+constexpr int kTailPixels = 4;   // channel tail: 4 pixels x 1 vector
 
 struct Geometry {
   int64_t m;              // channel multiplier
@@ -189,15 +190,14 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
 
 // ---- NHWC ------------------------------------------------------------------
 
-// TW pixels x kChanVectors vectors of channels from c, taps kh in [kh0, kh1),
+// TW pixels x CB vectors of channels from c, taps kh in [kh0, kh1),
 // kw in [kw0, kw1) (all TW pixels share the kw range: interior tiles use all
 // of it).  Vectors past the last channel have 0 lanes: masked loads read
 // nothing, the packed weights and bias are zero-padded that far.
-template <class T, int TW>
+template <class T, int TW, int CB>
 void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
                int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t c, T* ydst, int64_t j) {
   using V = Vec<T>;
-  constexpr int CB = kChanVectors;
   int lanes[CB];
   bool full = true;
   for (int b = 0; b < CB; ++b) {
@@ -243,6 +243,28 @@ void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, 
   }
 }
 
+// One output row of one channel block: border pixels with clipped taps,
+// interior tiles of TW pixels, interior leftovers one pixel at a time.
+template <class T, int TW, int CB>
+void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
+              int64_t kh0, int64_t kh1, int64_t ow_lo, int64_t ow_hi, int64_t c, T* yrow, int64_t j) {
+  auto single = [&](int64_t ow, bool clip) {
+    const int64_t iw0 = ow * s.sw - s.pl;
+    int64_t kw0 = 0, kw1 = s.kw;
+    if (clip) {
+      while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
+      while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
+    }
+    tile_nhwc<T, 1, CB>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
+  };
+  for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
+  int64_t ow = ow_lo;
+  for (; ow + TW <= ow_hi; ow += TW)
+    tile_nhwc<T, TW, CB>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, yrow + ow * s.oc, j);
+  for (; ow < ow_hi; ++ow) single(ow, false);
+  for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
+}
+
 template <class T>
 void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bp, T* y, int nt) {
   constexpr int CW = Vec<T>::N * kChanVectors;  // channels per tile
@@ -265,24 +287,14 @@ void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
     for (int64_t j = 0; j < g.m; ++j) {
       const T* wj = wp + j * taps * g.cp;
       const T* bj = bp + j * g.cp;
-      for (int64_t c = 0; c < s.c; c += CW) {
-        auto single = [&](int64_t ow, bool clip) {
-          const int64_t iw0 = ow * s.sw - s.pl;
-          int64_t kw0 = 0, kw1 = s.kw;
-          if (clip) {
-            while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
-            while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
-          }
-          tile_nhwc<T, 1>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
-        };
-        for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
-        int64_t ow = ow_lo;
-        for (; ow + kTilePixels <= ow_hi; ow += kTilePixels)
-          tile_nhwc<T, kTilePixels>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c,
-                                    yrow + ow * s.oc, j);
-        for (; ow < ow_hi; ++ow) single(ow, false);
-        for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
-      }
+      // Full blocks of CW channels: kChanVectors vectors per tile.  The last,
+      // partial block goes one vector at a time (a layer with 3 channels must
+      // not pay for 4 vectors), with more pixels per tile for independence.
+      int64_t c = 0;
+      for (; c + CW <= s.c; c += CW)
+        row_nhwc<T, kTilePixels, kChanVectors>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c, yrow, j);
+      for (; c < s.c; c += Vec<T>::N)
+        row_nhwc<T, kTailPixels, 1>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c, yrow, j);
     }
   }
 }
