@@ -55,9 +55,12 @@ def _auto_algo(geo: ConvGeometry) -> str:
 
     Measured on the bench suite (AVX2, 1 and 2 threads; README has the
     table).  Depthwise layers (groups == C_in) go to the depthwise kernel in
-    NHWC, and in NCHW when output rows are at least _AUTO_DW_NCHW_MIN_WIDTH
-    wide (it vectorises along the row; narrow planes are better served by the
-    direct kernel's channel vectors).  The direct kernel reads the input in place of an im2col copy and
+    NCHW when output rows are at least _AUTO_DW_NCHW_MIN_WIDTH wide (it
+    vectorises along the row; narrow planes are better served by the direct
+    kernel's channel vectors), and in NHWC when there are at least two
+    channels and a multiplier of at most _AUTO_DW_NHWC_MAX_MULTIPLIER (it
+    vectorises across channels; a single-channel input with several filters
+    is a dense layer for the direct kernel).  The direct kernel reads the input in place of an im2col copy and
     wins or ties on every NCHW layer and on thin or small NHWC layers.  The
     packed GEMM wins in NHWC once its operands are wide: 1x1 layers with at
     least _AUTO_PW_CHANNELS input and output channels (no lowering at all),
@@ -67,8 +70,13 @@ def _auto_algo(geo: ConvGeometry) -> str:
     """
     icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
     reduction = icg * geo.kh * geo.kw
-    if _serves_depthwise(geo) and (geo.layout == "NHWC" or geo.ow >= _AUTO_DW_NCHW_MIN_WIDTH):
-        return "depthwise"
+    if _serves_depthwise(geo):
+        if geo.layout == "NCHW" and geo.ow >= _AUTO_DW_NCHW_MIN_WIDTH:
+            return "depthwise"
+        # NHWC vectorises across input channels: it needs several of them,
+        # and a small multiplier (each multiplier slot is a pass of its own).
+        if geo.layout == "NHWC" and geo.c > 1 and ocg <= _AUTO_DW_NHWC_MAX_MULTIPLIER:
+            return "depthwise"
     if geo.layout == "NHWC" and icg > 1:
         if _serves_pointwise(geo) and min(icg, ocg) >= _AUTO_PW_CHANNELS:
             return "pointwise"
@@ -78,6 +86,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
 
 
 _AUTO_DW_NCHW_MIN_WIDTH = 32
+_AUTO_DW_NHWC_MAX_MULTIPLIER = 4
 _AUTO_PW_CHANNELS = 32
 _AUTO_IM2COL_REDUCTION = 1024
 _AUTO_IM2COL_OUT = 256
