@@ -10,10 +10,9 @@ try:
     from . import _core  # noqa: F401  (the compiled kernels)
 except ImportError as exc:  # pragma: no cover - only outside an installed package
     raise ImportError(
-        "pyconv's compiled module is missing: this looks like an import from the "
-        "source tree. Install the package (pip install .) and run from another "
-        "directory, or run the tests with `pytest` (not `python -m pytest`) from "
-        f"the repository root. ({exc})"
+        "pyconv's compiled module is missing: this looks like an import from a "
+        "source tree that was never built. `pip install .` builds it (and also "
+        f"places it beside the sources, so the checkout imports too). ({exc})"
     ) from exc
 
 from ._conv import conv2d, conv_output_shape, plan
