@@ -8,6 +8,7 @@ got <value>"``.
 
 from __future__ import annotations
 
+import functools
 import operator
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence, Tuple
@@ -290,9 +291,37 @@ def _shape(fn: str, name: str, value: Any) -> Tuple[int, ...]:
     return tuple(_int(fn, name, v) for v in value)
 
 
+def _plain(value: Any) -> bool:
+    """Exactly ints and strings (nested in tuples): safe as a cache key.
+
+    Not bools, floats or NumPy scalars, which compare equal to ints but must
+    get their own (error) answers.
+    """
+    t = type(value)
+    return t is int or t is str or (t is tuple and all(_plain(v) for v in value))
+
+
+@functools.lru_cache(maxsize=512)
+def _conv_geometry_cached(*args: Any) -> ConvGeometry:
+    return _conv_geometry(*args)
+
+
 def conv_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: Any,
                   dilation: Any, groups: Any, layout: str) -> ConvGeometry:
     """Check a conv2d call's shapes and resolve stride/padding/dilation/groups.
+
+    Layers are called again and again with the same arguments, so results
+    for plain arguments are memoised (failures are not: they raise anew).
+    """
+    args = (fn, x_shape, w_shape, stride, padding, dilation, groups, layout)
+    if _plain(args):
+        return _conv_geometry_cached(*args)
+    return _conv_geometry(*args)
+
+
+def _conv_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: Any,
+                   dilation: Any, groups: Any, layout: str) -> ConvGeometry:
+    """conv_geometry's computation.
 
     ``layout`` must already be normalised by :func:`layout_name`.
     """

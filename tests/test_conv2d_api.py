@@ -501,3 +501,19 @@ def test_bad_algo(algo, exc):
     wt = np.ones((3, 2, 3, 3), np.float32)
     with pytest.raises(exc, match="conv2d: algo"):
         pyconv.conv2d(x, wt, algo=algo)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(stride=True), dict(stride=(1, True)), dict(stride=1.0), dict(stride=(1.0, 1)),
+    dict(padding=1.0), dict(padding=((0, False), (0, 0))), dict(dilation=np.float64(1.0)),
+    dict(groups=True),
+])
+def test_memoised_geometry_never_answers_for_an_equal_looking_argument(bad):
+    """A valid call with 1 / (1, 1) must not make True, 1.0 or (1, True) valid."""
+    x = np.ones((1, 1, 5, 5), np.float32)
+    w = np.ones((2, 1, 3, 3), np.float32)
+    for _ in range(2):
+        pyconv.conv2d(x, w, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=1, groups=1)
+        pyconv.conv2d(x, w, stride=1, padding=1, dilation=1, groups=1)
+        with pytest.raises(TypeError):
+            pyconv.conv2d(x, w, **bad)
