@@ -85,7 +85,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
     return "direct"
 
 
-_AUTO_DW_NCHW_MIN_WIDTH = 32
+_AUTO_DW_NCHW_MIN_WIDTH = 14
 _AUTO_DW_NHWC_MAX_MULTIPLIER = 4
 _AUTO_PW_CHANNELS = 32
 _AUTO_IM2COL_REDUCTION = 1024

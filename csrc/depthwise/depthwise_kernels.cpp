@@ -51,7 +51,7 @@ struct Geometry {
   int64_t plane_elems;    // NCHW scratch elements per thread (all phases)
   int64_t cp;             // NHWC: channels rounded up to lanes
   int64_t w_elems;        // packed weight
-  int64_t off_w, off_b, off_scratch, total;
+  int64_t off_w, off_b, off_taps, off_scratch, total;
 };
 
 template <class T>
@@ -71,6 +71,8 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
     g.off_w = off;
     if (!prepacked) off += round_up(g.w_elems * e, kAlign);
     g.off_b = off;
+    g.off_taps = off;
+    off += round_up(s.kh * s.kw * 8, kAlign);
     g.off_scratch = off;
     off += nt * round_up(g.plane_elems * e, kAlign);
   } else {
@@ -105,7 +107,12 @@ void pack_weight(const ConvShape& s, const Geometry& g, const T* w, T* wp) {
 template <class T>
 void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scratch) {
   const int64_t sw = s.sw;
-  for (int64_t f = 0; f < sw; ++f)
+  for (int64_t f = 0; f < sw; ++f) {
+    // Columns q with input column q*sw + f - pl inside [0, W): a plain (for
+    // sw == 1, contiguous) copy between two zero runs; the same for every row.
+    const int64_t q_lo = min64(g.wq, max64(0, ceil_div(s.pl - f, sw)));
+    const int64_t last = s.w - 1 + s.pl - f;  // q*sw <= last; may be negative (no column)
+    const int64_t q_hi = last < 0 ? q_lo : max64(q_lo, min64(g.wq, last / sw + 1));
     for (int64_t r = 0; r < g.hp; ++r) {
       T* dst = scratch + (f * g.hp + r) * g.wq;
       const int64_t ih = r - s.pt;
@@ -113,12 +120,7 @@ void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scrat
         for (int64_t q = 0; q < g.wq; ++q) dst[q] = T(0);
         continue;
       }
-      // Columns q with input column q*sw + f - pl inside [0, W): a plain
-      // (for sw == 1, contiguous) copy between two zero runs.
       const T* src = plane + ih * s.w + f - s.pl;
-      const int64_t q_lo = min64(g.wq, max64(0, ceil_div(s.pl - f, sw)));
-      const int64_t last = s.w - 1 + s.pl - f;  // q*sw <= last; may be negative (no column)
-      const int64_t q_hi = last < 0 ? q_lo : max64(q_lo, min64(g.wq, last / sw + 1));
       for (int64_t q = 0; q < q_lo; ++q) dst[q] = T(0);
       if (sw == 1) {
         for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q];
@@ -127,40 +129,79 @@ void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scrat
       }
       for (int64_t q = q_hi; q < g.wq; ++q) dst[q] = T(0);
     }
+  }
 }
 
-// One output row of one output plane: TV vectors of V pixels per tile.
-template <class T, int TV>
-void row_tile_nchw(const ConvShape& s, const Geometry& g, const T* scratch, const T* wk, T bias, int64_t oh,
-                   int64_t ow, T* yrow) {
-  using V = Vec<T>;
-  typename V::R acc[TV];
-  for (int v = 0; v < TV; ++v) acc[v] = V::zero();
-  for (int64_t kh = 0; kh < s.kh; ++kh) {
-    const int64_t r = oh * s.sh + kh * s.dh;
+// Offset in the phase scratch of each tap (kh, kw) relative to the first
+// tap of output pixel (oh, ow) = (0, 0): padded column kw*dw lies in phase
+// (kw*dw) % sw at column (kw*dw) / sw.  Computed once per call, so the
+// tile loop has no division in it.
+inline void tap_offsets(const ConvShape& s, const Geometry& g, int64_t* off) {
+  for (int64_t kh = 0; kh < s.kh; ++kh)
     for (int64_t kw = 0; kw < s.kw; ++kw) {
       const int64_t col = kw * s.dw;
-      const T* src = scratch + ((col % s.sw) * g.hp + r) * g.wq + col / s.sw + ow;
-      const typename V::R wv = V::set1(wk[kh * s.kw + kw]);
-      for (int v = 0; v < TV; ++v) acc[v] = V::fma(V::load(src + v * V::N), wv, acc[v]);
+      off[kh * s.kw + kw] = ((col % s.sw) * g.hp + kh * s.dh) * g.wq + col / s.sw;
     }
+}
+
+// TV vectors of V pixels of one output row, starting at `src` (the phase
+// scratch at the row's first tap and the tile's first pixel); the last
+// vector keeps `last_lanes` lanes (the rest of the row).  The scratch is
+// wide enough for whole vectors, so only the store is masked.
+template <class T, int TV>
+void row_tile_nchw(const T* src, const int64_t* off, int64_t taps, const T* wk, T bias, bool has_bias,
+                   Activation act, int last_lanes, T* ydst) {
+  using V = Vec<T>;
+  typename V::R acc[TV];
+#pragma GCC unroll 8
+  for (int v = 0; v < TV; ++v) acc[v] = V::zero();
+  for (int64_t t = 0; t < taps; ++t) {
+    const T* p = src + off[t];
+    const typename V::R wv = V::set1(wk[t]);
+#pragma GCC unroll 8
+    for (int v = 0; v < TV; ++v) acc[v] = V::fma(V::load(p + v * V::N), wv, acc[v]);
   }
   const typename V::R bv = V::set1(bias);
+#pragma GCC unroll 8
   for (int v = 0; v < TV; ++v) {
-    const int64_t lanes = min64(V::N, s.ow - ow - v * V::N);
-    if (lanes <= 0) break;
-    const typename V::R r = activate<T>(s.has_bias ? V::add(acc[v], bv) : acc[v], s.act);
-    if (lanes == V::N)
-      V::store(yrow + ow + v * V::N, r);
+    const typename V::R r = activate<T>(has_bias ? V::add(acc[v], bv) : acc[v], act);
+    if (v + 1 < TV || last_lanes == V::N)
+      V::store(ydst + v * V::N, r);
     else
-      V::store_n(yrow + ow + v * V::N, r, static_cast<int>(lanes));
+      V::store_n(ydst + v * V::N, r, last_lanes);
+  }
+}
+
+// Output rows [oh0, oh1) of one output plane from the plane's phase scratch.
+// Whole tiles of kTileVectors vectors, then one tile of 1..kTileVectors
+// vectors for the rest of the row (a 28-pixel row is one tile of 4, not 4
+// single vectors whose lone FMA chains would wait on latency).
+template <class T>
+void plane_rows_nchw(const ConvShape& s, const Geometry& g, const T* scratch, const int64_t* off, const T* wk,
+                     T bias, int64_t oh0, int64_t oh1, T* yplane, int64_t ldy) {
+  constexpr int V = Vec<T>::N, TW = V * kTileVectors;
+  const int64_t taps = s.kh * s.kw;
+  const int64_t full_end = s.ow / TW * TW, rest = s.ow - full_end;
+  const int rest_vectors = static_cast<int>(ceil_div(rest, V));
+  const int last_lanes = static_cast<int>(rest - (rest_vectors - 1) * V);
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    const T* src = scratch + oh * s.sh * g.wq;
+    T* yrow = yplane + (oh - oh0) * ldy;
+    for (int64_t ow = 0; ow < full_end; ow += TW)
+      row_tile_nchw<T, kTileVectors>(src + ow, off, taps, wk, bias, s.has_bias, s.act, V, yrow + ow);
+    switch (rest_vectors) {
+      case 1: row_tile_nchw<T, 1>(src + full_end, off, taps, wk, bias, s.has_bias, s.act, last_lanes, yrow + full_end); break;
+      case 2: row_tile_nchw<T, 2>(src + full_end, off, taps, wk, bias, s.has_bias, s.act, last_lanes, yrow + full_end); break;
+      case 3: row_tile_nchw<T, 3>(src + full_end, off, taps, wk, bias, s.has_bias, s.act, last_lanes, yrow + full_end); break;
+      case 4: row_tile_nchw<T, 4>(src + full_end, off, taps, wk, bias, s.has_bias, s.act, last_lanes, yrow + full_end); break;
+      default: break;
+    }
   }
 }
 
 template <class T>
 void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
-                    char* scratch_base, int nt) {
-  constexpr int V = Vec<T>::N;
+                    const int64_t* off, char* scratch_base, int nt) {
   const int64_t planes = s.n * s.c;
   const int64_t stride = round_up(g.plane_elems * static_cast<int64_t>(sizeof(T)), kAlign);
   const int64_t taps = s.kh * s.kw, out_plane = s.oh * s.ow;
@@ -173,16 +214,8 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
       fill_phases(s, g, x + p * s.h * s.w, scratch);
       for (int64_t j = 0; j < g.m; ++j) {
         const int64_t oc = c * g.m + j;
-        const T* wk = wp + oc * taps;
-        const T b = bias ? bias[oc] : T(0);
-        T* yplane = y + (n * s.oc + oc) * out_plane;
-        for (int64_t oh = 0; oh < s.oh; ++oh) {
-          T* yrow = yplane + oh * s.ow;
-          int64_t ow = 0;
-          for (; ow + V * kTileVectors <= s.ow; ow += V * kTileVectors)
-            row_tile_nchw<T, kTileVectors>(s, g, scratch, wk, b, oh, ow, yrow);
-          for (; ow < s.ow; ow += V) row_tile_nchw<T, 1>(s, g, scratch, wk, b, oh, ow, yrow);
-        }
+        plane_rows_nchw(s, g, scratch, off, wp + oc * taps, bias ? bias[oc] : T(0), 0, s.oh,
+                        y + (n * s.oc + oc) * out_plane, s.ow);
       }
     }
   }
@@ -192,62 +225,75 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
 
 // TW pixels x CB vectors of channels from c, taps kh in [kh0, kh1),
 // kw in [kw0, kw1) (all TW pixels share the kw range: interior tiles use all
-// of it).  Vectors past the last channel have 0 lanes: masked loads read
-// nothing, the packed weights and bias are zero-padded that far.
-template <class T, int TW, int CB>
+// of it).  Full: all CB*V channels exist; otherwise (CB == 1 only) the
+// vector has s.c - c lanes: masked loads read nothing past the last channel,
+// the packed weights and bias are zero-padded that far.  The accumulators
+// must stay in registers: every loop inside the taps has constant bounds
+// and no per-lane bookkeeping, so the compiler unrolls it completely.
+template <class T, int TW, int CB, bool Full>
 void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
                int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0, int64_t kw1, int64_t c, T* ydst, int64_t j) {
   using V = Vec<T>;
-  int lanes[CB];
-  bool full = true;
-  for (int b = 0; b < CB; ++b) {
-    lanes[b] = static_cast<int>(max64(0, min64(V::N, s.c - c - b * V::N)));
-    full = full && lanes[b] == V::N;
-  }
+  static_assert(Full || CB == 1, "partial channel vectors come one at a time");
+  const int lanes = Full ? V::N : static_cast<int>(min64(V::N, s.c - c));
   typename V::R acc[TW][CB];
+#pragma GCC unroll 16
   for (int t = 0; t < TW; ++t)
+#pragma GCC unroll 16
     for (int b = 0; b < CB; ++b) acc[t][b] = V::zero();
+  const int64_t xstep = s.sw * s.c;
   for (int64_t kh = kh0; kh < kh1; ++kh) {
     const T* xrow = xn + (ih0 + kh * s.dh) * s.w * s.c + c;
+    const T* wrow = wj + kh * s.kw * g.cp + c;
     for (int64_t kw = kw0; kw < kw1; ++kw) {
       typename V::R wv[CB];
-      for (int b = 0; b < CB; ++b) wv[b] = V::load(wj + (kh * s.kw + kw) * g.cp + c + b * V::N);
+#pragma GCC unroll 16
+      for (int b = 0; b < CB; ++b) wv[b] = V::load(wrow + kw * g.cp + b * V::N);
       const T* xk = xrow + (iw0 + kw * s.dw) * s.c;
+#pragma GCC unroll 16
       for (int t = 0; t < TW; ++t) {
-        const T* src = xk + t * s.sw * s.c;
+#pragma GCC unroll 16
         for (int b = 0; b < CB; ++b) {
-          const typename V::R xv = full ? V::load(src + b * V::N) : V::load_n(src + b * V::N, lanes[b]);
+          const T* src = xk + t * xstep + b * V::N;
+          const typename V::R xv = Full ? V::load(src) : V::load_n(src, lanes);
           acc[t][b] = V::fma(xv, wv[b], acc[t][b]);
         }
       }
     }
   }
-  alignas(64) T buf[V::N];
+#pragma GCC unroll 16
   for (int b = 0; b < CB; ++b) {
-    if (lanes[b] == 0) break;
     const typename V::R bv = V::load(bj + c + b * V::N);
     const int64_t cb = c + b * V::N;
+#pragma GCC unroll 16
     for (int t = 0; t < TW; ++t) {
       const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][b], bv) : acc[t][b], s.act);
       T* dst = ydst + t * s.oc;
       if (g.m == 1) {
-        if (lanes[b] == V::N)
+        if (Full)
           V::store(dst + cb, r);
         else
-          V::store_n(dst + cb, r, lanes[b]);
+          V::store_n(dst + cb, r, lanes);
       } else {  // channel cb + l of multiplier slot j goes to (cb + l) * m + j
+        alignas(64) T buf[V::N];
         V::store(buf, r);
-        for (int l = 0; l < lanes[b]; ++l) dst[(cb + l) * g.m + j] = buf[l];
+        for (int l = 0; l < lanes; ++l) dst[(cb + l) * g.m + j] = buf[l];
       }
     }
   }
 }
 
-// One output row of one channel block: border pixels with clipped taps,
-// interior tiles of TW pixels, interior leftovers one pixel at a time.
-template <class T, int TW, int CB>
+// One output row, channels [c0, c1) in steps of CB vectors: border pixels
+// with clipped taps, interior tiles of TW pixels, interior leftovers one
+// pixel at a time.  The channel loop is inside the pixel loop: a tile's
+// taps then read whole pixels (C contiguous values) while they are in L1.
+// The other order (one channel block across the row) reads CB*V values
+// every C*sizeof(T) bytes, and with a power-of-two C those few cache lines
+// fall into a handful of L1 sets and evict each other.
+template <class T, int TW, int CB, bool Full>
 void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
-              int64_t kh0, int64_t kh1, int64_t ow_lo, int64_t ow_hi, int64_t c, T* yrow, int64_t j) {
+              int64_t kh0, int64_t kh1, int64_t ow_lo, int64_t ow_hi, int64_t c0, int64_t c1, T* yrow, int64_t j) {
+  constexpr int64_t step = CB * Vec<T>::N;
   auto single = [&](int64_t ow, bool clip) {
     const int64_t iw0 = ow * s.sw - s.pl;
     int64_t kw0 = 0, kw1 = s.kw;
@@ -255,12 +301,15 @@ void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, c
       while (kw0 < kw1 && iw0 + kw0 * s.dw < 0) ++kw0;
       while (kw1 > kw0 && iw0 + (kw1 - 1) * s.dw >= s.w) --kw1;
     }
-    tile_nhwc<T, 1, CB>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
+    for (int64_t c = c0; c < c1; c += step)
+      tile_nhwc<T, 1, CB, Full>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
   };
   for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
   int64_t ow = ow_lo;
   for (; ow + TW <= ow_hi; ow += TW)
-    tile_nhwc<T, TW, CB>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, yrow + ow * s.oc, j);
+    for (int64_t c = c0; c < c1; c += step)
+      tile_nhwc<T, TW, CB, Full>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c,
+                                 yrow + ow * s.oc, j);
   for (; ow < ow_hi; ++ow) single(ow, false);
   for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
 }
@@ -290,11 +339,15 @@ void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
       // Full blocks of CW channels: kChanVectors vectors per tile.  The last,
       // partial block goes one vector at a time (a layer with 3 channels must
       // not pay for 4 vectors), with more pixels per tile for independence.
-      int64_t c = 0;
-      for (; c + CW <= s.c; c += CW)
-        row_nhwc<T, kTilePixels, kChanVectors>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c, yrow, j);
-      for (; c < s.c; c += Vec<T>::N)
-        row_nhwc<T, kTailPixels, 1>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c, yrow, j);
+      const int64_t c_blocks = s.c / CW * CW, c_vectors = s.c / Vec<T>::N * Vec<T>::N;
+      if (c_blocks > 0)
+        row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_blocks,
+                                                     yrow, j);
+      if (c_vectors > c_blocks)
+        row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_blocks, c_vectors,
+                                          yrow, j);
+      if (s.c > c_vectors)
+        row_nhwc<T, kTailPixels, 1, false>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_vectors, s.c, yrow, j);
     }
   }
 }
@@ -313,7 +366,9 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     wp = own;
   }
   if (s.layout == Layout::NCHW) {
-    depthwise_nchw(s, g, x, wp, bias, y, ws + g.off_scratch, nt);
+    int64_t* off = reinterpret_cast<int64_t*>(ws + g.off_taps);
+    tap_offsets(s, g, off);
+    depthwise_nchw(s, g, x, wp, bias, y, off, ws + g.off_scratch, nt);
     return;
   }
   T* bp = reinterpret_cast<T*>(ws + g.off_b);
