@@ -18,6 +18,7 @@
 #include "core/dispatch.hpp"
 #include "core/threading.hpp"
 #include "conv/conv.hpp"
+#include "pool/pool.hpp"
 
 namespace py = pybind11;
 using namespace pyconv;
@@ -139,6 +140,90 @@ py::array pack_weight_entry(py::array w, int64_t c, int64_t oc, int64_t kh, int6
   throw py::type_error("prepack: only float32 and float64 are packed natively");
 }
 
+// ---- pooling ----------------------------------------------------------------
+
+constexpr size_t kPoolFields = 16;
+using PoolTuple = std::array<int64_t, kPoolFields>;
+
+PoolShape make_pool_shape(const PoolTuple& t, int layout, int op, bool count_include_pad) {
+  if (layout != 0 && layout != 1) throw std::invalid_argument("pool: bad layout code");
+  if (op != 0 && op != 1) throw std::invalid_argument("pool: bad op code");
+  PoolShape s{};
+  s.n = t[0]; s.c = t[1]; s.h = t[2]; s.w = t[3];
+  s.oh = t[4]; s.ow = t[5];
+  s.kh = t[6]; s.kw = t[7];
+  s.sh = t[8]; s.sw = t[9];
+  s.dh = t[10]; s.dw = t[11];
+  s.pt = t[12]; s.pb = t[13]; s.pl = t[14]; s.pr = t[15];
+  s.layout = static_cast<Layout>(layout);
+  s.op = static_cast<PoolOp>(op);
+  s.count_include_pad = count_include_pad;
+  validate_pool(s);
+  return s;
+}
+
+template <class T>
+void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, const py::object& indices) {
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
+  check_buffer(y, "out", dt, s.n * s.c * s.oh * s.ow, true);
+  int64_t* ip = nullptr;
+  if (!indices.is_none()) {
+    if (s.op != PoolOp::Max) throw std::invalid_argument("pool: indices are for max pooling only");
+    py::array ia = indices.cast<py::array>();
+    check_buffer(ia, "indices", py::dtype::of<int64_t>(), s.n * s.c * s.oh * s.ow, true);
+    ip = static_cast<int64_t*>(ia.mutable_data());
+  }
+  const T* xp = static_cast<const T*>(x.data());
+  T* yp = static_cast<T*>(y.mutable_data());
+  const IsaKernels& k = active_kernels();
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  pool_forward<T>(k, s, xp, yp, ip, nt);
+}
+
+void pool_forward_entry(py::array x, py::array y, py::object indices, const PoolTuple& shape, int layout, int op,
+                        bool count_include_pad) {
+  const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
+  if (x.dtype().is(py::dtype::of<float>()))
+    run_pool_forward<float>(s, x, y, indices);
+  else if (x.dtype().is(py::dtype::of<double>()))
+    run_pool_forward<double>(s, x, y, indices);
+  else
+    throw py::type_error("pool: only float32 and float64 are computed natively");
+}
+
+template <class T>
+void run_pool_backward(const PoolShape& s, const py::object& x, const py::array& gy, py::array& gx) {
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(gy, "grad_out", dt, s.n * s.c * s.oh * s.ow, false);
+  check_buffer(gx, "grad_x", dt, s.n * s.c * s.h * s.w, true);
+  const T* xp = nullptr;
+  if (s.op == PoolOp::Max) {
+    if (x.is_none()) throw std::invalid_argument("pool: max pooling's gradient needs x");
+    py::array xa = x.cast<py::array>();
+    check_buffer(xa, "x", dt, s.n * s.c * s.h * s.w, false);
+    xp = static_cast<const T*>(xa.data());
+  }
+  const T* gyp = static_cast<const T*>(gy.data());
+  T* gxp = static_cast<T*>(gx.mutable_data());
+  const IsaKernels& k = active_kernels();
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  pool_backward<T>(k, s, xp, gyp, gxp, nt);
+}
+
+void pool_backward_entry(py::object x, py::array gy, py::array gx, const PoolTuple& shape, int layout, int op,
+                         bool count_include_pad) {
+  const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
+  if (gy.dtype().is(py::dtype::of<float>()))
+    run_pool_backward<float>(s, x, gy, gx);
+  else if (gy.dtype().is(py::dtype::of<double>()))
+    run_pool_backward<double>(s, x, gy, gx);
+  else
+    throw py::type_error("pool: only float32 and float64 are computed natively");
+}
+
 Isa parse_isa(const std::string& name) {
   for (int i = 0; i < kNumIsas; ++i)
     if (name == isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
@@ -173,6 +258,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d", &conv2d_entry, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
         py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"),
         py::arg("packed") = py::none());
+  m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),
+        py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
+  m.def("pool_backward", &pool_backward_entry, py::arg("x"), py::arg("grad_out"), py::arg("grad_x"),
+        py::arg("shape"), py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
   m.def("pack_weight", &pack_weight_entry, py::arg("weight"), py::arg("c"), py::arg("oc"), py::arg("kh"),
         py::arg("kw"), py::arg("groups"), py::arg("layout"), py::arg("algo"));
   m.def("workspace_bytes", &workspace_entry, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),

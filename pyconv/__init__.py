@@ -17,6 +17,15 @@ except ImportError as exc:  # pragma: no cover - only outside an installed packa
 
 from ._conv import conv2d, conv_output_shape, plan
 from ._depthwise import depthwise_conv2d, separable_conv2d
+from ._pool import (
+    avg_pool2d,
+    avg_pool2d_grad,
+    global_avg_pool2d,
+    global_max_pool2d,
+    max_pool2d,
+    max_pool2d_grad,
+    pool_output_shape,
+)
 from ._prepack import PackedWeight, prepack
 from ._runtime import (
     config,
@@ -36,14 +45,21 @@ del _apply_env_isa
 __all__ = [
     "PackedWeight",
     "__version__",
+    "avg_pool2d",
+    "avg_pool2d_grad",
     "config",
     "conv2d",
     "conv_output_shape",
     "depthwise_conv2d",
     "get_num_threads",
+    "global_avg_pool2d",
+    "global_max_pool2d",
+    "max_pool2d",
+    "max_pool2d_grad",
     "num_threads",
     "peak_gflops",
     "plan",
+    "pool_output_shape",
     "prepack",
     "reference",
     "set_max_isa",

@@ -434,3 +434,159 @@ def separable_operands(fn: str, x: Any, depthwise_weight: Any, pointwise_weight:
     dtype = result_dtype(xa, dw, pw, ba)
     cast = [None if a is None else a.astype(dtype, copy=False) for a in (xa, dw, pw, ba)]
     return (lay, *cast, groups)
+
+
+# ---- pooling -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PoolGeometry:
+    """A fully resolved pooling problem (sizes in NCHW terms)."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel: Tuple[int, int]
+    stride: Tuple[int, int]
+    dilation: Tuple[int, int]
+    pads: Tuple[int, int, int, int]  # top, bottom, left, right
+    layout: str
+    batched: bool
+    oh: int
+    ow: int
+    numeric_padding: bool  # padding given as numbers (not "same"/"valid")
+
+    @property
+    def in_shape(self) -> Tuple[int, ...]:
+        shape = (self.n, self.c, self.h, self.w) if self.layout == "NCHW" else (self.n, self.h, self.w, self.c)
+        return shape if self.batched else shape[1:]
+
+    @property
+    def out_shape(self) -> Tuple[int, ...]:
+        if self.layout == "NCHW":
+            shape = (self.n, self.c, self.oh, self.ow)
+        else:
+            shape = (self.n, self.oh, self.ow, self.c)
+        return shape if self.batched else shape[1:]
+
+    def core_tuple(self) -> Tuple[int, ...]:
+        """The 16 integers the C++ PoolShape is built from."""
+        t, b, l, r = self.pads
+        hp, wp = self.h + t + b, self.w + l + r
+        # A stride beyond the padded size means one window (as for conv2d).
+        sh, sw = min(self.stride[0], hp), min(self.stride[1], wp)
+        return (self.n, self.c, self.h, self.w, self.oh, self.ow, *self.kernel, sh, sw, *self.dilation,
+                t, b, l, r)
+
+
+def _pool_axis(fn: str, axis: str, size: int, k: int, s: int, d: int, before: int, after: int,
+               ceil_mode: bool) -> int:
+    """Output size along one axis (PyTorch's rule, asymmetric pads allowed)."""
+    ek = (k - 1) * d + 1
+    padded = size + before + after
+    if ek > padded:
+        raise ValueError(
+            f"{fn}: output would be empty: the {axis} window {ek} is larger than the padded input {padded}"
+        )
+    if ceil_mode:
+        out = -(-(padded - ek) // s) + 1
+        # The last window must start inside the input or the leading padding.
+        if (out - 1) * s >= size + before:
+            out -= 1
+    else:
+        out = (padded - ek) // s + 1
+    # Every window needs at least one input cell (padded cells never count).
+    for o in (0, out - 1):
+        start = o * s - before
+        first = max(0, -(-(-start) // d)) if start < 0 else 0
+        if not (first < k and 0 <= start + first * d < size):
+            raise ValueError(
+                f"{fn}: the {axis} window of output {o} covers padding only "
+                f"(input {size}, window {k}, dilation {d}, stride {s}, pads {before}/{after})"
+            )
+    return out
+
+
+def _check_middle_windows(fn: str, axis: str, size: int, out: int, k: int, s: int, d: int, before: int) -> None:
+    """Windows strictly between the first and the last can only miss the input
+    when the dilation skips over it; check them all in that (rare) case."""
+    if d == 1 or out <= 2:
+        return
+    starts = np.arange(1, out - 1, dtype=np.int64) * s - before
+    taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
+    hit = ((taps >= 0) & (taps < size)).any(axis=1)
+    if not hit.all():
+        o = int(np.argmin(hit)) + 1
+        raise ValueError(f"{fn}: the {axis} window of output {o} covers padding only")
+
+
+@functools.lru_cache(maxsize=512)
+def _pool_geometry_cached(*args: Any) -> PoolGeometry:
+    return _pool_geometry(*args)
+
+
+def pool_geometry(fn: str, x_shape: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                  ceil_mode: Any, layout: str) -> PoolGeometry:
+    """Check a pooling call's arguments and resolve its windows (memoised
+    for plain arguments, as :func:`conv_geometry`)."""
+    args = (fn, x_shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    if _plain(args[:6] + args[7:]) and type(ceil_mode) is bool:
+        return _pool_geometry_cached(*args)
+    return _pool_geometry(*args)
+
+
+def _pool_geometry(fn: str, x_shape: Any, kernel_size: Any, stride: Any, padding: Any, dilation: Any,
+                   ceil_mode: Any, layout: str) -> PoolGeometry:
+    xs = _shape(fn, "input shape", x_shape)
+    dims = "(N, C, H, W) or (C, H, W)" if layout == "NCHW" else "(N, H, W, C) or (H, W, C)"
+    if len(xs) not in (3, 4):
+        raise ValueError(f"{fn}: input must be 4-D {dims} for layout {layout!r}, got shape {xs}")
+    batched = len(xs) == 4
+    if not batched:
+        xs = (1,) + xs
+    if min(xs) < 0:
+        raise ValueError(f"{fn}: shapes must not have negative sizes, got input {xs}")
+    n, c, h, w = xs if layout == "NCHW" else (xs[0], xs[3], xs[1], xs[2])
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{fn}: input must have at least one channel, row and column, got shape {xs}")
+    if not isinstance(ceil_mode, (bool, np.bool_)):
+        raise TypeError(f"{fn}: ceil_mode must be a bool, got {ceil_mode!r}")
+    ceil_mode = bool(ceil_mode)
+    k = pair(fn, "kernel_size", kernel_size)
+    st = k if stride is None else pair(fn, "stride", stride)
+    dl = pair(fn, "dilation", dilation)
+    spec = padding_spec(fn, padding)
+    numeric = not isinstance(spec, str)
+    if not numeric and ceil_mode:
+        raise ValueError(f"{fn}: ceil_mode=True needs numeric padding, got padding={padding!r}")
+    pads = resolve_pads(spec, (h, w), k, st, dl)
+    if numeric:
+        for p, kk, axis in ((pads[0], k[0], "top"), (pads[1], k[0], "bottom"),
+                            (pads[2], k[1], "left"), (pads[3], k[1], "right")):
+            if p > kk // 2:
+                raise ValueError(
+                    f"{fn}: {axis} padding {p} is more than half the window {kk} "
+                    f"(at most {kk // 2}, as PyTorch), got padding={padding!r}"
+                )
+    t, b, l, r = pads
+    for what, count in (("input", n * c * (h + t + b) * (w + l + r)),):
+        if count * 8 >= MAX_BYTES:
+            raise ValueError(f"{fn}: the {what} is too large ({count} elements overflow 64-bit sizes)")
+    if k[0] * k[1] * 8 >= MAX_BYTES:
+        raise ValueError(f"{fn}: kernel_size {k} is too large")
+    oh = _pool_axis(fn, "row", h, k[0], st[0], dl[0], t, b, ceil_mode)
+    ow = _pool_axis(fn, "column", w, k[1], st[1], dl[1], l, r, ceil_mode)
+    _check_middle_windows(fn, "row", h, oh, k[0], st[0], dl[0], t)
+    _check_middle_windows(fn, "column", w, ow, k[1], st[1], dl[1], l)
+    return PoolGeometry(n=n, c=c, h=h, w=w, kernel=k, stride=st, dilation=dl, pads=pads, layout=layout,
+                        batched=batched, oh=oh, ow=ow, numeric_padding=numeric)
+
+
+def count_include_pad_flag(fn: str, value: Any, geo: PoolGeometry) -> bool:
+    """None means True for numeric padding (PyTorch), False for "same" (TensorFlow)."""
+    if value is None:
+        return geo.numeric_padding
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{fn}: count_include_pad must be None or a bool, got {value!r}")
+    return bool(value)

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "core/checked.hpp"
+#include "core/workspace.hpp"
 
 namespace pyconv {
 
@@ -41,36 +42,6 @@ void validate(const ConvShape& s) {
   checked_product("conv2d", s.n, hp, wp, s.c, 8);
   checked_product("conv2d", s.n, s.oh, s.ow, s.oc, 8);
   checked_product("conv2d", s.groups, s.oc / s.groups + 32, s.kh, s.kw, s.c / s.groups + 32, 8);
-}
-
-struct FreeDeleter {
-  void operator()(void* p) const { std::free(p); }
-};
-
-// Workspace kept between calls, one per calling thread (so concurrent calls
-// never share it).  A fresh multi-MiB allocation per call costs a page fault
-// per 4 KiB on first touch, which on thin layers rivals the convolution
-// itself.  Buffers above kWorkspaceCacheMax are freed after the call.
-constexpr size_t kWorkspaceCacheMax = size_t(256) << 20;
-
-struct Workspace {
-  std::unique_ptr<void, FreeDeleter> ptr;
-  size_t size = 0;
-};
-
-void* acquire_workspace(Workspace& cache, std::unique_ptr<void, FreeDeleter>& oneoff, int64_t bytes) {
-  // 64-byte aligned; size rounded up as aligned_alloc requires.
-  const size_t size = static_cast<size_t>(bytes < 64 ? 64 : (bytes + 63) / 64 * 64);
-  if (size <= cache.size) return cache.ptr.get();
-  void* p = std::aligned_alloc(64, size);
-  if (!p) throw std::bad_alloc();
-  if (size > kWorkspaceCacheMax) {
-    oneoff.reset(p);
-    return p;
-  }
-  cache.ptr.reset(p);
-  cache.size = size;
-  return p;
 }
 
 void require_algo(const ConvShape& s, Algo algo) {

@@ -32,11 +32,29 @@ struct AlgoKernels {
   ConvFn<double> conv_f64;
 };
 
+// Pooling (csrc/pool): forward with optional int64 indices of the winners
+// (flat H*W positions, max only); backward writes the whole input gradient
+// (x is read by max pooling only).  Arrays are C-contiguous in s.layout.
+template <class T>
+using PoolForwardFn = void (*)(const PoolShape& s, const T* x, T* y, int64_t* indices, void* workspace, int nthreads);
+template <class T>
+using PoolBackwardFn = void (*)(const PoolShape& s, const T* x, const T* grad_y, T* grad_x, void* workspace,
+                                int nthreads);
+
+struct PoolKernels {
+  int64_t (*workspace_bytes)(const PoolShape& s, int elem_bytes, int nthreads, bool backward);
+  PoolForwardFn<float> forward_f32;
+  PoolForwardFn<double> forward_f64;
+  PoolBackwardFn<float> backward_f32;
+  PoolBackwardFn<double> backward_f64;
+};
+
 struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
   const AlgoKernels* gemm;
   const AlgoKernels* depthwise;
+  const PoolKernels* pool;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -61,7 +79,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
 }  // namespace pyconv

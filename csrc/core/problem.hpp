@@ -27,6 +27,23 @@ struct ConvShape {
   bool has_bias;
 };
 
+// A fully normalised 2-D pooling (window kh x kw, explicit asymmetric pads,
+// output size derived by the Python layer and re-checked by the driver).
+// Global pools are the window H x W with one output pixel.
+enum class PoolOp : int { Max = 0, Avg = 1 };
+
+struct PoolShape {
+  int64_t n, c, h, w;       // input (= output channels)
+  int64_t oh, ow;           // output
+  int64_t kh, kw;           // window
+  int64_t sh, sw;           // stride
+  int64_t dh, dw;           // dilation (1 for average pooling)
+  int64_t pt, pb, pl, pr;   // pads: top, bottom, left, right
+  Layout layout;
+  PoolOp op;
+  bool count_include_pad;   // average pooling: divide by the window clipped to the padded input
+};
+
 static inline int64_t icg(const ConvShape& s) { return s.c / s.groups; }
 static inline int64_t ocg(const ConvShape& s) { return s.oc / s.groups; }
 

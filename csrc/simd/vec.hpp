@@ -34,6 +34,17 @@ struct Vec {
   static void store_n(T* p, R a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
   static R fma(R a, R b, R c) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
   static R add(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] + b.v[i]; return r; }
+  static R div(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] / b.v[i]; return r; }
+  static R load_even(const T* p) { R r; for (int i = 0; i < N; ++i) r.v[i] = p[2 * i]; return r; }
+  // Max pooling's step: lanes where v beats acc (v > acc, or v is NaN and
+  // acc is not: the first NaN wins, then stays).
+  struct M { bool b[N]; };
+  static M take(R v, R acc) {
+    M m;
+    for (int i = 0; i < N; ++i) m.b[i] = acc.v[i] == acc.v[i] && !(v.v[i] <= acc.v[i]);
+    return m;
+  }
+  static R blend(R a, R b, M m) { R r; for (int i = 0; i < N; ++i) r.v[i] = m.b[i] ? b.v[i] : a.v[i]; return r; }
   static R relu(R a) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] < T(0) ? T(0) : a.v[i]; return r; }
   static R relu6(R a) {
     R r;
@@ -65,6 +76,16 @@ struct Vec<float> {
   static void store_n(float* p, R a, int n) { _mm256_maskstore_ps(p, avx2_mask32(n), a); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R load_even(const float* p) {
+    const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+    return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
+  }
+  using M = __m256;
+  static M take(R v, R acc) {
+    return _mm256_and_ps(_mm256_cmp_ps(v, acc, _CMP_NLE_UQ), _mm256_cmp_ps(acc, acc, _CMP_ORD_Q));
+  }
+  static R blend(R a, R b, M m) { return _mm256_blendv_ps(a, b, m); }
   static R relu(R a) { return _mm256_max_ps(zero(), a); }
   static R relu6(R a) { return _mm256_min_ps(set1(6.0f), relu(a)); }
 };
@@ -81,6 +102,15 @@ struct Vec<double> {
   static void store_n(double* p, R a, int n) { _mm256_maskstore_pd(p, avx2_mask64(n), a); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R load_even(const double* p) {
+    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
+  }
+  using M = __m256d;
+  static M take(R v, R acc) {
+    return _mm256_and_pd(_mm256_cmp_pd(v, acc, _CMP_NLE_UQ), _mm256_cmp_pd(acc, acc, _CMP_ORD_Q));
+  }
+  static R blend(R a, R b, M m) { return _mm256_blendv_pd(a, b, m); }
   static R relu(R a) { return _mm256_max_pd(zero(), a); }
   static R relu6(R a) { return _mm256_min_pd(set1(6.0), relu(a)); }
 };
@@ -100,6 +130,16 @@ struct Vec<float> {
   static void store_n(float* p, R a, int n) { _mm512_mask_storeu_ps(p, mask(n), a); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
+  static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R load_even(const float* p) {
+    const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_ps(load(p), idx, load(p + 16));
+  }
+  using M = __mmask16;
+  static M take(R v, R acc) {
+    return static_cast<M>(_mm512_cmp_ps_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q));
+  }
+  static R blend(R a, R b, M m) { return _mm512_mask_blend_ps(m, a, b); }
   static R relu(R a) { return _mm512_max_ps(zero(), a); }
   static R relu6(R a) { return _mm512_min_ps(set1(6.0f), relu(a)); }
 };
@@ -117,6 +157,16 @@ struct Vec<double> {
   static void store_n(double* p, R a, int n) { _mm512_mask_storeu_pd(p, mask(n), a); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
+  static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R load_even(const double* p) {
+    const __m512i idx = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_permutex2var_pd(load(p), idx, load(p + 8));
+  }
+  using M = __mmask8;
+  static M take(R v, R acc) {
+    return static_cast<M>(_mm512_cmp_pd_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(acc, acc, _CMP_ORD_Q));
+  }
+  static R blend(R a, R b, M m) { return _mm512_mask_blend_pd(m, a, b); }
   static R relu(R a) { return _mm512_max_pd(zero(), a); }
   static R relu6(R a) { return _mm512_min_pd(set1(6.0), relu(a)); }
 };

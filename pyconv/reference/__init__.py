@@ -9,5 +9,26 @@ under a second.
 """
 
 from ._conv import conv2d, conv_output_shape, depthwise_conv2d, separable_conv2d
+from ._pool import (
+    avg_pool2d,
+    avg_pool2d_grad,
+    global_avg_pool2d,
+    global_max_pool2d,
+    max_pool2d,
+    max_pool2d_grad,
+    pool_output_shape,
+)
 
-__all__ = ["conv2d", "conv_output_shape", "depthwise_conv2d", "separable_conv2d"]
+__all__ = [
+    "avg_pool2d",
+    "avg_pool2d_grad",
+    "conv2d",
+    "conv_output_shape",
+    "depthwise_conv2d",
+    "global_avg_pool2d",
+    "global_max_pool2d",
+    "max_pool2d",
+    "max_pool2d_grad",
+    "pool_output_shape",
+    "separable_conv2d",
+]

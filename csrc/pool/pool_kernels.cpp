@@ -1,0 +1,526 @@
+// Max and average pooling, forward and backward, compiled once per ISA.
+//
+// Semantics (shared with pyconv.reference): padded cells never take part in
+// a max and are counted by an average only with count_include_pad; the
+// first maximum in row-major window order wins, a NaN beats any number and
+// the first NaN stays (Vec::take); the max gradient goes to exactly the
+// forward's winner.
+//
+// Every output pixel is either interior (its whole window lies inside the
+// image) or border.  Interior pixels run without any bounds check; border
+// pixels clip their window once and run the same loop over the clipped taps.
+//
+// NCHW: one plane at a time, vectorised along the output row.  With stride
+// sw > 1 the plane is first split into sw column phases in a per-thread
+// scratch (phase f holds columns f, f + sw, ...; two vector loads and a
+// shuffle per vector for sw == 2), so every tap of an output vector is one
+// contiguous load.  Border pixels go one at a time.
+// NHWC: vectorised across channels, one output pixel at a time.
+// Global pools (window = the whole plane) have their own reduction loops.
+//
+// Determinism: each output (and each gradient element) is produced by one
+// thread in a fixed order, so results do not depend on the thread count.
+#include <cstdint>
+
+#include "core/dispatch.hpp"
+#include "core/problem.hpp"
+#include "simd/kernel_util.hpp"
+#include "simd/vec.hpp"
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+namespace {
+
+inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
+
+struct Geometry {
+  int64_t oh_lo, oh_hi, ow_lo, ow_hi;  // interior output rows / columns
+  int64_t wq;                          // NCHW phase scratch: columns per phase row
+  int64_t scratch_elems;               // NCHW: per-thread phase scratch (sw > 1)
+  int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
+  int64_t off_taps, off_scratch, thread_stride, total;
+  bool global;
+};
+
+// Interior range of one axis: outputs o whose taps o*s - p + i*d, i < k, all
+// lie in [0, n).
+inline void interior(int64_t n, int64_t out, int64_t k, int64_t s, int64_t d, int64_t p, int64_t& lo, int64_t& hi) {
+  lo = min64(out, ceil_div(p, s));
+  const int64_t last = n - 1 - (k - 1) * d + p;  // largest o*s still inside
+  hi = last < 0 ? lo : max64(lo, min64(out, last / s + 1));
+}
+
+// Taps [k0, k1) of one window axis that land inside [0, n), from start a.
+inline void clip(int64_t a, int64_t n, int64_t k, int64_t d, int64_t& k0, int64_t& k1) {
+  k0 = a < 0 ? min64(k, ceil_div(-a, d)) : 0;
+  k1 = n - 1 - a < 0 ? 0 : min64(k, (n - 1 - a) / d + 1);
+  if (k1 < k0) k1 = k0;
+}
+
+template <class T>
+Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
+  Geometry g{};
+  interior(s.h, s.oh, s.kh, s.sh, s.dh, s.pt, g.oh_lo, g.oh_hi);
+  interior(s.w, s.ow, s.kw, s.sw, s.dw, s.pl, g.ow_lo, g.ow_hi);
+  g.global = s.oh == 1 && s.ow == 1 && s.kh == s.h && s.kw == s.w && s.dh == 1 && s.dw == 1 &&
+             !(s.pt || s.pb || s.pl || s.pr);
+  const int64_t e = sizeof(T);
+  int64_t off = 0;
+  g.off_taps = off;
+  off += round_up(2 * s.kw * 8, kAlign);
+  g.off_scratch = off;
+  if (s.layout == Layout::NCHW && !g.global) {
+    g.wq = ceil_div(s.w, s.sw);
+    g.scratch_elems = s.sw > 1 ? s.sw * s.h * g.wq : 0;
+    g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
+    g.thread_stride = round_up(g.scratch_elems * e, kAlign) + round_up(g.grad_elems * (8 + e), kAlign);
+    off += nt * g.thread_stride;
+  }
+  g.total = off;
+  return g;
+}
+
+// Divisor of the average over window (oh, ow) whose real taps are
+// [kh0, kh1) x [kw0, kw1).  Average pooling has no dilation.
+template <class T>
+inline T avg_divisor(const PoolShape& s, int64_t ih0, int64_t iw0, int64_t kh0, int64_t kh1, int64_t kw0,
+                     int64_t kw1) {
+  if (!s.count_include_pad) return T((kh1 - kh0) * (kw1 - kw0));
+  const int64_t rows = min64(ih0 + s.kh, s.h + s.pb) - ih0;  // ih0 >= -pt always
+  const int64_t cols = min64(iw0 + s.kw, s.w + s.pr) - iw0;
+  return T(rows * cols);
+}
+
+// Flat (H*W) index of tap t of the window starting at (ih0, iw0).
+inline int64_t tap_index(const PoolShape& s, int64_t t, int64_t ih0, int64_t iw0) {
+  return (ih0 + (t / s.kw) * s.dh) * s.w + iw0 + (t % s.kw) * s.dw;
+}
+
+// ---- NCHW ------------------------------------------------------------------
+
+// Column phases of a plane: scratch[(f * H + r) * wq + q] = plane[r][q*sw + f].
+template <class T>
+void fill_phases(const PoolShape& s, const Geometry& g, const T* plane, T* scratch) {
+  using V = Vec<T>;
+  const int64_t sw = s.sw;
+  for (int64_t r = 0; r < s.h; ++r) {
+    const T* src = plane + r * s.w;
+    for (int64_t f = 0; f < sw; ++f) {
+      T* dst = scratch + (f * s.h + r) * g.wq;
+      const int64_t count = s.w > f ? ceil_div(s.w - f, sw) : 0;  // columns of this phase
+      int64_t q = 0;
+      if (sw == 2)
+        for (; (q + V::N) * 2 + f <= s.w; q += V::N) V::store(dst + q, V::load_even(src + 2 * q + f));
+      for (; q < count; ++q) dst[q] = src[q * sw + f];
+    }
+  }
+}
+
+// One interior vector of `lanes` output pixels (oh, ow..): value, and for
+// Idx the flat index of each lane's winner.
+template <class T, bool Max, bool Idx>
+inline void interior_vector(const PoolShape& s, const T* src, int64_t ld, int64_t phase_stride, const int64_t* tap_q,
+                            const int64_t* tap_f, int64_t ih0, int64_t oh, int64_t ow, int lanes, T* yrow,
+                            int64_t* irow) {
+  using V = Vec<T>;
+  const bool full = lanes == V::N;
+  auto load = [&](int64_t i, int64_t j) {
+    const T* p = src + tap_f[j] * phase_stride + (ih0 + i * s.dh) * ld + ow + tap_q[j];
+    return full ? V::load(p) : V::load_n(p, lanes);
+  };
+  typename V::R acc = load(0, 0), tap = V::zero();
+  int64_t t = 0;
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j, ++t) {
+      if (t == 0) continue;
+      const typename V::R v = load(i, j);
+      if (Max) {
+        const auto m = V::take(v, acc);
+        acc = V::blend(acc, v, m);
+        if (Idx) tap = V::blend(tap, V::set1(T(t)), m);
+      } else {
+        acc = V::add(acc, v);
+      }
+    }
+  if (!Max) acc = V::div(acc, V::set1(T(s.kh * s.kw)));
+  if (full)
+    V::store(yrow + ow, acc);
+  else
+    V::store_n(yrow + ow, acc, lanes);
+  if (Idx) {
+    alignas(64) T taps[V::N];
+    V::store(taps, tap);
+    for (int l = 0; l < lanes; ++l)
+      irow[ow + l] = tap_index(s, static_cast<int64_t>(taps[l]), ih0, (ow + l) * s.sw - s.pl);
+  }
+}
+
+// One border pixel of a plane, taps clipped to the image.
+template <class T, bool Max, bool Idx>
+inline void border_pixel(const PoolShape& s, const T* plane, int64_t oh, int64_t ow, T* y, int64_t* idx) {
+  const int64_t ih0 = oh * s.sh - s.pt, iw0 = ow * s.sw - s.pl;
+  int64_t kh0, kh1, kw0, kw1;
+  clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+  clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+  T acc = T(0);
+  int64_t best = -1;
+  for (int64_t i = kh0; i < kh1; ++i)
+    for (int64_t j = kw0; j < kw1; ++j) {
+      const int64_t at = (ih0 + i * s.dh) * s.w + iw0 + j * s.dw;
+      const T v = plane[at];
+      if (Max) {
+        if (best < 0 || (acc == acc && !(v <= acc))) {
+          acc = v;
+          best = at;
+        }
+      } else {
+        acc += v;
+      }
+    }
+  if (!Max) acc /= avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1);
+  *y = acc;
+  if (Idx) *idx = best;
+}
+
+template <class T, bool Max, bool Idx>
+void plane_nchw(const PoolShape& s, const Geometry& g, const T* plane, T* yp, int64_t* ip, T* scratch,
+                const int64_t* tap_q, const int64_t* tap_f) {
+  constexpr int N = Vec<T>::N;
+  const T* src = plane;
+  int64_t ld = s.w, phase_stride = 0;
+  if (s.sw > 1) {
+    fill_phases(s, g, plane, scratch);
+    src = scratch;
+    ld = g.wq;
+    phase_stride = s.h * g.wq;
+  }
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    T* yrow = yp + oh * s.ow;
+    int64_t* irow = Idx ? ip + oh * s.ow : nullptr;
+    const bool inner = oh >= g.oh_lo && oh < g.oh_hi;
+    if (!inner) {
+      for (int64_t ow = 0; ow < s.ow; ++ow)
+        border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
+      continue;
+    }
+    const int64_t ih0 = oh * s.sh - s.pt;
+    for (int64_t ow = 0; ow < g.ow_lo; ++ow)
+      border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
+    for (int64_t ow = g.ow_lo; ow < g.ow_hi; ow += N)
+      interior_vector<T, Max, Idx>(s, src, ld, phase_stride, tap_q, tap_f, ih0, oh, ow,
+                                   static_cast<int>(min64(N, g.ow_hi - ow)), yrow, irow);
+    for (int64_t ow = g.ow_hi; ow < s.ow; ++ow)
+      border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
+  }
+}
+
+// Phase and in-phase column offset of each window column j (relative to
+// output column ow): input column ow*sw - pl + j*dw = (ow + q)*sw + f.
+inline void column_taps(const PoolShape& s, int64_t* tap_q, int64_t* tap_f) {
+  for (int64_t j = 0; j < s.kw; ++j) {
+    const int64_t o = j * s.dw - s.pl;
+    tap_q[j] = floor_div(o, s.sw);
+    tap_f[j] = o - tap_q[j] * s.sw;
+  }
+}
+
+template <class T, bool Max, bool Idx>
+void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, char* ws, int nt) {
+  int64_t* tap_q = reinterpret_cast<int64_t*>(ws + g.off_taps);
+  int64_t* tap_f = tap_q + s.kw;
+  column_taps(s, tap_q, tap_f);
+  const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
+#pragma omp parallel num_threads(nt)
+  {
+    T* scratch = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * g.thread_stride);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p)
+      plane_nchw<T, Max, Idx>(s, g, x + p * in_plane, y + p * out_plane, Idx ? idx + p * out_plane : nullptr,
+                              scratch, tap_q, tap_f);
+  }
+}
+
+// ---- NHWC ------------------------------------------------------------------
+
+// One output pixel, channels [c, c + lanes): taps clipped to the image.
+template <class T, bool Max, bool Idx>
+inline void pixel_nhwc(const PoolShape& s, const T* xn, int64_t ih0, int64_t iw0, int64_t kh0, int64_t kh1,
+                       int64_t kw0, int64_t kw1, T divisor, int64_t c, int lanes, T* ydst, int64_t* idst) {
+  using V = Vec<T>;
+  const bool full = lanes == V::N;
+  typename V::R acc = V::zero(), tap = V::zero();
+  bool first = true;
+  for (int64_t i = kh0; i < kh1; ++i)
+    for (int64_t j = kw0; j < kw1; ++j) {
+      const T* p = xn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
+      const typename V::R v = full ? V::load(p) : V::load_n(p, lanes);
+      if (Max) {
+        if (first) {
+          acc = v;
+          if (Idx) tap = V::set1(T(i * s.kw + j));
+          first = false;
+          continue;
+        }
+        const auto m = V::take(v, acc);
+        acc = V::blend(acc, v, m);
+        if (Idx) tap = V::blend(tap, V::set1(T(i * s.kw + j)), m);
+      } else {
+        acc = V::add(acc, v);
+      }
+    }
+  if (!Max) acc = V::div(acc, V::set1(divisor));
+  if (full)
+    V::store(ydst + c, acc);
+  else
+    V::store_n(ydst + c, acc, lanes);
+  if (Idx) {
+    alignas(64) T taps[V::N];
+    V::store(taps, tap);
+    for (int l = 0; l < lanes; ++l) idst[c + l] = tap_index(s, static_cast<int64_t>(taps[l]), ih0, iw0);
+  }
+}
+
+template <class T, bool Max, bool Idx>
+void forward_nhwc(const PoolShape& s, const T* x, T* y, int64_t* idx, int nt) {
+  constexpr int N = Vec<T>::N;
+  const int64_t rows = s.n * s.oh;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / s.oh, oh = r % s.oh;
+    const T* xn = x + n * s.h * s.w * s.c;
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t kh0, kh1;
+    clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+    for (int64_t ow = 0; ow < s.ow; ++ow) {
+      const int64_t iw0 = ow * s.sw - s.pl;
+      int64_t kw0, kw1;
+      clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+      const T divisor = Max ? T(1) : avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1);
+      const int64_t o = (r * s.ow + ow) * s.c;
+      for (int64_t c = 0; c < s.c; c += N)
+        pixel_nhwc<T, Max, Idx>(s, xn, ih0, iw0, kh0, kh1, kw0, kw1, divisor, c,
+                                static_cast<int>(min64(N, s.c - c)), y + o, Idx ? idx + o : nullptr);
+    }
+  }
+}
+
+// ---- global pools ----------------------------------------------------------
+
+template <class T, bool Max>
+void global_nchw(const PoolShape& s, const T* x, T* y, int nt) {
+  using V = Vec<T>;
+  constexpr int A = 4;  // independent accumulators
+  const int64_t planes = s.n * s.c, len = s.h * s.w;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t p = 0; p < planes; ++p) {
+    const T* src = x + p * len;
+    T r;
+    if (Max) {
+      // Element order within a plane only decides between equal values or
+      // NaNs, which are all the same result.
+      r = src[0];
+      int64_t i = 0;
+      if (len >= A * V::N) {
+        typename V::R acc[A];
+        for (int a = 0; a < A; ++a) acc[a] = V::load(src + a * V::N);
+        for (i = A * V::N; i + A * V::N <= len; i += A * V::N)
+          for (int a = 0; a < A; ++a) {
+            const typename V::R v = V::load(src + i + a * V::N);
+            acc[a] = V::blend(acc[a], v, V::take(v, acc[a]));
+          }
+        alignas(64) T lanes[A * V::N];
+        for (int a = 0; a < A; ++a) V::store(lanes + a * V::N, acc[a]);
+        r = lanes[0];
+        for (int l = 1; l < A * V::N; ++l)
+          if (r == r && !(lanes[l] <= r)) r = lanes[l];
+      }
+      for (; i < len; ++i)
+        if (r == r && !(src[i] <= r)) r = src[i];
+    } else {
+      typename V::R acc[A];
+      for (int a = 0; a < A; ++a) acc[a] = V::zero();
+      int64_t i = 0;
+      for (; i + A * V::N <= len; i += A * V::N)
+        for (int a = 0; a < A; ++a) acc[a] = V::add(acc[a], V::load(src + i + a * V::N));
+      alignas(64) T lanes[A * V::N];
+      for (int a = 0; a < A; ++a) V::store(lanes + a * V::N, acc[a]);
+      r = T(0);
+      for (int l = 0; l < A * V::N; ++l) r += lanes[l];
+      for (; i < len; ++i) r += src[i];
+      r /= T(len);
+    }
+    y[p] = r;
+  }
+}
+
+template <class T, bool Max>
+void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
+  using V = Vec<T>;
+  const int64_t blocks = ceil_div(s.c, V::N), units = s.n * blocks, len = s.h * s.w;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / blocks, c = (u % blocks) * V::N;
+    const int lanes = static_cast<int>(min64(V::N, s.c - c));
+    const bool full = lanes == V::N;
+    const T* src = x + n * len * s.c + c;
+    typename V::R acc = full ? V::load(src) : V::load_n(src, lanes);
+    for (int64_t i = 1; i < len; ++i) {
+      const T* p = src + i * s.c;
+      const typename V::R v = full ? V::load(p) : V::load_n(p, lanes);
+      acc = Max ? V::blend(acc, v, V::take(v, acc)) : V::add(acc, v);
+    }
+    if (!Max) acc = V::div(acc, V::set1(T(len)));
+    if (full)
+      V::store(y + n * s.c + c, acc);
+    else
+      V::store_n(y + n * s.c + c, acc, lanes);
+  }
+}
+
+// ---- backward --------------------------------------------------------------
+
+// NCHW: per plane; the max gradient reruns the plane's forward for its
+// winners, then adds each output gradient to its winner in output order.
+template <class T>
+void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* gy, T* gx, char* ws, int nt) {
+  int64_t* tap_q = reinterpret_cast<int64_t*>(ws + g.off_taps);
+  int64_t* tap_f = tap_q + s.kw;
+  column_taps(s, tap_q, tap_f);
+  const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
+  const bool max = s.op == PoolOp::Max;
+#pragma omp parallel num_threads(nt)
+  {
+    char* mine = ws + g.off_scratch + thread_index() * g.thread_stride;
+    T* scratch = reinterpret_cast<T*>(mine);
+    int64_t* winners = reinterpret_cast<int64_t*>(mine + round_up(g.scratch_elems * int64_t(sizeof(T)), kAlign));
+    T* values = reinterpret_cast<T*>(winners + g.grad_elems);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < planes; ++p) {
+      T* gxp = gx + p * in_plane;
+      const T* gyp = gy + p * out_plane;
+      for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
+      if (max) {
+        plane_nchw<T, true, true>(s, g, x + p * in_plane, values, winners, scratch, tap_q, tap_f);
+        for (int64_t o = 0; o < out_plane; ++o) gxp[winners[o]] += gyp[o];
+        continue;
+      }
+      for (int64_t oh = 0; oh < s.oh; ++oh) {
+        const int64_t ih0 = oh * s.sh - s.pt;
+        int64_t kh0, kh1;
+        clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+        for (int64_t ow = 0; ow < s.ow; ++ow) {
+          const int64_t iw0 = ow * s.sw - s.pl;
+          int64_t kw0, kw1;
+          clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+          const T v = gyp[oh * s.ow + ow] / avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1);
+          for (int64_t i = kh0; i < kh1; ++i) {
+            T* row = gxp + (ih0 + i * s.dh) * s.w + iw0;
+            for (int64_t j = kw0; j < kw1; ++j) row[j * s.dw] += v;
+          }
+        }
+      }
+    }
+  }
+}
+
+// NHWC: per (image, channel vector), output pixels in order.
+template <class T>
+void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
+  using V = Vec<T>;
+  const int64_t blocks = ceil_div(s.c, V::N), units = s.n * blocks, in_plane = s.h * s.w;
+  const bool max = s.op == PoolOp::Max;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / blocks, c = (u % blocks) * V::N;
+    const int lanes = static_cast<int>(min64(V::N, s.c - c));
+    const bool full = lanes == V::N;
+    T* gxn = gx + n * in_plane * s.c;
+    const T* xn = x ? x + n * in_plane * s.c : nullptr;
+    for (int64_t i = 0; i < in_plane; ++i)
+      for (int l = 0; l < lanes; ++l) gxn[i * s.c + c + l] = T(0);
+    for (int64_t oh = 0; oh < s.oh; ++oh) {
+      const int64_t ih0 = oh * s.sh - s.pt;
+      int64_t kh0, kh1;
+      clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+      for (int64_t ow = 0; ow < s.ow; ++ow) {
+        const int64_t iw0 = ow * s.sw - s.pl;
+        int64_t kw0, kw1;
+        clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+        const T* g = gy + ((n * s.oh + oh) * s.ow + ow) * s.c + c;
+        if (max) {
+          alignas(64) T value[V::N];
+          alignas(64) int64_t win[V::N];
+          // Channels c.. of the image, written to lanes 0.. of value / win.
+          pixel_nhwc<T, true, true>(s, xn + c, ih0, iw0, kh0, kh1, kw0, kw1, T(1), 0, lanes, value, win);
+          for (int l = 0; l < lanes; ++l) gxn[win[l] * s.c + c + l] += g[l];
+          continue;
+        }
+        const typename V::R v =
+            V::div(full ? V::load(g) : V::load_n(g, lanes), V::set1(avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1)));
+        for (int64_t i = kh0; i < kh1; ++i)
+          for (int64_t j = kw0; j < kw1; ++j) {
+            T* p = gxn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
+            if (full)
+              V::store(p, V::add(V::load(p), v));
+            else
+              V::store_n(p, V::add(V::load_n(p, lanes), v), lanes);
+          }
+      }
+    }
+  }
+}
+
+// ---- entry points ----------------------------------------------------------
+
+template <class T>
+void pool_forward(const PoolShape& s, const T* x, T* y, int64_t* idx, void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, nt, false);
+  char* ws = static_cast<char*>(workspace);
+  const bool max = s.op == PoolOp::Max;
+  if (g.global && !idx) {
+    if (s.layout == Layout::NCHW)
+      max ? global_nchw<T, true>(s, x, y, nt) : global_nchw<T, false>(s, x, y, nt);
+    else
+      max ? global_nhwc<T, true>(s, x, y, nt) : global_nhwc<T, false>(s, x, y, nt);
+    return;
+  }
+  if (s.layout == Layout::NCHW) {
+    if (!max)
+      forward_nchw<T, false, false>(s, g, x, y, nullptr, ws, nt);
+    else if (idx)
+      forward_nchw<T, true, true>(s, g, x, y, idx, ws, nt);
+    else
+      forward_nchw<T, true, false>(s, g, x, y, nullptr, ws, nt);
+  } else {
+    if (!max)
+      forward_nhwc<T, false, false>(s, x, y, nullptr, nt);
+    else if (idx)
+      forward_nhwc<T, true, true>(s, x, y, idx, nt);
+    else
+      forward_nhwc<T, true, false>(s, x, y, nullptr, nt);
+  }
+}
+
+template <class T>
+void pool_backward(const PoolShape& s, const T* x, const T* gy, T* gx, void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, nt, true);
+  if (s.layout == Layout::NCHW)
+    backward_nchw(s, g, x, gy, gx, static_cast<char*>(workspace), nt);
+  else
+    backward_nhwc(s, x, gy, gx, nt);
+}
+
+int64_t pool_workspace_bytes(const PoolShape& s, int elem_bytes, int nt, bool backward) {
+  return elem_bytes == 4 ? make_geometry<float>(s, nt, backward).total
+                         : make_geometry<double>(s, nt, backward).total;
+}
+
+}  // namespace
+
+const PoolKernels kPool = {
+    &pool_workspace_bytes, &pool_forward<float>, &pool_forward<double>, &pool_backward<float>,
+    &pool_backward<double>,
+};
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv
