@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import _bench
 from ._bench import LIBRARIES, PEERS, BenchOptions, ShapeResult, geomean
 from ._runtime import config, get_num_threads, peak_gflops, set_num_threads, show_config
-from ._suite import DEFAULT_SUITE, QUICK_SUITE, ConvShape, select
+from ._suite import DEFAULT_SUITE, POOL_SUITE, QUICK_POOL_SUITE, QUICK_SUITE, ConvShape, PoolShape, select
 
 # --quick: the quick subset, three rounds of ~10 ms per library, one sample
 # of anything slow; well under ten seconds in all, a third of it importing
@@ -83,9 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tuple[ConvShape, ...]:
+def _shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tuple[Any, ...]:
     if args.shapes is None:
-        return QUICK_SUITE if args.quick else DEFAULT_SUITE
+        return QUICK_SUITE + QUICK_POOL_SUITE if args.quick else DEFAULT_SUITE + POOL_SUITE
     try:
         return select(args.shapes)
     except ValueError as exc:
@@ -144,7 +144,7 @@ def _libraries(want_numpy: bool) -> Tuple[List[str], List[str]]:
     return libs, notes
 
 
-def run_suite(shapes: Sequence[ConvShape], libraries: Sequence[str],
+def run_suite(shapes: Sequence[Any], libraries: Sequence[str],
               opts: BenchOptions) -> List[ShapeResult]:
     # Process-wide settings first, so the header and JSON report what ran.
     set_num_threads(opts.threads)
@@ -189,17 +189,21 @@ def _ms_column(lib: str) -> Callable[[ShapeResult], str]:
     return lambda row: _ms_cell(row, lib)
 
 
-def _columns(libraries: Sequence[str]) -> List[Column]:
-    cols: List[Column] = [
-        ("shape", lambda r: r.shape.name),
-        ("GFLOP", lambda r: f"{r.shape.gflop:#.3g}"),
-        ("pyconv", lambda r: _ms_cell(r, "pyconv")),
-        ("GFLOP/s", lambda r: f"{r.gflops():.1f}" if r.gflops() else "-"),
-        ("%peak", lambda r: f"{r.percent_of_peak():.0f}%" if r.percent_of_peak() else "-"),
+def _columns(libraries: Sequence[str], pool: bool = False) -> List[Column]:
+    """Table columns; pooling rows (``pool``) have no FLOPs and no algorithm."""
+    cols: List[Column] = [("shape", lambda r: r.shape.name)]
+    if not pool:
+        cols.append(("GFLOP", lambda r: f"{r.shape.gflop:#.3g}"))
+    cols.append(("pyconv", lambda r: _ms_cell(r, "pyconv")))
+    if not pool:
+        cols += [("GFLOP/s", lambda r: f"{r.gflops():.1f}" if r.gflops() else "-"),
+                 ("%peak", lambda r: f"{r.percent_of_peak():.0f}%" if r.percent_of_peak() else "-")]
+    cols += [
         ("GB/s", lambda r: f"{r.gbytes_per_s():.1f}" if r.gbytes_per_s() else "-"),
         ("%bw", lambda r: f"{r.percent_of_bandwidth():.0f}%" if r.percent_of_bandwidth() else "-"),
-        ("algo", lambda r: r.algo or "-"),
     ]
+    if not pool:
+        cols.append(("algo", lambda r: r.algo or "-"))
     if "numpy" in libraries:
         cols += [("NumPy", lambda r: _ms_cell(r, "numpy")),
                  ("vs NumPy", lambda r: fmt_ratio(r.speedup_over("numpy")))]
@@ -233,8 +237,21 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
     return cells
 
 
-def format_table(rows: Sequence[ShapeResult], libraries: Sequence[str]) -> str:
-    columns = _columns(libraries)
+def format_tables(rows: Sequence[ShapeResult], libraries: Sequence[str]) -> str:
+    """One table for the convolution rows, one for the pooling rows."""
+    conv = [r for r in rows if not isinstance(r.shape, PoolShape)]
+    pool = [r for r in rows if isinstance(r.shape, PoolShape)]
+    tables = []
+    if conv:
+        tables.append(format_table(conv, libraries))
+    if pool:
+        tables.append("pooling (GB/s: input + output bytes; *_grad rows: forward + gradient, "
+                      "vs torch autograd)\n" + format_table(pool, libraries, pool=True))
+    return "\n\n".join(tables)
+
+
+def format_table(rows: Sequence[ShapeResult], libraries: Sequence[str], pool: bool = False) -> str:
+    columns = _columns(libraries, pool)
     headers = [h for h, _ in columns]
     body = [[cell(r) for _, cell in columns] for r in rows]
     body.append(_geomean_cells(rows, headers))
@@ -306,10 +323,15 @@ def _json_number(value: Optional[float]) -> Optional[float]:
 
 def _row_json(row: ShapeResult) -> Dict[str, Any]:
     s = row.shape
+    if isinstance(s, PoolShape):
+        shape = {"name": s.name, "op": s.op, "N": s.n, "C": s.c, "H": s.h, "W": s.w, "kernel": s.kernel,
+                 "stride": s.stride, "padding": s.padding, "problem": s.describe()}
+    else:
+        shape = {"name": s.name, "N": s.n, "C_in": s.c_in, "H": s.h, "W": s.w, "C_out": s.c_out,
+                 "kernel": s.kernel, "stride": s.stride, "padding": s.padding, "groups": s.groups,
+                 "problem": s.describe()}
     return {
-        "shape": {"name": s.name, "N": s.n, "C_in": s.c_in, "H": s.h, "W": s.w, "C_out": s.c_out,
-                  "kernel": s.kernel, "stride": s.stride, "padding": s.padding, "groups": s.groups,
-                  "problem": s.describe()},
+        "shape": shape,
         "gflop": s.gflop,
         "gflops": row.gflops(),
         "percent_of_peak": row.percent_of_peak(),
@@ -359,6 +381,7 @@ def write_plot(path: str, rows: Sequence[ShapeResult], libraries: Sequence[str],
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
+    rows = [r for r in rows if not isinstance(r.shape, PoolShape)]  # pooling has no FLOP rate
     libs = ["pyconv", *libraries]
     height = 0.8 / len(libs)
     fig, ax = plt.subplots(figsize=(9, 0.15 * len(libs) * len(rows) + 1.5))
@@ -391,6 +414,12 @@ def _list_shapes() -> None:
         print(f"{s.name:<22} {s.n:>3} {s.c_in:>5} {s.h:>4} {s.w:>4} {s.c_out:>5} {s.kernel:>2} "
               f"{s.stride:>2} {str(s.padding):>5} {s.groups:>6} {s.gflop:>8.4f}  "
               f"{'yes' if s.name in quick else ''}")
+    print()
+    print(f"{'name':<22} {'op':<11} {'N':>3} {'C':>5} {'H':>4} {'W':>4} {'k':>2} {'s':>2} {'pad':>5}  quick")
+    quick_pool = {s.name for s in QUICK_POOL_SUITE}
+    for p in POOL_SUITE:
+        print(f"{p.name:<22} {p.op:<11} {p.n:>3} {p.c:>5} {p.h:>4} {p.w:>4} {p.kernel:>2} {p.stride:>2} "
+              f"{str(p.padding):>5}  {'yes' if p.name in quick_pool else ''}")
 
 
 def bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -411,7 +440,7 @@ def bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     for note in notes:
         print(f"note: {note}")
     print()
-    print(format_table(rows, libraries))
+    print(format_tables(rows, libraries))
     findings, pyconv_wrong = _findings(rows)
     if findings:
         print()

@@ -37,7 +37,8 @@ from ._conv import conv2d
 from ._prepack import prepack
 from ._conv import plan as conv_plan
 from ._runtime import peak_gflops, set_num_threads
-from ._suite import ConvShape, make_inputs
+from ._pool import avg_pool2d, avg_pool2d_grad, global_avg_pool2d, max_pool2d, max_pool2d_grad
+from ._suite import ConvShape, PoolShape, make_inputs, make_pool_inputs
 
 __all__ = [
     "LIBRARIES",
@@ -52,6 +53,7 @@ __all__ = [
     "library_versions",
     "measure_shape",
     "missing_reason",
+    "serves",
     "settle",
 ]
 
@@ -143,6 +145,8 @@ def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NC
     reason = missing_reason(library)
     if reason is not None:
         raise RuntimeError(reason)
+    if isinstance(shape, PoolShape):
+        return _pool_runner(library, shape, threads, layout, seed, dtype)
     if library == "pyconv":
         return _pyconv_runner(shape, threads, layout, seed, prepacked, dtype)
     if library == "numpy":
@@ -257,6 +261,149 @@ def _onnxruntime_runner(shape: ConvShape, threads: int, seed: int, dtype: Any) -
     return Runner(lambda: session.run(["y"], feed)[0], np.asarray)
 
 
+# ---- pooling rows ---------------------------------------------------------------
+
+
+def serves(library: str, shape: Any) -> bool:
+    """Whether ``library`` has the operation of ``shape`` at all (onnxruntime
+    has no training ops, so no pooling gradient)."""
+    return not (library == "onnxruntime" and isinstance(shape, PoolShape) and shape.backward)
+
+
+def _pool_runner(library: str, shape: PoolShape, threads: int, layout: str, seed: int, dtype: Any) -> Runner:
+    if library in ("pyconv", "numpy"):
+        lay = layout if library == "pyconv" else "NCHW"
+        if library == "pyconv":
+            set_num_threads(threads)
+        x, g = make_pool_inputs(shape, lay, seed, dtype)
+        lib = reference if library == "numpy" else None
+        call = _pool_call(shape, x, g, lay, lib)
+        if lay.upper() == "NHWC" and shape.op != "global_avg":
+            return Runner(call, lambda y: np.ascontiguousarray(np.transpose(y, (0, 3, 1, 2))))
+        return Runner(call, np.asarray)
+    if library in ("torch", "torch_cl"):
+        return _torch_pool_runner(shape, threads, library == "torch_cl", seed, dtype)
+    if not serves(library, shape):
+        raise RuntimeError(f"{LIBRARIES[library]} has no {shape.op} operation")
+    return _onnxruntime_pool_runner(shape, threads, seed, dtype)
+
+
+def _pool_call(shape: PoolShape, x: np.ndarray, g: np.ndarray, layout: str, lib: Any) -> Callable[[], Any]:
+    """pyconv's (lib None) or the reference's call for a pool row."""
+    ops = lib if lib is not None else _PYCONV_POOL
+    k, s, p = shape.kernel, shape.stride, shape.padding
+    if shape.op == "max":
+        return lambda: ops.max_pool2d(x, k, s, p, layout=layout)
+    if shape.op == "avg":
+        return lambda: ops.avg_pool2d(x, k, s, p, layout=layout)
+    if shape.op == "global_avg":
+        return lambda: ops.global_avg_pool2d(x, layout=layout)
+    if shape.op == "max_grad":
+        def max_step() -> Any:
+            ops.max_pool2d(x, k, s, p, layout=layout)
+            return ops.max_pool2d_grad(g, x, k, s, p, layout=layout)
+        return max_step
+
+    def avg_step() -> Any:
+        ops.avg_pool2d(x, k, s, p, layout=layout)
+        return ops.avg_pool2d_grad(g, x.shape, k, s, p, layout=layout)
+    return avg_step
+
+
+class _PyconvPool:
+    max_pool2d = staticmethod(max_pool2d)
+    avg_pool2d = staticmethod(avg_pool2d)
+    global_avg_pool2d = staticmethod(global_avg_pool2d)
+    max_pool2d_grad = staticmethod(max_pool2d_grad)
+    avg_pool2d_grad = staticmethod(avg_pool2d_grad)
+
+
+_PYCONV_POOL = _PyconvPool()
+
+
+def _torch_pool_runner(shape: PoolShape, threads: int, channels_last: bool, seed: int, dtype: Any) -> Runner:
+    import torch
+    import torch.nn.functional as F
+
+    torch.set_num_threads(threads)
+    x, g = make_pool_inputs(shape, "NCHW", seed, dtype)
+    xt, gt = torch.from_numpy(x), torch.from_numpy(g)
+    if channels_last:
+        xt = xt.to(memory_format=torch.channels_last)
+        gt = gt.to(memory_format=torch.channels_last)
+    top, bottom, left, right = shape.geometry().pads
+    k, s = shape.kernel, shape.stride
+    same = isinstance(shape.padding, str)
+    if top == bottom and left == right:
+        def pad(inp: Any) -> Any:
+            return inp
+        sym = (top, left)
+    else:  # PyTorch pools have symmetric padding only: pad explicitly (as for conv2d)
+        def pad(inp: Any) -> Any:
+            return F.pad(inp, (left, right, top, bottom), value=-math.inf if shape.op.startswith("max") else 0.0)
+        sym = (0, 0)
+
+    def forward(inp: Any) -> Any:
+        if shape.op.startswith("max"):
+            return F.max_pool2d(pad(inp), k, s, sym)
+        if shape.op == "global_avg":
+            return F.adaptive_avg_pool2d(inp, 1).reshape(inp.shape[0], inp.shape[1])
+        # "same" average pooling excludes the padding from the divisor (TensorFlow).
+        return F.avg_pool2d(pad(inp), k, s, sym, count_include_pad=not same)
+
+    if shape.backward:
+        leaf = xt.detach().requires_grad_(True)
+
+        def step() -> Any:
+            leaf.grad = None
+            forward(leaf).backward(gt)
+            return leaf.grad
+
+        return Runner(step, lambda y: y.contiguous().numpy())
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return forward(xt)
+
+    return Runner(call, lambda y: y.contiguous().numpy())
+
+
+def _onnxruntime_pool_runner(shape: PoolShape, threads: int, seed: int, dtype: Any) -> Runner:
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    x, _ = make_pool_inputs(shape, "NCHW", seed, dtype)
+    geo = shape.geometry()
+    elem = TensorProto.DOUBLE if x.dtype == np.float64 else TensorProto.FLOAT
+    top, bottom, left, right = geo.pads
+    out = [shape.n, shape.c, geo.oh, geo.ow]
+    if shape.op == "global_avg":
+        node = helper.make_node("GlobalAveragePool", ["x"], ["y"])
+    else:
+        attrs = dict(kernel_shape=[shape.kernel] * 2, strides=[shape.stride] * 2,
+                     pads=[top, left, bottom, right])
+        if shape.op == "avg":
+            attrs["count_include_pad"] = 0 if isinstance(shape.padding, str) else 1
+        node = helper.make_node("MaxPool" if shape.op == "max" else "AveragePool", ["x"], ["y"], **attrs)
+    graph = helper.make_graph([node], "pyconv_bench_pool",
+                              [helper.make_tensor_value_info("x", elem, list(x.shape))],
+                              [helper.make_tensor_value_info("y", elem, out)])
+    opset = [helper.make_opsetid("", ONNX_OPSET)]
+    model = helper.make_model(graph, opset_imports=opset, ir_version=helper.find_min_ir_version_for(opset))
+    onnx.checker.check_model(model)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feed = {"x": x}
+    if shape.op == "global_avg":
+        return Runner(lambda: session.run(["y"], feed)[0], lambda y: np.asarray(y).reshape(y.shape[:2]))
+    return Runner(lambda: session.run(["y"], feed)[0], np.asarray)
+
+
 def settle() -> None:
     """Let the previous library's spinning thread pool fall asleep."""
     time.sleep(SETTLE_S)
@@ -354,7 +501,7 @@ class ShapeResult:
 
     def gflops(self) -> Optional[float]:
         ms = self.ms("pyconv")
-        return self.shape.gflop / (ms * 1e-3) if ms else None
+        return self.shape.gflop / (ms * 1e-3) if ms and self.shape.gflop else None
 
     def speedup_over(self, library: Optional[str]) -> Optional[float]:
         """How many times faster pyconv is than ``library`` on this shape."""
@@ -419,7 +566,7 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
     pyconv or NumPy failing is a bug and raises; a peer failing to build or
     run becomes an ``error`` entry, so one broken peer cannot hide the rest.
     """
-    libs = ["pyconv"] + [lib for lib in libraries if lib != "pyconv"]
+    libs = ["pyconv"] + [lib for lib in libraries if lib != "pyconv" and serves(lib, shape)]
     results = {lib: LibResult() for lib in libs}
     runners: Dict[str, Runner] = {}
     plan: Dict[str, Tuple[int, int]] = {}
@@ -442,8 +589,11 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
         plan[lib] = _schedule(seconds, opts)
     for lib, samples in _time_rounds(runners, plan).items():
         results[lib].samples_s = samples
-    chosen = conv_plan(shape.x_shape(opts.layout), shape.w_shape(opts.layout), shape.stride,
-                       shape.padding, 1, shape.groups, layout=opts.layout, dtype=opts.dtype)["algo"]
+    if isinstance(shape, PoolShape):
+        chosen = "pool"
+    else:
+        chosen = conv_plan(shape.x_shape(opts.layout), shape.w_shape(opts.layout), shape.stride,
+                           shape.padding, 1, shape.groups, layout=opts.layout, dtype=opts.dtype)["algo"]
     return ShapeResult(shape, results, algo=chosen, peak_gflops=peak_gflops(opts.dtype, opts.threads),
                        bandwidth_gbs=copy_bandwidth_gbs(BANDWIDTH_CACHE_BYTES, opts.threads),
                        itemsize=np.dtype(opts.dtype).itemsize)

@@ -17,13 +17,17 @@ from typing import Any, Iterable, Tuple, Union
 
 import numpy as np
 
-from ._normalize import ConvGeometry, conv_geometry, layout_name
+from ._normalize import ConvGeometry, PoolGeometry, conv_geometry, layout_name, pool_geometry
 
 __all__ = [
     "DEFAULT_SUITE",
+    "POOL_SUITE",
+    "QUICK_POOL_SUITE",
     "QUICK_SUITE",
     "ConvShape",
+    "PoolShape",
     "make_inputs",
+    "make_pool_inputs",
     "select",
 ]
 
@@ -148,8 +152,87 @@ _QUICK_NAMES = ("lenet_c2", "resnet50_res2_1x1", "resnet50_res3_3x3s2", "mbv1_dw
 QUICK_SUITE: Tuple[ConvShape, ...] = tuple(s for s in DEFAULT_SUITE if s.name in _QUICK_NAMES)
 
 
-def select(names: Iterable[str], suite: Tuple[ConvShape, ...] = DEFAULT_SUITE) -> Tuple[ConvShape, ...]:
-    """The shapes of ``suite`` called ``names``, in the order given.
+@dataclass(frozen=True)
+class PoolShape:
+    """One pooling layer: ``op`` is "max", "avg", "global_avg", or "max_grad"
+    / "avg_grad" for the training step of that pooling (forward, then the
+    gradient of a seeded ``grad_out``)."""
+
+    name: str
+    op: str
+    n: int
+    c: int
+    h: int
+    w: int
+    kernel: int
+    stride: int
+    padding: Padding
+
+    flops = 0  # pooling is judged by bytes moved, not FLOPs
+    gflop = 0.0
+
+    @property
+    def backward(self) -> bool:
+        return self.op.endswith("_grad")
+
+    def x_shape(self, layout: str = "NCHW") -> Tuple[int, int, int, int]:
+        if layout_name("PoolShape.x_shape", layout) == "NCHW":
+            return (self.n, self.c, self.h, self.w)
+        return (self.n, self.h, self.w, self.c)
+
+    def geometry(self, layout: str = "NCHW") -> PoolGeometry:
+        lay = layout_name("PoolShape.geometry", layout)
+        if self.op == "global_avg":
+            return pool_geometry("PoolShape.geometry", self.x_shape(lay), (self.h, self.w), None, 0, 1,
+                                 False, lay)
+        return pool_geometry("PoolShape.geometry", self.x_shape(lay), self.kernel, self.stride,
+                             self.padding, 1, False, lay)
+
+    def min_bytes(self, itemsize: int = 4) -> int:
+        """Bytes any implementation must move: input and output once (and,
+        for a training step, grad_out and grad_x once more)."""
+        geo = self.geometry()
+        moved = self.n * self.c * (self.h * self.w + geo.oh * geo.ow)
+        return moved * itemsize * (2 if self.backward else 1)
+
+    def describe(self) -> str:
+        return f"{self.op}_pool mb{self.n}_c{self.c}_h{self.h}w{self.w}_k{self.kernel}s{self.stride}p{self.padding}"
+
+
+def make_pool_inputs(shape: PoolShape, layout: str = "NCHW", seed: int = 0,
+                     dtype: Any = np.float32) -> Tuple[np.ndarray, np.ndarray]:
+    """Seeded ``(x, grad_out)`` for ``shape`` in ``layout`` (the same numbers
+    in both layouts; ``grad_out`` has the pooling's output shape)."""
+    lay = layout_name("make_pool_inputs", layout)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape.x_shape("NCHW"), dtype=np.float32)
+    geo = shape.geometry("NCHW")
+    g = rng.standard_normal((shape.n, shape.c, geo.oh, geo.ow), dtype=np.float32)
+    if lay == "NHWC":
+        x, g = x.transpose(0, 2, 3, 1), g.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x, dtype=dtype), np.ascontiguousarray(g, dtype=dtype)
+
+
+#: Pooling rows of the bench (issue: ResNet/VGG max pooling, a TF-style
+#: "same" average pooling, NiN/ResNet global average pooling, and the
+#: training step of max and average pooling).
+POOL_SUITE: Tuple[PoolShape, ...] = (
+    PoolShape("maxpool_2x2", "max", 8, 64, 112, 112, 2, 2, 0),
+    PoolShape("resnet_maxpool", "max", 8, 64, 112, 112, 3, 2, 1),
+    PoolShape("avgpool_3x3_same", "avg", 8, 256, 28, 28, 3, 1, "same"),
+    PoolShape("global_avg", "global_avg", 32, 2048, 7, 7, 7, 1, 0),
+    PoolShape("maxpool_2x2_grad", "max_grad", 8, 64, 112, 112, 2, 2, 0),
+    PoolShape("resnet_maxpool_grad", "max_grad", 8, 64, 112, 112, 3, 2, 1),
+    PoolShape("avgpool_3x3_same_grad", "avg_grad", 8, 256, 28, 28, 3, 1, "same"),
+)
+
+#: Pool rows of ``bench --quick``.
+QUICK_POOL_SUITE: Tuple[PoolShape, ...] = tuple(
+    s for s in POOL_SUITE if s.name in ("maxpool_2x2", "global_avg"))
+
+
+def select(names: Iterable[str], suite: Tuple[Any, ...] = DEFAULT_SUITE + POOL_SUITE) -> Tuple[Any, ...]:
+    """The shapes (conv and pool rows) of ``suite`` called ``names``, in the order given.
 
     An unknown name raises ``ValueError`` listing the valid ones, rather than
     silently benchmarking fewer rows than asked for.
