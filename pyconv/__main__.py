@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import _bench
 from ._bench import LIBRARIES, PEERS, BenchOptions, ShapeResult, geomean
 from ._runtime import config, get_num_threads, peak_gflops, set_num_threads, show_config
-from ._suite import DEFAULT_SUITE, POOL_SUITE, QUICK_POOL_SUITE, QUICK_SUITE, ConvShape, PoolShape, select
+from ._suite import DEFAULT_SUITE, POOL_SUITE, QUICK_POOL_SUITE, QUICK_SUITE, PoolShape, select
 
 # --quick: the quick subset, three rounds of ~10 ms per library, one sample
 # of anything slow; well under ten seconds in all, a third of it importing
