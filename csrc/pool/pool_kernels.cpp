@@ -10,11 +10,13 @@
 // image) or border.  Interior pixels run without any bounds check; border
 // pixels clip their window once and run the same loop over the clipped taps.
 //
-// NCHW: one plane at a time, vectorised along the output row.  With stride
-// sw > 1 the plane is first split into sw column phases in a per-thread
-// scratch (phase f holds columns f, f + sw, ...; two vector loads and a
-// shuffle per vector for sw == 2), so every tap of an output vector is one
-// contiguous load.  Border pixels go one at a time.
+// NCHW: one plane at a time, vectorised along the output row.  Stride 1
+// reads the rows as they are; stride 2 (the common pooling) reads the even
+// lanes of two vectors with one shuffle; larger strides first split the
+// plane into sw column phases in a per-thread scratch (phase f holds
+// columns f, f + sw, ...), so every tap of an output vector is one
+// contiguous load.  Border pixels go one at a time, their window clipped
+// from per-call tables (no division per pixel).
 // NHWC: vectorised across channels, one output pixel at a time.
 // Global pools (window = the whole plane) have their own reduction loops.
 //
@@ -66,12 +68,12 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
              !(s.pt || s.pb || s.pl || s.pr);
   const int64_t e = sizeof(T);
   int64_t off = 0;
-  g.off_taps = off;
-  off += round_up(2 * s.kw * 8, kAlign);
+  g.off_taps = off;  // tap_q, tap_f [kw]; col_k0, col_k1 [ow]; tap_off [kh*kw]
+  off += round_up((2 * s.kw + 2 * s.ow + s.kh * s.kw) * 8, kAlign);
   g.off_scratch = off;
   if (s.layout == Layout::NCHW && !g.global) {
     g.wq = ceil_div(s.w, s.sw);
-    g.scratch_elems = s.sw > 1 ? s.sw * s.h * g.wq : 0;
+    g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
     g.thread_stride = round_up(g.scratch_elems * e, kAlign) + round_up(g.grad_elems * (8 + e), kAlign);
     off += nt * g.thread_stride;
@@ -98,34 +100,66 @@ inline int64_t tap_index(const PoolShape& s, int64_t t, int64_t ih0, int64_t iw0
 
 // ---- NCHW ------------------------------------------------------------------
 
+// Per-call tables (in the workspace), so that no pixel divides.
+struct Tables {
+  int64_t* tap_q;   // [kw] phase column offset of window column j 
+  int64_t* tap_f;   // [kw] its phase
+  int64_t* col_k0;  // [ow] first window column inside the image, per output column
+  int64_t* col_k1;  // [ow] one past the last
+  int64_t* tap_off; // [kh*kw] flat offset of tap t from the window's first cell
+};
+
+inline Tables make_tables(const PoolShape& s, char* base) {
+  Tables t;
+  t.tap_q = reinterpret_cast<int64_t*>(base);
+  t.tap_f = t.tap_q + s.kw;
+  t.col_k0 = t.tap_f + s.kw;
+  t.col_k1 = t.col_k0 + s.ow;
+  t.tap_off = t.col_k1 + s.ow;
+  for (int64_t j = 0; j < s.kw; ++j) {
+    const int64_t o = j * s.dw - s.pl;
+    t.tap_q[j] = floor_div(o, s.sw);
+    t.tap_f[j] = o - t.tap_q[j] * s.sw;
+  }
+  for (int64_t ow = 0; ow < s.ow; ++ow) clip(ow * s.sw - s.pl, s.w, s.kw, s.dw, t.col_k0[ow], t.col_k1[ow]);
+  for (int64_t i = 0; i < s.kh; ++i)
+    for (int64_t j = 0; j < s.kw; ++j) t.tap_off[i * s.kw + j] = i * s.dh * s.w + j * s.dw;
+  return t;
+}
+
 // Column phases of a plane: scratch[(f * H + r) * wq + q] = plane[r][q*sw + f].
 template <class T>
 void fill_phases(const PoolShape& s, const Geometry& g, const T* plane, T* scratch) {
-  using V = Vec<T>;
   const int64_t sw = s.sw;
   for (int64_t r = 0; r < s.h; ++r) {
     const T* src = plane + r * s.w;
     for (int64_t f = 0; f < sw; ++f) {
       T* dst = scratch + (f * s.h + r) * g.wq;
       const int64_t count = s.w > f ? ceil_div(s.w - f, sw) : 0;  // columns of this phase
-      int64_t q = 0;
-      if (sw == 2)
-        for (; (q + V::N) * 2 + f <= s.w; q += V::N) V::store(dst + q, V::load_even(src + 2 * q + f));
-      for (; q < count; ++q) dst[q] = src[q * sw + f];
+      for (int64_t q = 0; q < count; ++q) dst[q] = src[q * sw + f];
     }
   }
 }
 
 // One interior vector of `lanes` output pixels (oh, ow..): value, and for
-// Idx the flat index of each lane's winner.
+// Idx the flat index of each lane's winner.  Sources: the plane itself
+// (sw == 1, or sw == 2 read with an even-lane shuffle), else its phases.
 template <class T, bool Max, bool Idx>
-inline void interior_vector(const PoolShape& s, const T* src, int64_t ld, int64_t phase_stride, const int64_t* tap_q,
-                            const int64_t* tap_f, int64_t ih0, int64_t oh, int64_t ow, int lanes, T* yrow,
-                            int64_t* irow) {
+inline void interior_vector(const PoolShape& s, const T* plane, const T* src, int64_t ld, int64_t phase_stride,
+                            const Tables& tb, int64_t ih0, int64_t ow, int lanes, T* yrow, int64_t* irow) {
   using V = Vec<T>;
   const bool full = lanes == V::N;
-  auto load = [&](int64_t i, int64_t j) {
-    const T* p = src + tap_f[j] * phase_stride + (ih0 + i * s.dh) * ld + ow + tap_q[j];
+  const bool even = s.sw == 2;
+  auto load = [&](int64_t i, int64_t j) -> typename V::R {
+    if (even) {  // columns 2*(ow + q) + f, ... of the row
+      const int64_t row = (ih0 + i * s.dh) * s.w;
+      const int64_t c0 = 2 * (ow + tb.tap_q[j]) + tb.tap_f[j];
+      if (full && c0 + 2 * V::N <= s.w) return V::load_even(plane + row + c0);
+      alignas(64) T tmp[V::N];  // the row's end: no read past it
+      for (int l = 0; l < V::N; ++l) tmp[l] = l < lanes ? plane[row + c0 + 2 * l] : T(0);
+      return V::load(tmp);
+    }
+    const T* p = src + tb.tap_f[j] * phase_stride + (ih0 + i * s.dh) * ld + ow + tb.tap_q[j];
     return full ? V::load(p) : V::load_n(p, lanes);
   };
   typename V::R acc = load(0, 0), tap = V::zero();
@@ -150,23 +184,23 @@ inline void interior_vector(const PoolShape& s, const T* src, int64_t ld, int64_
   if (Idx) {
     alignas(64) T taps[V::N];
     V::store(taps, tap);
-    for (int l = 0; l < lanes; ++l)
-      irow[ow + l] = tap_index(s, static_cast<int64_t>(taps[l]), ih0, (ow + l) * s.sw - s.pl);
+    const int64_t first = ih0 * s.w + ow * s.sw - s.pl;
+    for (int l = 0; l < lanes; ++l) irow[ow + l] = first + l * s.sw + tb.tap_off[static_cast<int64_t>(taps[l])];
   }
 }
 
-// One border pixel of a plane, taps clipped to the image.
+// One border pixel of a plane: window rows [kh0, kh1) (clipped once per
+// output row) and columns from the per-call table.
 template <class T, bool Max, bool Idx>
-inline void border_pixel(const PoolShape& s, const T* plane, int64_t oh, int64_t ow, T* y, int64_t* idx) {
-  const int64_t ih0 = oh * s.sh - s.pt, iw0 = ow * s.sw - s.pl;
-  int64_t kh0, kh1, kw0, kw1;
-  clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
-  clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+inline void border_pixel(const PoolShape& s, const Tables& tb, const T* plane, int64_t ih0, int64_t kh0,
+                         int64_t kh1, int64_t ow, T* y, int64_t* idx) {
+  const int64_t iw0 = ow * s.sw - s.pl, kw0 = tb.col_k0[ow], kw1 = tb.col_k1[ow];
   T acc = T(0);
   int64_t best = -1;
-  for (int64_t i = kh0; i < kh1; ++i)
+  for (int64_t i = kh0; i < kh1; ++i) {
+    const int64_t row = (ih0 + i * s.dh) * s.w + iw0;
     for (int64_t j = kw0; j < kw1; ++j) {
-      const int64_t at = (ih0 + i * s.dh) * s.w + iw0 + j * s.dw;
+      const int64_t at = row + j * s.dw;
       const T v = plane[at];
       if (Max) {
         if (best < 0 || (acc == acc && !(v <= acc))) {
@@ -177,18 +211,19 @@ inline void border_pixel(const PoolShape& s, const T* plane, int64_t oh, int64_t
         acc += v;
       }
     }
+  }
   if (!Max) acc /= avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1);
   *y = acc;
   if (Idx) *idx = best;
 }
 
 template <class T, bool Max, bool Idx>
-void plane_nchw(const PoolShape& s, const Geometry& g, const T* plane, T* yp, int64_t* ip, T* scratch,
-                const int64_t* tap_q, const int64_t* tap_f) {
+void plane_nchw(const PoolShape& s, const Geometry& g, const Tables& tb, const T* plane, T* yp, int64_t* ip,
+                T* scratch) {
   constexpr int N = Vec<T>::N;
   const T* src = plane;
   int64_t ld = s.w, phase_stride = 0;
-  if (s.sw > 1) {
+  if (s.sw > 2) {
     fill_phases(s, g, plane, scratch);
     src = scratch;
     ld = g.wq;
@@ -197,46 +232,35 @@ void plane_nchw(const PoolShape& s, const Geometry& g, const T* plane, T* yp, in
   for (int64_t oh = 0; oh < s.oh; ++oh) {
     T* yrow = yp + oh * s.ow;
     int64_t* irow = Idx ? ip + oh * s.ow : nullptr;
-    const bool inner = oh >= g.oh_lo && oh < g.oh_hi;
-    if (!inner) {
-      for (int64_t ow = 0; ow < s.ow; ++ow)
-        border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t kh0, kh1;
+    clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+    auto border = [&](int64_t ow) {
+      border_pixel<T, Max, Idx>(s, tb, plane, ih0, kh0, kh1, ow, yrow + ow, Idx ? irow + ow : nullptr);
+    };
+    if (oh < g.oh_lo || oh >= g.oh_hi) {
+      for (int64_t ow = 0; ow < s.ow; ++ow) border(ow);
       continue;
     }
-    const int64_t ih0 = oh * s.sh - s.pt;
-    for (int64_t ow = 0; ow < g.ow_lo; ++ow)
-      border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
+    for (int64_t ow = 0; ow < g.ow_lo; ++ow) border(ow);
     for (int64_t ow = g.ow_lo; ow < g.ow_hi; ow += N)
-      interior_vector<T, Max, Idx>(s, src, ld, phase_stride, tap_q, tap_f, ih0, oh, ow,
+      interior_vector<T, Max, Idx>(s, plane, src, ld, phase_stride, tb, ih0, ow,
                                    static_cast<int>(min64(N, g.ow_hi - ow)), yrow, irow);
-    for (int64_t ow = g.ow_hi; ow < s.ow; ++ow)
-      border_pixel<T, Max, Idx>(s, plane, oh, ow, yrow + ow, Idx ? irow + ow : nullptr);
-  }
-}
-
-// Phase and in-phase column offset of each window column j (relative to
-// output column ow): input column ow*sw - pl + j*dw = (ow + q)*sw + f.
-inline void column_taps(const PoolShape& s, int64_t* tap_q, int64_t* tap_f) {
-  for (int64_t j = 0; j < s.kw; ++j) {
-    const int64_t o = j * s.dw - s.pl;
-    tap_q[j] = floor_div(o, s.sw);
-    tap_f[j] = o - tap_q[j] * s.sw;
+    for (int64_t ow = g.ow_hi; ow < s.ow; ++ow) border(ow);
   }
 }
 
 template <class T, bool Max, bool Idx>
 void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, char* ws, int nt) {
-  int64_t* tap_q = reinterpret_cast<int64_t*>(ws + g.off_taps);
-  int64_t* tap_f = tap_q + s.kw;
-  column_taps(s, tap_q, tap_f);
+  const Tables tb = make_tables(s, ws + g.off_taps);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
 #pragma omp parallel num_threads(nt)
   {
     T* scratch = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * g.thread_stride);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p)
-      plane_nchw<T, Max, Idx>(s, g, x + p * in_plane, y + p * out_plane, Idx ? idx + p * out_plane : nullptr,
-                              scratch, tap_q, tap_f);
+      plane_nchw<T, Max, Idx>(s, g, tb, x + p * in_plane, y + p * out_plane, Idx ? idx + p * out_plane : nullptr,
+                              scratch);
   }
 }
 
@@ -306,50 +330,58 @@ void forward_nhwc(const PoolShape& s, const T* x, T* y, int64_t* idx, int nt) {
 
 // ---- global pools ----------------------------------------------------------
 
+// Lanes of a vector combined pairwise (a fixed tree: deterministic, and no
+// long chain of dependent scalar operations).
+template <class T, bool Max>
+inline T reduce_lanes(typename Vec<T>::R v) {
+  constexpr int N = Vec<T>::N;
+  alignas(64) T l[N];
+  Vec<T>::store(l, v);
+  for (int width = N / 2; width >= 1; width /= 2)
+    for (int i = 0; i < width; ++i) {
+      if (Max) {
+        if (l[i] == l[i] && !(l[i + width] <= l[i])) l[i] = l[i + width];
+      } else {
+        l[i] += l[i + width];
+      }
+    }
+  return l[0];
+}
+
 template <class T, bool Max>
 void global_nchw(const PoolShape& s, const T* x, T* y, int nt) {
   using V = Vec<T>;
   constexpr int A = 4;  // independent accumulators
   const int64_t planes = s.n * s.c, len = s.h * s.w;
+  auto step = [](typename V::R acc, typename V::R v) {
+    return Max ? V::blend(acc, v, V::take(v, acc)) : V::add(acc, v);
+  };
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t p = 0; p < planes; ++p) {
     const T* src = x + p * len;
-    T r;
-    if (Max) {
-      // Element order within a plane only decides between equal values or
-      // NaNs, which are all the same result.
-      r = src[0];
-      int64_t i = 0;
-      if (len >= A * V::N) {
-        typename V::R acc[A];
-        for (int a = 0; a < A; ++a) acc[a] = V::load(src + a * V::N);
-        for (i = A * V::N; i + A * V::N <= len; i += A * V::N)
-          for (int a = 0; a < A; ++a) {
-            const typename V::R v = V::load(src + i + a * V::N);
-            acc[a] = V::blend(acc[a], v, V::take(v, acc[a]));
-          }
-        alignas(64) T lanes[A * V::N];
-        for (int a = 0; a < A; ++a) V::store(lanes + a * V::N, acc[a]);
-        r = lanes[0];
-        for (int l = 1; l < A * V::N; ++l)
-          if (r == r && !(lanes[l] <= r)) r = lanes[l];
+    // Max: element order only decides between equal values or between
+    // NaNs, which give the same result; starting from the plane's first
+    // value changes nothing.
+    const typename V::R init = Max ? V::set1(src[0]) : V::zero();
+    typename V::R acc[A];
+    for (int a = 0; a < A; ++a) acc[a] = init;
+    int64_t i = 0;
+    for (; i + A * V::N <= len; i += A * V::N)
+      for (int a = 0; a < A; ++a) acc[a] = step(acc[a], V::load(src + i + a * V::N));
+    for (int a = 0; i < len; i += V::N, ++a) {
+      const int lanes = static_cast<int>(min64(V::N, len - i));
+      typename V::R v;
+      if (Max && lanes < V::N) {  // the missing lanes repeat the first value (no effect on a max)
+        alignas(64) T tmp[V::N];
+        for (int l = 0; l < V::N; ++l) tmp[l] = l < lanes ? src[i + l] : src[0];
+        v = V::load(tmp);
+      } else {
+        v = V::load_n(src + i, lanes);
       }
-      for (; i < len; ++i)
-        if (r == r && !(src[i] <= r)) r = src[i];
-    } else {
-      typename V::R acc[A];
-      for (int a = 0; a < A; ++a) acc[a] = V::zero();
-      int64_t i = 0;
-      for (; i + A * V::N <= len; i += A * V::N)
-        for (int a = 0; a < A; ++a) acc[a] = V::add(acc[a], V::load(src + i + a * V::N));
-      alignas(64) T lanes[A * V::N];
-      for (int a = 0; a < A; ++a) V::store(lanes + a * V::N, acc[a]);
-      r = T(0);
-      for (int l = 0; l < A * V::N; ++l) r += lanes[l];
-      for (; i < len; ++i) r += src[i];
-      r /= T(len);
+      acc[a % A] = step(acc[a % A], v);
     }
-    y[p] = r;
+    const typename V::R r = step(step(acc[0], acc[1]), step(acc[2], acc[3]));
+    y[p] = Max ? reduce_lanes<T, true>(r) : reduce_lanes<T, false>(r) / T(len);
   }
 }
 
@@ -383,9 +415,7 @@ void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
 // winners, then adds each output gradient to its winner in output order.
 template <class T>
 void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* gy, T* gx, char* ws, int nt) {
-  int64_t* tap_q = reinterpret_cast<int64_t*>(ws + g.off_taps);
-  int64_t* tap_f = tap_q + s.kw;
-  column_taps(s, tap_q, tap_f);
+  const Tables tb = make_tables(s, ws + g.off_taps);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
   const bool max = s.op == PoolOp::Max;
 #pragma omp parallel num_threads(nt)
@@ -400,7 +430,7 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
       const T* gyp = gy + p * out_plane;
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
       if (max) {
-        plane_nchw<T, true, true>(s, g, x + p * in_plane, values, winners, scratch, tap_q, tap_f);
+        plane_nchw<T, true, true>(s, g, tb, x + p * in_plane, values, winners, scratch);
         for (int64_t o = 0; o < out_plane; ++o) gxp[winners[o]] += gyp[o];
         continue;
       }
@@ -409,9 +439,7 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
         int64_t kh0, kh1;
         clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
         for (int64_t ow = 0; ow < s.ow; ++ow) {
-          const int64_t iw0 = ow * s.sw - s.pl;
-          int64_t kw0, kw1;
-          clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
+          const int64_t iw0 = ow * s.sw - s.pl, kw0 = tb.col_k0[ow], kw1 = tb.col_k1[ow];
           const T v = gyp[oh * s.ow + ow] / avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1);
           for (int64_t i = kh0; i < kh1; ++i) {
             T* row = gxp + (ih0 + i * s.dh) * s.w + iw0;
