@@ -23,6 +23,9 @@ compared within float tolerance.
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -32,7 +35,7 @@ from hypothesis import strategies as st
 
 import pyconv
 import pyconv.reference as ref
-from conftest import DTYPES, LAYOUTS
+from conftest import DTYPES, LAYOUTS, subprocess_env
 
 # Fewer examples than the profile's default (each example runs on one ISA,
 # and the file runs once per ISA); scaled so that the "thorough" profile
@@ -507,7 +510,7 @@ def test_pool_output_shape_agrees_with_torch():
     torch, F = _torch_setup()
     checked = 0
     for size, k, s, d, ceil in itertools.product(range(1, 10), range(1, 5), range(1, 4), (1, 2), (False, True)):
-        for p in range(0, k // 2 + 1):
+        for p in range(k // 2 + 1):
             try:
                 ours = pyconv.pool_output_shape((1, 1, size, size + 1), k, s, p, d, ceil_mode=ceil)
             except ValueError:
@@ -620,7 +623,8 @@ def test_grad_by_central_differences(isa, rng, op, kwargs, layout):
         xp, xm = x.copy(), x.copy()
         xp[i] += eps
         xm[i] -= eps
-        num[i] = (np.sum(fwd(xp, layout=layout, **kwargs) * g) - np.sum(fwd(xm, layout=layout, **kwargs) * g)) / (2 * eps)
+        up, down = fwd(xp, layout=layout, **kwargs), fwd(xm, layout=layout, **kwargs)
+        num[i] = (np.sum(up * g) - np.sum(down * g)) / (2 * eps)
     np.testing.assert_allclose(gx, num, rtol=1e-6, atol=1e-6)
     assert np.abs(gx).max() > 0.1
 
@@ -698,10 +702,50 @@ def test_global_pools(isa, rng, shape, dtype, layout, keepdims):
     assert_avg_close(ga, x.astype(np.float64).mean(axis=axes, keepdims=keepdims), dtype)
     assert_bitwise(gm, x.max(axis=axes, keepdims=keepdims))
     assert_bitwise(gm, ref.global_max_pool2d(x, layout=layout, keepdims=keepdims))
-    # the same as a windowed max pool over the whole plane (a different kernel path)
+    # the same as a windowed max pool over the whole plane with indices (a
+    # different kernel path; stride 1: see test_whole_plane_window_with_indices)
     hw = x.shape[-2:] if layout == "NCHW" else x.shape[-3:-1]
-    y, idx = pyconv.max_pool2d(x, hw, layout=layout, return_indices=True)
+    y, idx = pyconv.max_pool2d(x, hw, 1, layout=layout, return_indices=True)
     assert_bitwise(y.reshape(gm.shape), gm)
+    assert_bitwise(gather_winners(x, idx, layout), y)
+
+
+# A child process: max_pool2d(return_indices=True) and max_pool2d_grad with a
+# window as large as the NCHW plane (no padding, column stride >= 3) on every
+# ISA, one JSON line per call.  In a child because the bug it checks corrupts
+# the heap ("free(): invalid next size").
+_WHOLE_PLANE_SCRIPT = r'''
+import json
+import numpy as np
+import pyconv
+import pyconv.reference as ref
+rng = np.random.default_rng(7)
+for isa in pyconv.config()["isa_available"]:
+    pyconv.set_max_isa(isa)
+    for shape, k, s in [((2, 3, 7, 7), 7, None), ((1, 1, 3, 5), (3, 5), None), ((2, 3, 7, 7), 7, (1, 3)),
+                        ((1, 2, 4, 4), 4, 4), ((3, 5, 6, 9), (6, 9), (2, 5))]:
+        x = rng.standard_normal(shape)
+        y, i = pyconv.max_pool2d(x, k, s, return_indices=True)
+        ry, ri = ref.max_pool2d(x, k, s, return_indices=True)
+        g = rng.standard_normal(y.shape)
+        gx = pyconv.max_pool2d_grad(g, x, k, s)
+        rgx = ref.max_pool2d_grad(g, x, k, s)
+        ok = bool(np.array_equal(y, ry) and np.array_equal(i, ri) and np.array_equal(gx, rgx))
+        print(json.dumps({"isa": isa, "shape": shape, "k": k, "s": s, "ok": ok}), flush=True)
+print(json.dumps({"done": True}), flush=True)
+'''
+
+
+# Regression: a window covering the whole plane took the global-pool
+# geometry, which sized no scratch for the indexed/gradient plane loops.
+def test_whole_plane_window_with_indices(tmp_path):
+    proc = subprocess.run([sys.executable, "-c", _WHOLE_PLANE_SCRIPT], cwd=tmp_path, env=subprocess_env(),
+                          capture_output=True, text=True, timeout=120, check=False)
+    lines = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert lines and lines[-1].get("done"), f"child exited with {proc.returncode}: {proc.stderr[-2000:]}"
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    bad = [r for r in lines[:-1] if not r["ok"]]
+    assert not bad, bad
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -932,7 +976,8 @@ def test_empty_batch(isa, layout, dtype):
     ga = pyconv.avg_pool2d_grad(np.ones(expected, dtype), x.shape, 3, 2, 1, layout=layout)
     assert ga.shape == x.shape and ga.dtype == dtype
     assert pyconv.global_avg_pool2d(x, layout=layout).shape == (0, 3)
-    assert pyconv.global_max_pool2d(x, layout=layout, keepdims=True).shape == _global_expected_shape(x.shape, layout, True)
+    keep = pyconv.global_max_pool2d(x, layout=layout, keepdims=True)
+    assert keep.shape == _global_expected_shape(x.shape, layout, True)
     with pytest.raises(ValueError, match="max_pool2d_grad: grad_out has shape"):
         pyconv.max_pool2d_grad(np.ones((1,) + expected[1:], dtype), x, 3, 2, 1, layout=layout)
 

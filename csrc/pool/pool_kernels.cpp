@@ -71,7 +71,9 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   g.off_taps = off;  // tap_q, tap_f [kw]; col_k0, col_k1 [ow]; tap_off [kh*kw]
   off += round_up((2 * s.kw + 2 * s.ow + s.kh * s.kw) * 8, kAlign);
   g.off_scratch = off;
-  if (s.layout == Layout::NCHW && !g.global) {
+  // (Global windows use the plane loops too when indices or gradients are
+  // wanted, so the scratch is sized for every NCHW problem.)
+  if (s.layout == Layout::NCHW) {
     g.wq = ceil_div(s.w, s.sw);
     g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
