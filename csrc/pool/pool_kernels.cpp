@@ -23,6 +23,7 @@
 // Determinism: each output (and each gradient element) is produced by one
 // thread in a fixed order, so results do not depend on the thread count.
 #include <cstdint>
+#include <limits>
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
@@ -33,6 +34,8 @@ namespace pyconv {
 namespace PYCONV_ISA_NS {
 namespace {
 
+constexpr int kTileVectors = 4;  // independent accumulators per output tile
+
 inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
 
 struct Geometry {
@@ -40,6 +43,7 @@ struct Geometry {
   int64_t wq;                          // NCHW phase scratch: columns per phase row
   int64_t scratch_elems;               // NCHW: per-thread phase scratch (sw > 1)
   int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
+  int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
 };
@@ -68,8 +72,13 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
              !(s.pt || s.pb || s.pl || s.pr);
   const int64_t e = sizeof(T);
   int64_t off = 0;
-  g.off_taps = off;  // tap_q, tap_f [kw]; col_k0, col_k1 [ow]; tap_off [kh*kw]
-  off += round_up((2 * s.kw + 2 * s.ow + s.kh * s.kw) * 8, kAlign);
+  constexpr int64_t N = Vec<T>::N;
+  g.pad_rows = (s.oh - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+  g.pad_wq = round_up(s.ow, N) + (s.kw - 1) * s.dw / s.sw + 1;
+  g.pad_elems = s.sw * g.pad_rows * g.pad_wq;
+  g.off_taps = off;  // see Tables
+  off += round_up((2 * s.kw + 2 * s.ow + 2 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
+  off += round_up((s.oh + round_up(s.ow, N)) * e, kAlign);
   g.off_scratch = off;
   // (Global windows use the plane loops too when indices or gradients are
   // wanted, so the scratch is sized for every NCHW problem.)
@@ -77,6 +86,7 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
     g.wq = ceil_div(s.w, s.sw);
     g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
+    if (!backward) g.scratch_elems = max64(g.scratch_elems, g.pad_elems);
     g.thread_stride = round_up(g.scratch_elems * e, kAlign) + round_up(g.grad_elems * (8 + e), kAlign);
     off += nt * g.thread_stride;
   }
@@ -103,30 +113,159 @@ inline int64_t tap_index(const PoolShape& s, int64_t t, int64_t ih0, int64_t iw0
 // ---- NCHW ------------------------------------------------------------------
 
 // Per-call tables (in the workspace), so that no pixel divides.
+template <class T>
 struct Tables {
-  int64_t* tap_q;   // [kw] phase column offset of window column j 
-  int64_t* tap_f;   // [kw] its phase
-  int64_t* col_k0;  // [ow] first window column inside the image, per output column
-  int64_t* col_k1;  // [ow] one past the last
-  int64_t* tap_off; // [kh*kw] flat offset of tap t from the window's first cell
+  int64_t* tap_q;    // [kw] phase column offset of window column j
+  int64_t* tap_f;    // [kw] its phase
+  int64_t* col_k0;   // [ow] first window column inside the image, per output column
+  int64_t* col_k1;   // [ow] one past the last
+  int64_t* tap_off;  // [kh*kw] flat offset of tap t from the window's first cell
+  int64_t* pad_off;  // [kh*kw] offset of tap t in the padded plane's scratch (plane_padded)
+  int64_t* q_lo;     // [sw] padded plane: first phase column holding an input column
+  int64_t* q_hi;     // [sw] one past the last
+  T* row_count;      // [oh] average pooling: window rows counted by the divisor
+  T* col_count;      // [round_up(ow, N)] columns counted (1 past ow)
 };
 
-inline Tables make_tables(const PoolShape& s, char* base) {
-  Tables t;
+template <class T>
+inline Tables<T> make_tables(const PoolShape& s, const Geometry& g, char* base) {
+  constexpr int64_t N = Vec<T>::N;
+  Tables<T> t;
   t.tap_q = reinterpret_cast<int64_t*>(base);
   t.tap_f = t.tap_q + s.kw;
   t.col_k0 = t.tap_f + s.kw;
   t.col_k1 = t.col_k0 + s.ow;
   t.tap_off = t.col_k1 + s.ow;
+  t.pad_off = t.tap_off + s.kh * s.kw;
+  t.q_lo = t.pad_off + s.kh * s.kw;
+  t.q_hi = t.q_lo + s.sw;
+  t.row_count = reinterpret_cast<T*>(base + round_up((2 * s.kw + 2 * s.ow + 2 * s.kh * s.kw + 2 * s.sw) * 8, kAlign));
+  t.col_count = t.row_count + s.oh;
   for (int64_t j = 0; j < s.kw; ++j) {
     const int64_t o = j * s.dw - s.pl;
     t.tap_q[j] = floor_div(o, s.sw);
     t.tap_f[j] = o - t.tap_q[j] * s.sw;
   }
   for (int64_t ow = 0; ow < s.ow; ++ow) clip(ow * s.sw - s.pl, s.w, s.kw, s.dw, t.col_k0[ow], t.col_k1[ow]);
+  const int64_t phase_stride = g.pad_rows * g.pad_wq;
   for (int64_t i = 0; i < s.kh; ++i)
-    for (int64_t j = 0; j < s.kw; ++j) t.tap_off[i * s.kw + j] = i * s.dh * s.w + j * s.dw;
+    for (int64_t j = 0; j < s.kw; ++j) {
+      t.tap_off[i * s.kw + j] = i * s.dh * s.w + j * s.dw;
+      const int64_t col = j * s.dw;
+      t.pad_off[i * s.kw + j] = (col % s.sw) * phase_stride + i * s.dh * g.pad_wq + col / s.sw;
+    }
+  for (int64_t f = 0; f < s.sw; ++f) {  // padded column q*sw + f is input column q*sw + f - pl
+    t.q_lo[f] = min64(g.pad_wq, max64(0, ceil_div(s.pl - f, s.sw)));
+    t.q_hi[f] = s.w + s.pl - f <= 0 ? t.q_lo[f] : max64(t.q_lo[f], min64(g.pad_wq, ceil_div(s.w + s.pl - f, s.sw)));
+  }
+  // Average divisors: rows x columns counted (both factors are exact small
+  // integers, so their product is the count itself).
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t k0, k1;
+    clip(ih0, s.h, s.kh, s.dh, k0, k1);
+    t.row_count[oh] = T(s.count_include_pad ? min64(ih0 + s.kh, s.h + s.pb) - ih0 : k1 - k0);
+  }
+  for (int64_t ow = 0; ow < round_up(s.ow, N); ++ow) {
+    if (ow >= s.ow) {
+      t.col_count[ow] = T(1);
+      continue;
+    }
+    const int64_t iw0 = ow * s.sw - s.pl;
+    t.col_count[ow] = T(s.count_include_pad ? min64(iw0 + s.kw, s.w + s.pr) - iw0 : t.col_k1[ow] - t.col_k0[ow]);
+  }
   return t;
+}
+
+// ---- NCHW, values only: the padded plane ---------------------------------------------
+//
+// Forward without indices (the inference path): the plane is copied once
+// into a per-thread scratch, padded with the op's neutral value (-inf for
+// max, 0 for average) as far as any window reaches (ceil_mode overhang
+// included) and split into sw column phases.  Every output row is then
+// whole vectors of plain loads, kTileVectors independent chains at a time,
+// with no border pixels at all.  -inf padding is exact for values: a padded
+// cell can only stay the maximum where every real cell of the window is
+// -inf too (the same value), and it never beats a NaN.
+
+template <class T>
+void fill_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T pad, T* scratch) {
+  using V = Vec<T>;
+  const int64_t sw = s.sw, phase_stride = g.pad_rows * g.pad_wq;
+  for (int64_t r = 0; r < g.pad_rows; ++r) {
+    const int64_t ih = r - s.pt;
+    const bool inside = ih >= 0 && ih < s.h;
+    const T* src = plane + (inside ? ih : 0) * s.w;
+    for (int64_t f = 0; f < sw; ++f) {
+      T* dst = scratch + f * phase_stride + r * g.pad_wq;
+      const int64_t lo = inside ? tb.q_lo[f] : g.pad_wq, hi = inside ? tb.q_hi[f] : g.pad_wq;
+      for (int64_t q = 0; q < lo; ++q) dst[q] = pad;
+      const T* in = src + f - s.pl;  // in[q * sw] is padded column q*sw + f
+      int64_t q = lo;
+      if (sw == 1) {
+        for (; q + V::N <= hi; q += V::N) V::store(dst + q, V::load(in + q));
+      } else if (sw == 2) {  // the even lanes of 2N values ending inside the row
+        for (; q + V::N <= hi && 2 * (q + V::N) + f - s.pl <= s.w; q += V::N)
+          V::store(dst + q, V::load_even(in + 2 * q));
+      }
+      for (; q < hi; ++q) dst[q] = in[q * sw];
+      for (q = hi; q < g.pad_wq; ++q) dst[q] = pad;
+    }
+  }
+}
+
+template <class T, bool Max, int TV>
+inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows, const T* cols, int last_lanes,
+                        T* ydst) {
+  using V = Vec<T>;
+  typename V::R acc[TV];
+#pragma GCC unroll 8
+  for (int v = 0; v < TV; ++v) acc[v] = V::load(base + off[0] + v * V::N);
+  for (int64_t t = 1; t < taps; ++t) {
+    const T* p = base + off[t];
+#pragma GCC unroll 8
+    for (int v = 0; v < TV; ++v) {
+      const typename V::R x = V::load(p + v * V::N);
+      acc[v] = Max ? V::blend(acc[v], x, V::take(x, acc[v])) : V::add(acc[v], x);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < TV; ++v) {
+    typename V::R r = acc[v];
+    if (!Max) r = V::div(r, V::mul(V::set1(rows), V::load(cols + v * V::N)));
+    if (v + 1 < TV || last_lanes == V::N)
+      V::store(ydst + v * V::N, r);
+    else
+      V::store_n(ydst + v * V::N, r, last_lanes);
+  }
+}
+
+template <class T, bool Max>
+void plane_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, T* scratch) {
+  constexpr int N = Vec<T>::N, TW = N * kTileVectors;
+  fill_padded(s, g, tb, plane, Max ? -std::numeric_limits<T>::infinity() : T(0), scratch);
+  const int64_t taps = s.kh * s.kw;
+  const int64_t full_end = s.ow / TW * TW, rest = s.ow - full_end;
+  const int rest_vectors = static_cast<int>(ceil_div(rest, N));  // 0..kTileVectors
+  static_assert(kTileVectors == 4, "the switch below covers 1..4 vectors");
+  const int last_lanes = static_cast<int>(rest - (rest_vectors - 1) * N);
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* base = scratch + oh * s.sh * g.pad_wq;
+    T* yrow = yp + oh * s.ow;
+    const T rows = tb.row_count[oh];
+    for (int64_t ow = 0; ow < full_end; ow += TW)
+      padded_tile<T, Max, kTileVectors>(base + ow, tb.pad_off, taps, rows, tb.col_count + ow, N, yrow + ow);
+    const T* b = base + full_end;
+    const T* c = tb.col_count + full_end;
+    T* y = yrow + full_end;
+    switch (rest_vectors) {
+      case 1: padded_tile<T, Max, 1>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
+      case 2: padded_tile<T, Max, 2>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
+      case 3: padded_tile<T, Max, 3>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
+      case 4: padded_tile<T, Max, 4>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
+      default: break;  // rest == 0
+    }
+  }
 }
 
 // Column phases of a plane: scratch[(f * H + r) * wq + q] = plane[r][q*sw + f].
@@ -148,7 +287,7 @@ void fill_phases(const PoolShape& s, const Geometry& g, const T* plane, T* scrat
 // (sw == 1, or sw == 2 read with an even-lane shuffle), else its phases.
 template <class T, bool Max, bool Idx>
 inline void interior_vector(const PoolShape& s, const T* plane, const T* src, int64_t ld, int64_t phase_stride,
-                            const Tables& tb, int64_t ih0, int64_t ow, int lanes, T* yrow, int64_t* irow) {
+                            const Tables<T>& tb, int64_t ih0, int64_t ow, int lanes, T* yrow, int64_t* irow) {
   using V = Vec<T>;
   const bool full = lanes == V::N;
   const bool even = s.sw == 2;
@@ -194,7 +333,7 @@ inline void interior_vector(const PoolShape& s, const T* plane, const T* src, in
 // One border pixel of a plane: window rows [kh0, kh1) (clipped once per
 // output row) and columns from the per-call table.
 template <class T, bool Max, bool Idx>
-inline void border_pixel(const PoolShape& s, const Tables& tb, const T* plane, int64_t ih0, int64_t kh0,
+inline void border_pixel(const PoolShape& s, const Tables<T>& tb, const T* plane, int64_t ih0, int64_t kh0,
                          int64_t kh1, int64_t ow, T* y, int64_t* idx) {
   const int64_t iw0 = ow * s.sw - s.pl, kw0 = tb.col_k0[ow], kw1 = tb.col_k1[ow];
   T acc = T(0);
@@ -220,7 +359,7 @@ inline void border_pixel(const PoolShape& s, const Tables& tb, const T* plane, i
 }
 
 template <class T, bool Max, bool Idx>
-void plane_nchw(const PoolShape& s, const Geometry& g, const Tables& tb, const T* plane, T* yp, int64_t* ip,
+void plane_nchw(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, int64_t* ip,
                 T* scratch) {
   constexpr int N = Vec<T>::N;
   const T* src = plane;
@@ -254,15 +393,18 @@ void plane_nchw(const PoolShape& s, const Geometry& g, const Tables& tb, const T
 
 template <class T, bool Max, bool Idx>
 void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, char* ws, int nt) {
-  const Tables tb = make_tables(s, ws + g.off_taps);
+  const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
 #pragma omp parallel num_threads(nt)
   {
     T* scratch = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * g.thread_stride);
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < planes; ++p)
-      plane_nchw<T, Max, Idx>(s, g, tb, x + p * in_plane, y + p * out_plane, Idx ? idx + p * out_plane : nullptr,
-                              scratch);
+    for (int64_t p = 0; p < planes; ++p) {
+      if (Idx)
+        plane_nchw<T, Max, Idx>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
+      else
+        plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
+    }
   }
 }
 
@@ -417,7 +559,7 @@ void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
 // winners, then adds each output gradient to its winner in output order.
 template <class T>
 void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* gy, T* gx, char* ws, int nt) {
-  const Tables tb = make_tables(s, ws + g.off_taps);
+  const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
   const bool max = s.op == PoolOp::Max;
 #pragma omp parallel num_threads(nt)

@@ -35,6 +35,7 @@ struct Vec {
   static R fma(R a, R b, R c) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
   static R add(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] + b.v[i]; return r; }
   static R div(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] / b.v[i]; return r; }
+  static R mul(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i]; return r; }
   static R load_even(const T* p) { R r; for (int i = 0; i < N; ++i) r.v[i] = p[2 * i]; return r; }
   // Max pooling's step: lanes where v beats acc (v > acc, or v is NaN and
   // acc is not: the first NaN wins, then stays).
@@ -77,6 +78,7 @@ struct Vec<float> {
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
   static R load_even(const float* p) {
     const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
@@ -103,6 +105,7 @@ struct Vec<double> {
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R div(R a, R b) { return _mm256_div_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
   static R load_even(const double* p) {
     return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
   }
@@ -131,6 +134,7 @@ struct Vec<float> {
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
   static R load_even(const float* p) {
     const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
     return _mm512_permutex2var_ps(load(p), idx, load(p + 16));
@@ -158,6 +162,7 @@ struct Vec<double> {
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R div(R a, R b) { return _mm512_div_pd(a, b); }
+  static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
   static R load_even(const double* p) {
     const __m512i idx = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
     return _mm512_permutex2var_pd(load(p), idx, load(p + 8));
