@@ -44,6 +44,8 @@ struct Geometry {
   int64_t scratch_elems;               // NCHW: per-thread phase scratch (sw > 1)
   int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
   int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
+  int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
+  bool avg_gather;
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
 };
@@ -77,7 +79,7 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   g.pad_wq = round_up(s.ow, N) + (s.kw - 1) * s.dw / s.sw + 1;
   g.pad_elems = s.sw * g.pad_rows * g.pad_wq;
   g.off_taps = off;  // see Tables
-  off += round_up((2 * s.kw + 2 * s.ow + 2 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
+  off += round_up((2 * s.kw + 2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
   off += round_up((s.oh + round_up(s.ow, N)) * e, kAlign);
   g.off_scratch = off;
   // (Global windows use the plane loops too when indices or gradients are
@@ -87,6 +89,12 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
     g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
     if (!backward) g.scratch_elems = max64(g.scratch_elems, g.pad_elems);
+    g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
+    if (g.avg_gather) {
+      g.grad_rows = s.h + s.pt + s.kh - 1;
+      g.grad_wq = round_up(s.w, N) + s.pl + s.kw - 1;
+      g.scratch_elems = max64(g.scratch_elems, g.grad_rows * g.grad_wq);
+    }
     g.thread_stride = round_up(g.scratch_elems * e, kAlign) + round_up(g.grad_elems * (8 + e), kAlign);
     off += nt * g.thread_stride;
   }
@@ -121,6 +129,7 @@ struct Tables {
   int64_t* col_k1;   // [ow] one past the last
   int64_t* tap_off;  // [kh*kw] flat offset of tap t from the window's first cell
   int64_t* pad_off;  // [kh*kw] offset of tap t in the padded plane's scratch (plane_padded)
+  int64_t* grad_off; // [kh*kw] offset of tap t in the average gradient's scratch (avg_grad_plane)
   int64_t* q_lo;     // [sw] padded plane: first phase column holding an input column
   int64_t* q_hi;     // [sw] one past the last
   T* row_count;      // [oh] average pooling: window rows counted by the divisor
@@ -137,9 +146,10 @@ inline Tables<T> make_tables(const PoolShape& s, const Geometry& g, char* base) 
   t.col_k1 = t.col_k0 + s.ow;
   t.tap_off = t.col_k1 + s.ow;
   t.pad_off = t.tap_off + s.kh * s.kw;
-  t.q_lo = t.pad_off + s.kh * s.kw;
+  t.grad_off = t.pad_off + s.kh * s.kw;
+  t.q_lo = t.grad_off + s.kh * s.kw;
   t.q_hi = t.q_lo + s.sw;
-  t.row_count = reinterpret_cast<T*>(base + round_up((2 * s.kw + 2 * s.ow + 2 * s.kh * s.kw + 2 * s.sw) * 8, kAlign));
+  t.row_count = reinterpret_cast<T*>(base + round_up((2 * s.kw + 2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign));
   t.col_count = t.row_count + s.oh;
   for (int64_t j = 0; j < s.kw; ++j) {
     const int64_t o = j * s.dw - s.pl;
@@ -153,6 +163,7 @@ inline Tables<T> make_tables(const PoolShape& s, const Geometry& g, char* base) 
       t.tap_off[i * s.kw + j] = i * s.dh * s.w + j * s.dw;
       const int64_t col = j * s.dw;
       t.pad_off[i * s.kw + j] = (col % s.sw) * phase_stride + i * s.dh * g.pad_wq + col / s.sw;
+      t.grad_off[i * s.kw + j] = i * g.grad_wq + j;
     }
   for (int64_t f = 0; f < s.sw; ++f) {  // padded column q*sw + f is input column q*sw + f - pl
     t.q_lo[f] = min64(g.pad_wq, max64(0, ceil_div(s.pl - f, s.sw)));
@@ -214,7 +225,10 @@ void fill_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, con
   }
 }
 
-template <class T, bool Max, int TV>
+// Kinds of window reduction of padded_tile.
+enum TileOp { kTileMax, kTileAvg, kTileSum };
+
+template <class T, int Op, int TV>
 inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows, const T* cols, int last_lanes,
                         T* ydst) {
   using V = Vec<T>;
@@ -226,13 +240,13 @@ inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows,
 #pragma GCC unroll 8
     for (int v = 0; v < TV; ++v) {
       const typename V::R x = V::load(p + v * V::N);
-      acc[v] = Max ? V::blend(acc[v], x, V::take(x, acc[v])) : V::add(acc[v], x);
+      acc[v] = Op == kTileMax ? V::blend(acc[v], x, V::take(x, acc[v])) : V::add(acc[v], x);
     }
   }
 #pragma GCC unroll 8
   for (int v = 0; v < TV; ++v) {
     typename V::R r = acc[v];
-    if (!Max) r = V::div(r, V::mul(V::set1(rows), V::load(cols + v * V::N)));
+    if (Op == kTileAvg) r = V::div(r, V::mul(V::set1(rows), V::load(cols + v * V::N)));
     if (v + 1 < TV || last_lanes == V::N)
       V::store(ydst + v * V::N, r);
     else
@@ -240,32 +254,67 @@ inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows,
   }
 }
 
+// One row of `width` outputs from `base` (tap offsets `off`), in tiles of
+// kTileVectors vectors and one last tile of 1..kTileVectors vectors.
+template <class T, int Op>
+inline void padded_row(const T* base, const int64_t* off, int64_t taps, T rows, const T* cols, int64_t width,
+                       T* yrow) {
+  constexpr int N = Vec<T>::N, TW = N * kTileVectors;
+  static_assert(kTileVectors == 4, "the switch below covers 1..4 vectors");
+  const int64_t full_end = width / TW * TW, rest = width - full_end;
+  for (int64_t o = 0; o < full_end; o += TW)
+    padded_tile<T, Op, kTileVectors>(base + o, off, taps, rows, cols + o, N, yrow + o);
+  const int rest_vectors = static_cast<int>(ceil_div(rest, N));
+  const int last = static_cast<int>(rest - (rest_vectors - 1) * N);
+  const T* b = base + full_end;
+  const T* c = cols + full_end;
+  T* y = yrow + full_end;
+  switch (rest_vectors) {
+    case 1: padded_tile<T, Op, 1>(b, off, taps, rows, c, last, y); break;
+    case 2: padded_tile<T, Op, 2>(b, off, taps, rows, c, last, y); break;
+    case 3: padded_tile<T, Op, 3>(b, off, taps, rows, c, last, y); break;
+    case 4: padded_tile<T, Op, 4>(b, off, taps, rows, c, last, y); break;
+    default: break;  // rest == 0
+  }
+}
+
 template <class T, bool Max>
 void plane_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, T* scratch) {
-  constexpr int N = Vec<T>::N, TW = N * kTileVectors;
   fill_padded(s, g, tb, plane, Max ? -std::numeric_limits<T>::infinity() : T(0), scratch);
-  const int64_t taps = s.kh * s.kw;
-  const int64_t full_end = s.ow / TW * TW, rest = s.ow - full_end;
-  const int rest_vectors = static_cast<int>(ceil_div(rest, N));  // 0..kTileVectors
-  static_assert(kTileVectors == 4, "the switch below covers 1..4 vectors");
-  const int last_lanes = static_cast<int>(rest - (rest_vectors - 1) * N);
-  for (int64_t oh = 0; oh < s.oh; ++oh) {
-    const T* base = scratch + oh * s.sh * g.pad_wq;
-    T* yrow = yp + oh * s.ow;
-    const T rows = tb.row_count[oh];
-    for (int64_t ow = 0; ow < full_end; ow += TW)
-      padded_tile<T, Max, kTileVectors>(base + ow, tb.pad_off, taps, rows, tb.col_count + ow, N, yrow + ow);
-    const T* b = base + full_end;
-    const T* c = tb.col_count + full_end;
-    T* y = yrow + full_end;
-    switch (rest_vectors) {
-      case 1: padded_tile<T, Max, 1>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
-      case 2: padded_tile<T, Max, 2>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
-      case 3: padded_tile<T, Max, 3>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
-      case 4: padded_tile<T, Max, 4>(b, tb.pad_off, taps, rows, c, last_lanes, y); break;
-      default: break;  // rest == 0
+  for (int64_t oh = 0; oh < s.oh; ++oh)
+    padded_row<T, Max ? kTileMax : kTileAvg>(scratch + oh * s.sh * g.pad_wq, tb.pad_off, s.kh * s.kw,
+                                             tb.row_count[oh], tb.col_count, s.ow, yp + oh * s.ow);
+}
+
+// The average gradient at stride 1 as a gather: input cell (ih, iw) receives
+// q = grad_out / divisor of every window holding it, which are the outputs
+// (ih + pt - i, iw + pl - j).  With S the q plane shifted by (kh-1, kw-1)
+// and zero around it, grad_x[ih][iw] = sum over (i, j) of
+// S[ih + pt + i][iw + pl + j]: a plain sum pooling of S, whole vectors.
+template <class T>
+void avg_grad_plane(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* gyp, T* gxp, T* scratch) {
+  using V = Vec<T>;
+  for (int64_t r = 0; r < g.grad_rows; ++r) {
+    T* row = scratch + r * g.grad_wq;
+    const int64_t oh = r - (s.kh - 1);
+    if (oh < 0 || oh >= s.oh) {
+      for (int64_t c = 0; c < g.grad_wq; ++c) row[c] = T(0);
+      continue;
     }
+    T* q = row + (s.kw - 1);  // q[ow] = S[r][ow + kw - 1]
+    for (int64_t c = 0; c < s.kw - 1; ++c) row[c] = T(0);
+    const typename V::R rows = V::set1(tb.row_count[oh]);
+    const T* g_row = gyp + oh * s.ow;
+    for (int64_t ow = 0; ow < s.ow; ow += V::N) {
+      const int lanes = static_cast<int>(min64(V::N, s.ow - ow));
+      const typename V::R v = lanes == V::N ? V::load(g_row + ow) : V::load_n(g_row + ow, lanes);
+      V::store_n(q + ow, V::div(v, V::mul(rows, V::load(tb.col_count + ow))), lanes);
+    }
+    for (int64_t c = s.kw - 1 + s.ow; c < g.grad_wq; ++c) row[c] = T(0);
   }
+  for (int64_t ih = 0; ih < s.h; ++ih)
+    padded_row<T, kTileSum>(scratch + (ih + s.pt) * g.grad_wq + s.pl, tb.grad_off, s.kh * s.kw, T(1),
+                            tb.col_count, s.w, gxp + ih * s.w);
 }
 
 // Column phases of a plane: scratch[(f * H + r) * wq + q] = plane[r][q*sw + f].
@@ -572,6 +621,10 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
     for (int64_t p = 0; p < planes; ++p) {
       T* gxp = gx + p * in_plane;
       const T* gyp = gy + p * out_plane;
+      if (g.avg_gather) {
+        avg_grad_plane(s, g, tb, gyp, gxp, scratch);
+        continue;
+      }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
       if (max) {
         plane_nchw<T, true, true>(s, g, tb, x + p * in_plane, values, winners, scratch);
