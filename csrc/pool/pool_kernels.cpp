@@ -88,7 +88,7 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
     g.wq = ceil_div(s.w, s.sw);
     g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
-    if (!backward) g.scratch_elems = max64(g.scratch_elems, g.pad_elems);
+    if (!backward || s.op == PoolOp::Max) g.scratch_elems = max64(g.scratch_elems, g.pad_elems);
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
       g.grad_rows = s.h + s.pt + s.kh - 1;
@@ -407,6 +407,73 @@ inline void border_pixel(const PoolShape& s, const Tables<T>& tb, const T* plane
   if (Idx) *idx = best;
 }
 
+// Max pooling with the winners' flat indices, from the padded plane: each
+// lane tracks its winning tap.  A padded cell can win only a window whose
+// real cells are all -inf; those (rare) lanes are redone one at a time with
+// the exact rule, so the index is always a real cell.
+template <class T, int TV>
+inline void winner_tile(const T* base, const int64_t* off, int64_t taps, T* value, T* tap) {
+  using V = Vec<T>;
+  typename V::R acc[TV], win[TV];
+#pragma GCC unroll 8
+  for (int v = 0; v < TV; ++v) {
+    acc[v] = V::load(base + off[0] + v * V::N);
+    win[v] = V::zero();
+  }
+  for (int64_t t = 1; t < taps; ++t) {
+    const T* p = base + off[t];
+    const typename V::R tv = V::set1(T(t));
+#pragma GCC unroll 8
+    for (int v = 0; v < TV; ++v) {
+      const typename V::R x = V::load(p + v * V::N);
+      const auto m = V::take(x, acc[v]);
+      acc[v] = V::blend(acc[v], x, m);
+      win[v] = V::blend(win[v], tv, m);
+    }
+  }
+#pragma GCC unroll 8
+  for (int v = 0; v < TV; ++v) {
+    V::store(value + v * V::N, acc[v]);
+    V::store(tap + v * V::N, win[v]);
+  }
+}
+
+template <class T>
+void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
+                      int64_t* ip, T* scratch) {
+  constexpr int N = Vec<T>::N, TW = N * kTileVectors;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  fill_padded(s, g, tb, plane, ninf, scratch);
+  const int64_t taps = s.kh * s.kw;
+  alignas(64) T value[TW], tap[TW];
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* base = scratch + oh * s.sh * g.pad_wq;
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t kh0, kh1;
+    clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
+    T* yrow = yp + oh * s.ow;
+    int64_t* irow = ip + oh * s.ow;
+    for (int64_t ow = 0; ow < s.ow; ow += TW) {
+      const int64_t count = min64(TW, s.ow - ow);
+      switch (ceil_div(count, N)) {
+        case 1: winner_tile<T, 1>(base + ow, tb.pad_off, taps, value, tap); break;
+        case 2: winner_tile<T, 2>(base + ow, tb.pad_off, taps, value, tap); break;
+        case 3: winner_tile<T, 3>(base + ow, tb.pad_off, taps, value, tap); break;
+        default: winner_tile<T, 4>(base + ow, tb.pad_off, taps, value, tap); break;
+      }
+      const int64_t first = ih0 * s.w + ow * s.sw - s.pl;
+      for (int64_t l = 0; l < count; ++l) {
+        if (value[l] == ninf) {
+          border_pixel<T, true, true>(s, tb, plane, ih0, kh0, kh1, ow + l, yrow + ow + l, irow + ow + l);
+          continue;
+        }
+        yrow[ow + l] = value[l];
+        irow[ow + l] = first + l * s.sw + tb.tap_off[static_cast<int64_t>(tap[l])];
+      }
+    }
+  }
+}
+
 template <class T, bool Max, bool Idx>
 void plane_nchw(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, int64_t* ip,
                 T* scratch) {
@@ -450,7 +517,7 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
       if (Idx)
-        plane_nchw<T, Max, Idx>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
+        plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
       else
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
     }
@@ -627,7 +694,7 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
       if (max) {
-        plane_nchw<T, true, true>(s, g, tb, x + p * in_plane, values, winners, scratch);
+        plane_padded_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
         for (int64_t o = 0; o < out_plane; ++o) gxp[winners[o]] += gyp[o];
         continue;
       }
