@@ -474,6 +474,87 @@ void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb
   }
 }
 
+// ---- NCHW 2x2 / stride 2 max pooling (no padding) -----------------------------
+//
+// The most common pooling gets its own loop: windows tile the plane, so
+// each output reads two rows once, straight from the input (no scratch):
+// the even and odd columns of each row (one shuffle each), the row's winner,
+// then the two rows' winner, in row-major order so ties and NaNs resolve as
+// everywhere else.  Its gradient is written, not scattered: each input cell
+// belongs to one window and gets that window's gradient or zero, two
+// interleaved vectors per row, with no zeroing pass first.
+
+inline bool is_2x2_tiling(const PoolShape& s) {
+  return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 &&
+         !(s.pt || s.pb || s.pl || s.pr) && 2 * s.oh <= s.h && 2 * s.ow <= s.w;
+}
+
+enum Mode2x2 { kValues, kIndices, kGradient };
+
+template <class T, int Mode>
+void plane_2x2(const PoolShape& s, const T* plane, T* yp, int64_t* ip, const T* gyp, T* gxp) {
+  using V = Vec<T>;
+  auto sel = [](typename V::R& acc, typename V::R& tap, typename V::R v, typename V::R vtap) {
+    const auto m = V::take(v, acc);
+    acc = V::blend(acc, v, m);
+    if (Mode != kValues) tap = V::blend(tap, vtap, m);
+  };
+  const typename V::R t0 = V::zero(), t1 = V::set1(T(1)), t2 = V::set1(T(2)), t3 = V::set1(T(3));
+  const int64_t W = s.w;
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* r0 = plane + 2 * oh * W;
+    const T* r1 = r0 + W;
+    int64_t ow = 0;
+    // Vectors whose odd-column load (one past the even one) stays in the row.
+    for (; 2 * (ow + V::N) + 1 <= W && ow + V::N <= s.ow; ow += V::N) {
+      typename V::R top = V::load_even(r0 + 2 * ow), top_tap = t0;
+      sel(top, top_tap, V::load_even(r0 + 2 * ow + 1), t1);
+      typename V::R bottom = V::load_even(r1 + 2 * ow), bottom_tap = t2;
+      sel(bottom, bottom_tap, V::load_even(r1 + 2 * ow + 1), t3);
+      sel(top, top_tap, bottom, bottom_tap);
+      if (Mode != kGradient) V::store(yp + oh * s.ow + ow, top);
+      if (Mode == kIndices) {
+        alignas(64) T taps[V::N];
+        V::store(taps, top_tap);
+        for (int l = 0; l < V::N; ++l) {
+          const int64_t t = static_cast<int64_t>(taps[l]);
+          ip[oh * s.ow + ow + l] = (2 * oh + t / 2) * W + 2 * (ow + l) + t % 2;
+        }
+      }
+      if (Mode == kGradient) {
+        const typename V::R g = V::load(gyp + oh * s.ow + ow), z = V::zero();
+        T* g0 = gxp + 2 * oh * W + 2 * ow;
+        V::store_interleaved(g0, V::blend(z, g, V::eq(top_tap, t0)), V::blend(z, g, V::eq(top_tap, t1)));
+        V::store_interleaved(g0 + W, V::blend(z, g, V::eq(top_tap, t2)), V::blend(z, g, V::eq(top_tap, t3)));
+      }
+    }
+    for (; ow < s.ow; ++ow) {  // the rest one window at a time, same order
+      const T* c[4] = {r0 + 2 * ow, r0 + 2 * ow + 1, r1 + 2 * ow, r1 + 2 * ow + 1};
+      T best = *c[0];
+      int t = 0;
+      for (int k = 1; k < 4; ++k)
+        if (best == best && !(*c[k] <= best)) {
+          best = *c[k];
+          t = k;
+        }
+      if (Mode != kGradient) yp[oh * s.ow + ow] = best;
+      if (Mode == kIndices) ip[oh * s.ow + ow] = (2 * oh + t / 2) * W + 2 * ow + t % 2;
+      if (Mode == kGradient) {
+        T* g0 = gxp + 2 * oh * W + 2 * ow;
+        const T g = gyp[oh * s.ow + ow];
+        g0[0] = t == 0 ? g : T(0);
+        g0[1] = t == 1 ? g : T(0);
+        g0[W] = t == 2 ? g : T(0);
+        g0[W + 1] = t == 3 ? g : T(0);
+      }
+    }
+    if (Mode == kGradient)  // a last odd column belongs to no window
+      for (int64_t iw = 2 * s.ow; iw < W; ++iw) gxp[2 * oh * W + iw] = gxp[(2 * oh + 1) * W + iw] = T(0);
+  }
+  if (Mode == kGradient)  // nor does a last odd row
+    for (int64_t i = 2 * s.oh * W; i < s.h * W; ++i) gxp[i] = T(0);
+}
+
 template <class T, bool Max, bool Idx>
 void plane_nchw(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, int64_t* ip,
                 T* scratch) {
@@ -510,13 +591,17 @@ void plane_nchw(const PoolShape& s, const Geometry& g, const Tables<T>& tb, cons
 template <class T, bool Max, bool Idx>
 void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, char* ws, int nt) {
   const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
+  const bool tiling = is_2x2_tiling(s);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
 #pragma omp parallel num_threads(nt)
   {
     T* scratch = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * g.thread_stride);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
-      if (Idx)
+      if (Max && tiling)
+        plane_2x2<T, Idx ? kIndices : kValues>(s, x + p * in_plane, y + p * out_plane,
+                                              Idx ? idx + p * out_plane : nullptr, nullptr, nullptr);
+      else if (Idx)
         plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
       else
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
@@ -676,6 +761,7 @@ void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
 template <class T>
 void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* gy, T* gx, char* ws, int nt) {
   const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
+  const bool tiling = is_2x2_tiling(s);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
   const bool max = s.op == PoolOp::Max;
 #pragma omp parallel num_threads(nt)
@@ -690,6 +776,10 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
       const T* gyp = gy + p * out_plane;
       if (g.avg_gather) {
         avg_grad_plane(s, g, tb, gyp, gxp, scratch);
+        continue;
+      }
+      if (max && tiling) {
+        plane_2x2<T, kGradient>(s, x + p * in_plane, nullptr, nullptr, gyp, gxp);
         continue;
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);

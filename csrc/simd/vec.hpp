@@ -46,6 +46,11 @@ struct Vec {
     return m;
   }
   static R blend(R a, R b, M m) { R r; for (int i = 0; i < N; ++i) r.v[i] = m.b[i] ? b.v[i] : a.v[i]; return r; }
+  static M eq(R a, R b) { M m; for (int i = 0; i < N; ++i) m.b[i] = a.v[i] == b.v[i]; return m; }
+  // (a0 b0 a1 b1 ...) to p[0 .. 2N)
+  static void store_interleaved(T* p, R a, R b) {
+    for (int i = 0; i < N; ++i) { p[2 * i] = a.v[i]; p[2 * i + 1] = b.v[i]; }
+  }
   static R relu(R a) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] < T(0) ? T(0) : a.v[i]; return r; }
   static R relu6(R a) {
     R r;
@@ -88,6 +93,12 @@ struct Vec<float> {
     return _mm256_and_ps(_mm256_cmp_ps(v, acc, _CMP_NLE_UQ), _mm256_cmp_ps(acc, acc, _CMP_ORD_Q));
   }
   static R blend(R a, R b, M m) { return _mm256_blendv_ps(a, b, m); }
+  static M eq(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static void store_interleaved(float* p, R a, R b) {
+    const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5 ...
+    store(p, _mm256_permute2f128_ps(lo, hi, 0x20));
+    store(p + 8, _mm256_permute2f128_ps(lo, hi, 0x31));
+  }
   static R relu(R a) { return _mm256_max_ps(zero(), a); }
   static R relu6(R a) { return _mm256_min_ps(set1(6.0f), relu(a)); }
 };
@@ -114,6 +125,12 @@ struct Vec<double> {
     return _mm256_and_pd(_mm256_cmp_pd(v, acc, _CMP_NLE_UQ), _mm256_cmp_pd(acc, acc, _CMP_ORD_Q));
   }
   static R blend(R a, R b, M m) { return _mm256_blendv_pd(a, b, m); }
+  static M eq(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static void store_interleaved(double* p, R a, R b) {
+    const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);  // a0 b0 | a2 b2, a1 b1 | a3 b3
+    store(p, _mm256_permute2f128_pd(lo, hi, 0x20));
+    store(p + 4, _mm256_permute2f128_pd(lo, hi, 0x31));
+  }
   static R relu(R a) { return _mm256_max_pd(zero(), a); }
   static R relu6(R a) { return _mm256_min_pd(set1(6.0), relu(a)); }
 };
@@ -144,6 +161,13 @@ struct Vec<float> {
     return static_cast<M>(_mm512_cmp_ps_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q));
   }
   static R blend(R a, R b, M m) { return _mm512_mask_blend_ps(m, a, b); }
+  static M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static void store_interleaved(float* p, R a, R b) {
+    const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
+    store(p, _mm512_permutex2var_ps(a, lo, b));
+    store(p + 16, _mm512_permutex2var_ps(a, hi, b));
+  }
   static R relu(R a) { return _mm512_max_ps(zero(), a); }
   static R relu6(R a) { return _mm512_min_ps(set1(6.0f), relu(a)); }
 };
@@ -172,6 +196,13 @@ struct Vec<double> {
     return static_cast<M>(_mm512_cmp_pd_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(acc, acc, _CMP_ORD_Q));
   }
   static R blend(R a, R b, M m) { return _mm512_mask_blend_pd(m, a, b); }
+  static M eq(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static void store_interleaved(double* p, R a, R b) {
+    const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
+    const __m512i hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
+    store(p, _mm512_permutex2var_pd(a, lo, b));
+    store(p + 8, _mm512_permutex2var_pd(a, hi, b));
+  }
   static R relu(R a) { return _mm512_max_pd(zero(), a); }
   static R relu6(R a) { return _mm512_min_pd(set1(6.0), relu(a)); }
 };
