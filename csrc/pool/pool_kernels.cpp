@@ -805,21 +805,23 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
   }
 }
 
-// NHWC: per (image, channel vector), output pixels in order.
+// NHWC: per (image, chunk of channels), output pixels in order, all the
+// chunk's channel vectors per pixel (contiguous memory).  The max gradient
+// is added with vector read-modify-writes, one per window tap, of the
+// gradient masked to the lanes that tap won: no scalar scatter.
 template <class T>
 void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
   using V = Vec<T>;
-  const int64_t blocks = ceil_div(s.c, V::N), units = s.n * blocks, in_plane = s.h * s.w;
+  constexpr int64_t CH = 8 * V::N;  // channels per work unit
+  const int64_t chunks = ceil_div(s.c, CH), units = s.n * chunks, in_plane = s.h * s.w;
   const bool max = s.op == PoolOp::Max;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / blocks, c = (u % blocks) * V::N;
-    const int lanes = static_cast<int>(min64(V::N, s.c - c));
-    const bool full = lanes == V::N;
+    const int64_t n = u / chunks, c0 = (u % chunks) * CH, c1 = min64(s.c, c0 + CH);
     T* gxn = gx + n * in_plane * s.c;
     const T* xn = x ? x + n * in_plane * s.c : nullptr;
     for (int64_t i = 0; i < in_plane; ++i)
-      for (int l = 0; l < lanes; ++l) gxn[i * s.c + c + l] = T(0);
+      for (int64_t c = c0; c < c1; ++c) gxn[i * s.c + c] = T(0);
     for (int64_t oh = 0; oh < s.oh; ++oh) {
       const int64_t ih0 = oh * s.sh - s.pt;
       int64_t kh0, kh1;
@@ -828,25 +830,44 @@ void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
         const int64_t iw0 = ow * s.sw - s.pl;
         int64_t kw0, kw1;
         clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
-        const T* g = gy + ((n * s.oh + oh) * s.ow + ow) * s.c + c;
-        if (max) {
-          alignas(64) T value[V::N];
-          alignas(64) int64_t win[V::N];
-          // Channels c.. of the image, written to lanes 0.. of value / win.
-          pixel_nhwc<T, true, true>(s, xn + c, ih0, iw0, kh0, kh1, kw0, kw1, T(1), 0, lanes, value, win);
-          for (int l = 0; l < lanes; ++l) gxn[win[l] * s.c + c + l] += g[l];
-          continue;
-        }
-        const typename V::R v =
-            V::div(full ? V::load(g) : V::load_n(g, lanes), V::set1(avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1)));
-        for (int64_t i = kh0; i < kh1; ++i)
-          for (int64_t j = kw0; j < kw1; ++j) {
-            T* p = gxn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
-            if (full)
-              V::store(p, V::add(V::load(p), v));
-            else
-              V::store_n(p, V::add(V::load_n(p, lanes), v), lanes);
+        const T* gp = gy + ((n * s.oh + oh) * s.ow + ow) * s.c;
+        const typename V::R div = V::set1(max ? T(1) : avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1));
+        for (int64_t c = c0; c < c1; c += V::N) {
+          const int lanes = static_cast<int>(min64(V::N, c1 - c));
+          const bool full = lanes == V::N;
+          const typename V::R g = full ? V::load(gp + c) : V::load_n(gp + c, lanes);
+          typename V::R tap = V::zero();
+          if (max) {  // the winning tap of each lane, as in the forward
+            typename V::R acc = V::zero();
+            bool first = true;
+            for (int64_t i = kh0; i < kh1; ++i)
+              for (int64_t j = kw0; j < kw1; ++j) {
+                const T* p = xn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
+                const typename V::R v = full ? V::load(p) : V::load_n(p, lanes);
+                const typename V::R t = V::set1(T(i * s.kw + j));
+                if (first) {
+                  acc = v;
+                  tap = t;
+                  first = false;
+                  continue;
+                }
+                const auto m = V::take(v, acc);
+                acc = V::blend(acc, v, m);
+                tap = V::blend(tap, t, m);
+              }
           }
+          const typename V::R share = max ? g : V::div(g, div);
+          for (int64_t i = kh0; i < kh1; ++i)
+            for (int64_t j = kw0; j < kw1; ++j) {
+              T* p = gxn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
+              const typename V::R add =
+                  max ? V::blend(V::zero(), share, V::eq(tap, V::set1(T(i * s.kw + j)))) : share;
+              if (full)
+                V::store(p, V::add(V::load(p), add));
+              else
+                V::store_n(p, V::add(V::load_n(p, lanes), add), lanes);
+            }
+        }
       }
     }
   }
