@@ -140,6 +140,45 @@ py::array pack_weight_entry(py::array w, int64_t c, int64_t oc, int64_t kh, int6
   throw py::type_error("prepack: only float32 and float64 are packed natively");
 }
 
+// ---- separable ----------------------------------------------------------------
+
+template <class T>
+void run_separable(const ConvShape& dw, const ConvShape& pw, const py::array& x, const py::array& dww,
+                   const py::array& pww, const py::object& bias, py::array& y) {
+  validate_separable(dw, pw);  // before any size is trusted
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(x, "x", dt, dw.n * dw.c * dw.h * dw.w, false);
+  check_buffer(dww, "depthwise_weight", dt, dw.oc * dw.kh * dw.kw, false);
+  check_buffer(pww, "pointwise_weight", dt, pw.oc * pw.c, false);
+  check_buffer(y, "out", dt, pw.n * pw.oc * pw.oh * pw.ow, true);
+  const T* bp = nullptr;
+  if (!bias.is_none()) {
+    py::array b = bias.cast<py::array>();
+    check_buffer(b, "bias", dt, pw.oc, false);
+    bp = static_cast<const T*>(b.data());
+  }
+  const T* xp = static_cast<const T*>(x.data());
+  const T* dwp = static_cast<const T*>(dww.data());
+  const T* pwp = static_cast<const T*>(pww.data());
+  T* yp = static_cast<T*>(y.mutable_data());
+  const IsaKernels& k = active_kernels();
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  separable_conv2d<T>(k, dw, pw, xp, dwp, pwp, bp, yp, nt);
+}
+
+void separable_entry(py::array x, py::array dww, py::array pww, py::object bias, py::array y,
+                     const ShapeTuple& dw_shape, const ShapeTuple& pw_shape, int layout, int act) {
+  const ConvShape dw = make_shape(dw_shape, layout, 0, false);
+  const ConvShape pw = make_shape(pw_shape, layout, act, !bias.is_none());
+  if (x.dtype().is(py::dtype::of<float>()))
+    run_separable<float>(dw, pw, x, dww, pww, bias, y);
+  else if (x.dtype().is(py::dtype::of<double>()))
+    run_separable<double>(dw, pw, x, dww, pww, bias, y);
+  else
+    throw py::type_error("separable_conv2d: only float32 and float64 are computed natively");
+}
+
 // ---- pooling ----------------------------------------------------------------
 
 constexpr size_t kPoolFields = 16;
@@ -258,6 +297,9 @@ PYBIND11_MODULE(_core, m) {
   m.def("conv2d", &conv2d_entry, py::arg("x"), py::arg("weight"), py::arg("bias"), py::arg("out"),
         py::arg("shape"), py::arg("layout"), py::arg("activation"), py::arg("algo"),
         py::arg("packed") = py::none());
+  m.def("separable_conv2d", &separable_entry, py::arg("x"), py::arg("depthwise_weight"),
+        py::arg("pointwise_weight"), py::arg("bias"), py::arg("out"), py::arg("dw_shape"), py::arg("pw_shape"),
+        py::arg("layout"), py::arg("activation"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),
         py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
   m.def("pool_backward", &pool_backward_entry, py::arg("x"), py::arg("grad_out"), py::arg("grad_x"),

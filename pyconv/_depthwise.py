@@ -6,8 +6,16 @@ from typing import Any, Optional
 
 import numpy as np
 
+from . import _core
 from ._conv import _conv2d
-from ._normalize import as_array, depthwise_groups, layout_name, separable_operands
+from ._normalize import (
+    activation_code,
+    as_array,
+    conv_geometry,
+    depthwise_groups,
+    layout_name,
+    separable_operands,
+)
 
 __all__ = ["depthwise_conv2d", "separable_conv2d"]
 
@@ -57,7 +65,19 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
     (1, 16, 8, 8)
     """
     fn = "separable_conv2d"
+    act = activation_code(fn, activation)
     lay, xa, dw, pw, ba, groups = separable_operands(fn, x, depthwise_weight, pointwise_weight, bias,
                                                      layout)
-    mid = _conv2d(fn, xa, dw, None, stride, padding, dilation, groups, lay, None, "auto", None)
-    return _conv2d(fn, mid, pw, ba, 1, 0, 1, 1, lay, activation, "auto", None)
+    dw_geo = conv_geometry(fn, xa.shape, dw.shape, stride, padding, dilation, groups, lay)
+    pw_geo = conv_geometry(fn, dw_geo.out_shape, pw.shape, 1, 0, 1, 1, lay)
+    if ba is not None and ba.shape != (pw_geo.oc,):
+        raise ValueError(f"{fn}: bias must have shape ({pw_geo.oc},) to match pointwise_weight, got {ba.shape}")
+    y = np.empty(pw_geo.out_shape, dtype=xa.dtype)
+    if dw_geo.n == 0:
+        return y
+    # One fused pass: the depthwise output is made band by band in cache and
+    # consumed there by the 1x1 GEMM (csrc/separable).
+    _core.separable_conv2d(np.ascontiguousarray(xa), np.ascontiguousarray(dw), np.ascontiguousarray(pw),
+                           None if ba is None else np.ascontiguousarray(ba), y, dw_geo.core_tuple(),
+                           pw_geo.core_tuple(), 0 if lay == "NCHW" else 1, act)
+    return y

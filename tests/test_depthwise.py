@@ -452,6 +452,29 @@ def test_separable_equals_dense_product_kernel(isa, rng, kwargs, m, layout, dtyp
         assert_close(y, reference64(xt, kt, b, layout="NHWC", **kwargs), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_separable_fused_bands_threads_and_inputs(isa, rng, layout, dtype):
+    """An intermediate bigger than one band (2 MiB per thread: 64 channels
+    x 181 columns x 8 bytes is 93 KB a row, so 22 rows a band, 4 bands an
+    image with 79 rows, the last one short) gives the reference's result,
+    bitwise the same for 1 and 2 threads, and leaves the inputs untouched."""
+    c, m, c_out = 32, 2, 24
+    x, dw, _ = dw_inputs(rng, n=2, c=c, m=m, h=79, w=181, kh=3, kw=3, layout=layout, dtype=dtype)
+    pw = rand(rng, pw_weight_shape(layout, c * m, c_out), dtype)
+    b = rand(rng, (c_out,), dtype)
+    kw = dict(padding=1, layout=layout, activation="relu6")
+    before = [a.copy() for a in (x, dw, pw, b)]
+    with pyconv.num_threads(1):
+        y1 = pyconv.separable_conv2d(x, dw, pw, b, **kw)
+    with pyconv.num_threads(2):
+        y2 = pyconv.separable_conv2d(x, dw, pw, b, **kw)
+    np.testing.assert_array_equal(y1, y2)
+    for a, a0 in zip((x, dw, pw, b), before):
+        np.testing.assert_array_equal(a, a0)
+    assert_close(y1, ref.separable_conv2d(f64(x), f64(dw), f64(pw), f64(b), **kw), dtype)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_separable_unbatched_and_docstring_example(isa, rng, layout):
     x = np.ones(input_shape(layout, 1, 4, 8, 8), np.float32)

@@ -115,10 +115,40 @@ void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, con
     a.conv_f64(s, x, w, prepacked, bias, y, ws, nt);
 }
 
+void validate_separable(const ConvShape& dw, const ConvShape& pw) {
+  validate(dw);
+  validate(pw);
+  require(dw.groups == dw.c && !dw.has_bias && dw.act == Activation::None, "bad depthwise step of a separable conv");
+  require(pw.kh == 1 && pw.kw == 1 && pw.sh == 1 && pw.sw == 1 && pw.groups == 1 &&
+              !(pw.pt || pw.pb || pw.pl || pw.pr),
+          "bad pointwise step of a separable conv");
+  require(pw.n == dw.n && pw.c == dw.oc && pw.h == dw.oh && pw.w == dw.ow && pw.layout == dw.layout,
+          "the pointwise step must read the depthwise step's output");
+}
+
+template <class T>
+void separable_conv2d(const IsaKernels& k, const ConvShape& dw, const ConvShape& pw, const T* x, const T* dw_weight,
+                      const T* pw_weight, const T* bias, T* y, int nthreads) {
+  validate_separable(dw, pw);
+  // Threads: by the whole call's work (both steps).
+  const int64_t flops = 2 * dw.n * dw.oh * dw.ow * (dw.oc * dw.kh * dw.kw + pw.oc * pw.c);
+  const int64_t useful = flops / kMinFlopsPerThread;
+  const int nt = static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
+  thread_local Workspace cache;
+  std::unique_ptr<void, FreeDeleter> oneoff;
+  void* ws = acquire_workspace(cache, oneoff, k.separable->workspace_bytes(dw, pw, sizeof(T), nt));
+  if constexpr (sizeof(T) == 4)
+    k.separable->run_f32(dw, pw, x, dw_weight, pw_weight, bias, y, ws, nt);
+  else
+    k.separable->run_f64(dw, pw, x, dw_weight, pw_weight, bias, y, ws, nt);
+}
+
 #define PYCONV_INSTANTIATE(T)                                                                          \
   template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, Algo, int);         \
   template void conv2d<T>(const IsaKernels&, const ConvShape&, const T*, const T*, const T*, const T*, \
-                          T*, Algo, int);
+                          T*, Algo, int);                                                              \
+  template void separable_conv2d<T>(const IsaKernels&, const ConvShape&, const ConvShape&, const T*,  \
+                                    const T*, const T*, const T*, T*, int);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

@@ -34,4 +34,12 @@ template <class T>
 void conv2d(const IsaKernels& k, const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias,
             T* y, Algo algo, int nthreads);
 
+// Fused depthwise-separable convolution: `dw` (groups == C_in, no bias,
+// no activation) then `pw` (1x1, stride 1, no padding, groups 1, over dw's
+// output, with the bias and activation).  Validates both and their chaining.
+template <class T>
+void separable_conv2d(const IsaKernels& k, const ConvShape& dw, const ConvShape& pw, const T* x, const T* dw_weight,
+                      const T* pw_weight, const T* bias, T* y, int nthreads);
+void validate_separable(const ConvShape& dw, const ConvShape& pw);
+
 }  // namespace pyconv

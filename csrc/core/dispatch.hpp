@@ -49,12 +49,26 @@ struct PoolKernels {
   PoolBackwardFn<double> backward_f64;
 };
 
+// Fused depthwise-separable convolution (csrc/separable): dw is the
+// depthwise step (no bias, no activation), pw the 1x1 step over dw's output
+// (bias and activation); weights in the layout's plain format.
+template <class T>
+using SeparableFn = void (*)(const ConvShape& dw, const ConvShape& pw, const T* x, const T* dw_weight,
+                             const T* pw_weight, const T* bias, T* y, void* workspace, int nthreads);
+
+struct SeparableKernels {
+  int64_t (*workspace_bytes)(const ConvShape& dw, const ConvShape& pw, int elem_bytes, int nthreads);
+  SeparableFn<float> run_f32;
+  SeparableFn<double> run_f64;
+};
+
 struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
   const AlgoKernels* gemm;
   const AlgoKernels* depthwise;
   const PoolKernels* pool;
+  const SeparableKernels* separable;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -79,7 +93,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
 }  // namespace pyconv

@@ -25,6 +25,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
+#include "separable/bands.hpp"
 #include "simd/kernel_util.hpp"
 #include "simd/vec.hpp"
 
@@ -105,15 +106,17 @@ void pack_weight(const ConvShape& s, const Geometry& g, const T* w, T* wp) {
 
 // Zero-padded copy of one input plane, split into sw column phases.
 template <class T>
-void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scratch) {
+void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scratch, int64_t r_lo = 0,
+                 int64_t r_hi = -1) {
   const int64_t sw = s.sw;
+  if (r_hi < 0) r_hi = g.hp;
   for (int64_t f = 0; f < sw; ++f) {
     // Columns q with input column q*sw + f - pl inside [0, W): a plain (for
     // sw == 1, contiguous) copy between two zero runs; the same for every row.
     const int64_t q_lo = min64(g.wq, max64(0, ceil_div(s.pl - f, sw)));
     const int64_t last = s.w - 1 + s.pl - f;  // q*sw <= last; may be negative (no column)
     const int64_t q_hi = last < 0 ? q_lo : max64(q_lo, min64(g.wq, last / sw + 1));
-    for (int64_t r = 0; r < g.hp; ++r) {
+    for (int64_t r = r_lo; r < r_hi; ++r) {
       T* dst = scratch + (f * g.hp + r) * g.wq;
       const int64_t ih = r - s.pt;
       if (ih < 0 || ih >= s.h) {
@@ -314,41 +317,51 @@ void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, c
   for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
 }
 
+// Output columns whose taps all land inside the image: [ow_lo, ow_hi).
+inline void interior_columns(const ConvShape& s, int64_t& ow_lo, int64_t& ow_hi) {
+  ow_lo = min64(s.ow, ceil_div(s.pl, s.sw));
+  const int64_t last = s.w - 1 - (s.kw - 1) * s.dw + s.pl;  // largest ow*sw still inside
+  ow_hi = last < 0 ? ow_lo : max64(ow_lo, min64(s.ow, last / s.sw + 1));
+}
+
+// Output row oh of image xn into yrow (OW pixels of C_out channels).
 template <class T>
-void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bp, T* y, int nt) {
+void row_all_channels_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wp, const T* bp,
+                           int64_t ow_lo, int64_t ow_hi, int64_t oh, T* yrow) {
   constexpr int CW = Vec<T>::N * kChanVectors;  // channels per tile
   const int64_t taps = s.kh * s.kw;
-  // Output columns whose taps all land inside the image.
-  const int64_t ow_lo = min64(s.ow, ceil_div(s.pl, s.sw));
-  const int64_t last = s.w - 1 - (s.kw - 1) * s.dw + s.pl;  // largest ow*sw still inside
-  const int64_t ow_hi = last < 0 ? ow_lo : max64(ow_lo, min64(s.ow, last / s.sw + 1));
+  const int64_t ih0 = oh * s.sh - s.pt;
+  // Kernel rows inside the image for this output row.
+  int64_t kh0 = 0, kh1 = s.kh;
+  while (kh0 < kh1 && ih0 + kh0 * s.dh < 0) ++kh0;
+  while (kh1 > kh0 && ih0 + (kh1 - 1) * s.dh >= s.h) --kh1;
+  for (int64_t j = 0; j < g.m; ++j) {
+    const T* wj = wp + j * taps * g.cp;
+    const T* bj = bp + j * g.cp;
+    // Full blocks of CW channels: kChanVectors vectors per tile.  The last,
+    // partial block goes one vector at a time (a layer with 3 channels must
+    // not pay for 4 vectors), with more pixels per tile for independence.
+    const int64_t c_blocks = s.c / CW * CW, c_vectors = s.c / Vec<T>::N * Vec<T>::N;
+    if (c_blocks > 0)
+      row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_blocks,
+                                                   yrow, j);
+    if (c_vectors > c_blocks)
+      row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_blocks, c_vectors,
+                                        yrow, j);
+    if (s.c > c_vectors)
+      row_nhwc<T, kTailPixels, 1, false>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_vectors, s.c, yrow, j);
+  }
+}
+
+template <class T>
+void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bp, T* y, int nt) {
+  int64_t ow_lo, ow_hi;
+  interior_columns(s, ow_lo, ow_hi);
   const int64_t rows = s.n * s.oh;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / s.oh, oh = r % s.oh;
-    const int64_t ih0 = oh * s.sh - s.pt;
-    // Kernel rows inside the image for this output row.
-    int64_t kh0 = 0, kh1 = s.kh;
-    while (kh0 < kh1 && ih0 + kh0 * s.dh < 0) ++kh0;
-    while (kh1 > kh0 && ih0 + (kh1 - 1) * s.dh >= s.h) --kh1;
-    const T* xn = x + n * s.h * s.w * s.c;
-    T* yrow = y + r * s.ow * s.oc;
-    for (int64_t j = 0; j < g.m; ++j) {
-      const T* wj = wp + j * taps * g.cp;
-      const T* bj = bp + j * g.cp;
-      // Full blocks of CW channels: kChanVectors vectors per tile.  The last,
-      // partial block goes one vector at a time (a layer with 3 channels must
-      // not pay for 4 vectors), with more pixels per tile for independence.
-      const int64_t c_blocks = s.c / CW * CW, c_vectors = s.c / Vec<T>::N * Vec<T>::N;
-      if (c_blocks > 0)
-        row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_blocks,
-                                                     yrow, j);
-      if (c_vectors > c_blocks)
-        row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_blocks, c_vectors,
-                                          yrow, j);
-      if (s.c > c_vectors)
-        row_nhwc<T, kTailPixels, 1, false>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_vectors, s.c, yrow, j);
-    }
+    row_all_channels_nhwc(s, g, x + n * s.h * s.w * s.c, wp, bp, ow_lo, ow_hi, oh, y + r * s.ow * s.oc);
   }
 }
 
@@ -393,6 +406,52 @@ int64_t depthwise_packed_bytes(const ConvShape& s, int elem_bytes) {
 }
 
 }  // namespace
+
+// ---- bands (fused separable convolution) -----------------------------------
+
+// Scratch: the tap offsets, then NCHW's phase scratch of one plane or
+// NHWC's zero bias.
+int64_t depthwise_band_scratch_bytes(const ConvShape& s, int elem_bytes) {
+  const Geometry g = elem_bytes == 4 ? make_geometry<float>(s, 1, true) : make_geometry<double>(s, 1, true);
+  const int64_t taps = round_up(s.kh * s.kw * 8, kAlign);
+  return taps + (s.layout == Layout::NCHW ? round_up(g.plane_elems * elem_bytes, kAlign)
+                                          : round_up(g.m * g.cp * elem_bytes, kAlign));
+}
+
+template <class T>
+void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, int64_t oh0, int64_t oh1, T* mid,
+                    void* scratch) {
+  const Geometry g = make_geometry<T>(s, 1, true);
+  char* base = static_cast<char*>(scratch);
+  int64_t* off = reinterpret_cast<int64_t*>(base);
+  T* rest = reinterpret_cast<T*>(base + round_up(s.kh * s.kw * 8, kAlign));
+  const int64_t rows = oh1 - oh0;
+  if (s.layout == Layout::NCHW) {
+    tap_offsets(s, g, off);
+    const int64_t taps = s.kh * s.kw;
+    // Padded input rows the band reads.
+    const int64_t r_lo = oh0 * s.sh, r_hi = (oh1 - 1) * s.sh + (s.kh - 1) * s.dh + 1;
+    for (int64_t c = 0; c < s.c; ++c) {
+      fill_phases(s, g, x + (n * s.c + c) * s.h * s.w, rest, r_lo, r_hi);
+      for (int64_t j = 0; j < g.m; ++j) {
+        const int64_t oc = c * g.m + j;
+        plane_rows_nchw(s, g, rest, off, packed + oc * taps, T(0), oh0, oh1, mid + oc * rows * s.ow, s.ow);
+      }
+    }
+    return;
+  }
+  for (int64_t i = 0; i < g.m * g.cp; ++i) rest[i] = T(0);
+  int64_t ow_lo, ow_hi;
+  interior_columns(s, ow_lo, ow_hi);
+  const T* xn = x + n * s.h * s.w * s.c;
+  for (int64_t oh = oh0; oh < oh1; ++oh)
+    row_all_channels_nhwc(s, g, xn, packed, rest, ow_lo, ow_hi, oh, mid + (oh - oh0) * s.ow * s.oc);
+}
+
+template void depthwise_band<float>(const ConvShape&, const float*, const float*, int64_t, int64_t, int64_t,
+                                    float*, void*);
+template void depthwise_band<double>(const ConvShape&, const double*, const double*, int64_t, int64_t, int64_t,
+                                     double*, void*);
 
 const AlgoKernels kDepthwise = {
     &depthwise_workspace_bytes, &depthwise_packed_bytes, &pack_depthwise<float>, &pack_depthwise<double>,

@@ -28,6 +28,7 @@
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
+#include "separable/bands.hpp"
 #include "simd/kernel_util.hpp"
 #include "simd/vec.hpp"
 
@@ -141,6 +142,7 @@ struct Geometry {
   int64_t block;            // pixels per work unit (NCHW: columns, NHWC: rows)
   int64_t units;            // work units for the thread team
   int64_t pack_elems;       // per-thread im2col buffer
+  int64_t ldy;              // NCHW: output plane stride (pixels, or a whole image's plane for a band)
   int64_t off_w, off_pack, total;
 };
 
@@ -167,6 +169,7 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
   g.icg = icg(s);
   g.ocg = ocg(s);
   g.pixels = s.oh * s.ow;
+  g.ldy = g.pixels;
   g.K = g.icg * s.kh * s.kw;
   const int64_t kc = min64(Bk::KC, g.K);
   if (g.nchw) {
@@ -338,7 +341,7 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
     for (int64_t u = 0; u < g.units; ++u) {
       const int64_t cb = u % col_blocks, grp = (u / col_blocks) % s.groups, n = u / (col_blocks * s.groups);
       const int64_t p0 = cb * g.block, nc = min64(g.block, g.N - p0);
-      T* c = y + (n * s.oc + grp * g.ocg) * g.pixels + p0;  // row = output channel of the group
+      T* c = y + (n * s.oc + grp * g.ocg) * g.ldy + p0;  // row = output channel of the group
       const T* wg = wp + grp * g.panels_w * g.panel_w_len;
       const Epilogue<T> e{bias ? bias + grp * g.ocg : nullptr, true, s.act};
       for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
@@ -351,7 +354,7 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
             const T* bpanel = bp + jr * kc;
             for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) {
               const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
-              micro_kernel<T>(kc, apanel, bpanel, c + ir * g.pixels + jr, g.pixels,
+              micro_kernel<T>(kc, apanel, bpanel, c + ir * g.ldy + jr, g.ldy,
                               static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
                               !first, last, e, ir, 0);
             }
@@ -464,6 +467,30 @@ double fma_throughput(int64_t iters) {
 }
 
 }  // namespace
+
+// ---- bands (fused separable convolution) -----------------------------------
+
+int64_t pointwise_band_scratch_bytes(const ConvShape& s, int elem_bytes) {
+  return gemm_workspace_bytes(s, elem_bytes, 1, true);
+}
+
+template <class T>
+void pointwise_band(const ConvShape& s, const T* mid, const T* packed, const T* bias, T* y, int64_t ldy,
+                    void* scratch) {
+  Geometry g = make_geometry<T>(s, 1, true);
+  char* ws = static_cast<char*>(scratch);
+  if (g.nchw) {
+    g.ldy = ldy;
+    conv_gemm_nchw(s, g, mid, packed, bias, y, ws + g.off_pack, 1);
+  } else {
+    conv_gemm_nhwc(s, g, mid, packed, bias, y, ws + g.off_pack, 1);
+  }
+}
+
+template void pointwise_band<float>(const ConvShape&, const float*, const float*, const float*, float*, int64_t,
+                                    void*);
+template void pointwise_band<double>(const ConvShape&, const double*, const double*, const double*, double*,
+                                     int64_t, void*);
 
 double peak_flops(int elem_bytes, int64_t iters) {
   return elem_bytes == 4 ? fma_throughput<float>(iters) : fma_throughput<double>(iters);
