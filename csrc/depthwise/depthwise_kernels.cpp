@@ -125,12 +125,16 @@ void fill_phases(const ConvShape& s, const Geometry& g, const T* plane, T* scrat
       }
       const T* src = plane + ih * s.w + f - s.pl;
       for (int64_t q = 0; q < q_lo; ++q) dst[q] = T(0);
+      int64_t q = q_lo;
       if (sw == 1) {
-        for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q];
-      } else {
-        for (int64_t q = q_lo; q < q_hi; ++q) dst[q] = src[q * sw];
+        for (; q < q_hi; ++q) dst[q] = src[q];
+      } else if (sw == 2) {  // even lanes of 2N values, while those end inside the row
+        using V = Vec<T>;
+        for (; q + V::N <= q_hi && 2 * (q + V::N) + f - s.pl <= s.w; q += V::N)
+          V::store(dst + q, V::load_even(src + 2 * q));
       }
-      for (int64_t q = q_hi; q < g.wq; ++q) dst[q] = T(0);
+      for (; q < q_hi; ++q) dst[q] = src[q * sw];
+      for (q = q_hi; q < g.wq; ++q) dst[q] = T(0);
     }
   }
 }
