@@ -279,7 +279,7 @@ def test_max_pool2d_grad_matches_reference(isa, problem, gdtype):
         # max pooling is locally linear: <y, g> == <x, grad_x>
         lhs = float(np.sum(y.astype(np.float64) * g))
         rhs = float(np.sum(x.astype(np.float64) * gx.astype(np.float64)))
-        assert lhs == pytest.approx(rhs, rel=1e-4, abs=1e-4 * max(1.0, np.abs(g).sum()))
+        assert lhs == pytest.approx(rhs, rel=1e-4, abs=1e-4 * max(1.0, float(np.abs(g).sum())))
 
 
 @_props
