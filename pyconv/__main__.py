@@ -148,6 +148,13 @@ def run_suite(shapes: Sequence[Any], libraries: Sequence[str],
               opts: BenchOptions) -> List[ShapeResult]:
     # Process-wide settings first, so the header and JSON report what ran.
     set_num_threads(opts.threads)
+    # The machine's peak and bandwidth before any peer exists: a peer's
+    # thread pool spinning after its calls would steal a core from the
+    # probes (seen as a halved FMA peak).  Both are cached for the run.
+    _bench.settle()
+    peak_gflops(opts.dtype, opts.threads)
+    _bench.copy_bandwidth_gbs(_bench.BANDWIDTH_CACHE_BYTES, opts.threads)
+    _bench.copy_bandwidth_gbs(_bench.BANDWIDTH_DRAM_BYTES, opts.threads)
     progress = Progress(len(shapes))
     rows = []
     try:
