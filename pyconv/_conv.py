@@ -55,9 +55,9 @@ def _auto_algo(geo: ConvGeometry) -> str:
 
     Measured on the bench suite (AVX2, 1 and 2 threads; README has the
     table).  Depthwise layers (groups == C_in) go to the depthwise kernel in
-    NCHW when output rows are at least _AUTO_DW_NCHW_MIN_WIDTH wide (it
-    vectorises along the row; narrow planes are better served by the direct
-    kernel's channel vectors), and in NHWC when there are at least two
+    NCHW always (it vectorises along rows, and takes narrow planes through
+    its NHWC kernel: it won or tied against the direct kernel on every
+    shape measured, 4x4 to 112x112), and in NHWC when there are at least two
     channels and a multiplier of at most _AUTO_DW_NHWC_MAX_MULTIPLIER (it
     vectorises across channels; a single-channel input with several filters
     is a dense layer for the direct kernel).  The direct kernel reads the input in place of an im2col copy and
@@ -71,7 +71,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
     icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
     reduction = icg * geo.kh * geo.kw
     if _serves_depthwise(geo):
-        if geo.layout == "NCHW" and geo.ow >= _AUTO_DW_NCHW_MIN_WIDTH:
+        if geo.layout == "NCHW":
             return "depthwise"
         # NHWC vectorises across input channels: it needs several of them,
         # and a small multiplier (each multiplier slot is a pass of its own).
@@ -85,7 +85,6 @@ def _auto_algo(geo: ConvGeometry) -> str:
     return "direct"
 
 
-_AUTO_DW_NCHW_MIN_WIDTH = 14
 _AUTO_DW_NHWC_MAX_MULTIPLIER = 4
 _AUTO_PW_CHANNELS = 32
 _AUTO_IM2COL_REDUCTION = 1024

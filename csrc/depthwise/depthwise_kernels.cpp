@@ -35,6 +35,11 @@ namespace {
 
 
 constexpr int kTileVectors = 4;  // NCHW: 4 accumulators of V pixels per row tile
+// NCHW output rows narrower than this go through the NHWC kernel (one image
+// transposed in, computed across channels, transposed out): a row of a
+// 7x7 plane is a single short vector tile, per-plane costs dominate, while
+// the NHWC kernel runs 2-3x faster on such layers.
+constexpr int64_t kNarrowRow = 14;
 // NHWC tiles: kTilePixels pixels x kChanVectors vectors of channels, so even
 // a single border pixel has 4 independent FMA chains (a lone chain of 9
 // dependent FMAs would wait on latency, not throughput).
@@ -53,6 +58,10 @@ struct Geometry {
   int64_t cp;             // NHWC: channels rounded up to lanes
   int64_t w_elems;        // packed weight
   int64_t off_w, off_b, off_taps, off_scratch, total;
+  // NCHW narrow planes through the NHWC kernel (see via_nhwc): that
+  // kernel's packed weight and bias, and per-thread image buffers.
+  bool via_nhwc;
+  int64_t t_cp, t_w_elems, off_tw, off_tb, t_image_elems;
 };
 
 template <class T>
@@ -75,7 +84,20 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
     g.off_taps = off;
     off += round_up(s.kh * s.kw * 8, kAlign);
     g.off_scratch = off;
-    off += nt * round_up(g.plane_elems * e, kAlign);
+    g.via_nhwc = s.ow < kNarrowRow && s.c >= V;
+    if (g.via_nhwc) {
+      g.t_cp = round_up(s.c, V * kChanVectors);
+      g.t_w_elems = g.m * s.kh * s.kw * g.t_cp;
+      g.off_tw = off;
+      off += round_up(g.t_w_elems * e, kAlign);
+      g.off_tb = off;
+      off += round_up(g.m * g.t_cp * e, kAlign);
+      g.off_scratch = off;
+      g.t_image_elems = s.h * s.w * s.c + s.oh * s.ow * s.oc;
+      off += nt * round_up(g.t_image_elems * e, kAlign);
+    } else {
+      off += nt * round_up(g.plane_elems * e, kAlign);
+    }
   } else {
     g.cp = round_up(s.c, V * kChanVectors);
     g.w_elems = g.m * s.kh * s.kw * g.cp;  // [j][kh][kw][c]
@@ -369,6 +391,44 @@ void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
   }
 }
 
+// NCHW narrow planes: per image, transpose (C, H*W) -> (H*W, C), run the
+// NHWC rows, transpose the result back.  The NHWC weight and bias are made
+// from the NCHW ones here (the prepacked NCHW format is the plain weight).
+template <class T>
+void depthwise_nchw_via_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                             char* ws, int nt) {
+  ConvShape t = s;
+  t.layout = Layout::NHWC;
+  const Geometry gt = make_geometry<T>(t, 1, true);
+  T* tw = reinterpret_cast<T*>(ws + g.off_tw);
+  T* tb = reinterpret_cast<T*>(ws + g.off_tb);
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
+  for (int64_t j = 0; j < g.m; ++j)
+    for (int64_t k = 0; k < taps; ++k)
+      for (int64_t c = 0; c < gt.cp; ++c)
+        tw[(j * taps + k) * gt.cp + c] = c < s.c ? w[(c * g.m + j) * taps + k] : T(0);
+  for (int64_t j = 0; j < g.m; ++j)
+    for (int64_t c = 0; c < gt.cp; ++c) tb[j * gt.cp + c] = (bias && c < s.c) ? bias[c * g.m + j] : T(0);
+  int64_t ow_lo, ow_hi;
+  interior_columns(t, ow_lo, ow_hi);
+  const int64_t stride = round_up(g.t_image_elems * int64_t(sizeof(T)), kAlign);
+  constexpr int64_t B = 16;  // channels per transpose block
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t n = 0; n < s.n; ++n) {
+    T* xt = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * stride);
+    T* yt = xt + in_plane * s.c;
+    const T* xn = x + n * s.c * in_plane;
+    for (int64_t c0 = 0; c0 < s.c; c0 += B)
+      for (int64_t p = 0; p < in_plane; ++p)
+        for (int64_t c = c0; c < min64(s.c, c0 + B); ++c) xt[p * s.c + c] = xn[c * in_plane + p];
+    for (int64_t oh = 0; oh < s.oh; ++oh) row_all_channels_nhwc(t, gt, xt, tw, tb, ow_lo, ow_hi, oh, yt + oh * s.ow * s.oc);
+    T* yn = y + n * s.oc * out_plane;
+    for (int64_t c0 = 0; c0 < s.oc; c0 += B)
+      for (int64_t p = 0; p < out_plane; ++p)
+        for (int64_t c = c0; c < min64(s.oc, c0 + B); ++c) yn[c * out_plane + p] = yt[p * s.oc + c];
+  }
+}
+
 // ---- entry points ----------------------------------------------------------
 
 template <class T>
@@ -381,6 +441,10 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     T* own = reinterpret_cast<T*>(ws + g.off_w);
     pack_weight(s, g, w, own);
     wp = own;
+  }
+  if (s.layout == Layout::NCHW && g.via_nhwc) {
+    depthwise_nchw_via_nhwc(s, g, x, wp, bias, y, ws, nt);
+    return;
   }
   if (s.layout == Layout::NCHW) {
     int64_t* off = reinterpret_cast<int64_t*>(ws + g.off_taps);
