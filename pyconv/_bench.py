@@ -27,6 +27,7 @@ import importlib.util
 import math
 import statistics
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -244,9 +245,17 @@ def _onnx_conv_model(shape: ConvShape, weight: np.ndarray) -> bytes:
 
 
 def _onnxruntime_runner(shape: ConvShape, threads: int, seed: int, dtype: Any) -> Runner:
-    import onnxruntime as ort
 
     x, w = make_inputs(shape, "NCHW", seed, dtype)
+    session = _ort_session(_onnx_conv_model(shape, w), threads)
+    feed = {"x": x}
+    return Runner(lambda: session.run(["y"], feed)[0], np.asarray)
+
+
+def _ort_session(model: bytes, threads: int) -> Any:
+    """An onnxruntime CPU session of a serialized model on ``threads`` threads."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -255,10 +264,7 @@ def _onnxruntime_runner(shape: ConvShape, threads: int, seed: int, dtype: Any) -
     # Idle onnxruntime workers would otherwise spin and slow the library
     # timed after it (see the module docstring).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(_onnx_conv_model(shape, w), options,
-                                   providers=["CPUExecutionProvider"])
-    feed = {"x": x}
-    return Runner(lambda: session.run(["y"], feed)[0], np.asarray)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 # ---- pooling rows ---------------------------------------------------------------
@@ -310,15 +316,10 @@ def _pool_call(shape: PoolShape, x: np.ndarray, g: np.ndarray, layout: str, lib:
     return avg_step
 
 
-class _PyconvPool:
-    max_pool2d = staticmethod(max_pool2d)
-    avg_pool2d = staticmethod(avg_pool2d)
-    global_avg_pool2d = staticmethod(global_avg_pool2d)
-    max_pool2d_grad = staticmethod(max_pool2d_grad)
-    avg_pool2d_grad = staticmethod(avg_pool2d_grad)
-
-
-_PYCONV_POOL = _PyconvPool()
+# pyconv's pooling ops under the reference module's names.
+_PYCONV_POOL = types.SimpleNamespace(max_pool2d=max_pool2d, avg_pool2d=avg_pool2d,
+                                     global_avg_pool2d=global_avg_pool2d, max_pool2d_grad=max_pool2d_grad,
+                                     avg_pool2d_grad=avg_pool2d_grad)
 
 
 def _torch_pool_runner(shape: PoolShape, threads: int, channels_last: bool, seed: int, dtype: Any) -> Runner:
@@ -370,7 +371,6 @@ def _torch_pool_runner(shape: PoolShape, threads: int, channels_last: bool, seed
 
 def _onnxruntime_pool_runner(shape: PoolShape, threads: int, seed: int, dtype: Any) -> Runner:
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     x, _ = make_pool_inputs(shape, "NCHW", seed, dtype)
@@ -392,12 +392,7 @@ def _onnxruntime_pool_runner(shape: PoolShape, threads: int, seed: int, dtype: A
     opset = [helper.make_opsetid("", ONNX_OPSET)]
     model = helper.make_model(graph, opset_imports=opset, ir_version=helper.find_min_ir_version_for(opset))
     onnx.checker.check_model(model)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = _ort_session(model.SerializeToString(), threads)
     feed = {"x": x}
     if shape.op == "global_avg":
         return Runner(lambda: session.run(["y"], feed)[0], lambda y: np.asarray(y).reshape(y.shape[:2]))

@@ -6,18 +6,15 @@
 // the first NaN stays (Vec::take); the max gradient goes to exactly the
 // forward's winner.
 //
-// Every output pixel is either interior (its whole window lies inside the
-// image) or border.  Interior pixels run without any bounds check; border
-// pixels clip their window once and run the same loop over the clipped taps.
-//
-// NCHW: one plane at a time, vectorised along the output row.  Stride 1
-// reads the rows as they are; stride 2 (the common pooling) reads the even
-// lanes of two vectors with one shuffle; larger strides first split the
-// plane into sw column phases in a per-thread scratch (phase f holds
-// columns f, f + sw, ...), so every tap of an output vector is one
-// contiguous load.  Border pixels go one at a time, their window clipped
-// from per-call tables (no division per pixel).
-// NHWC: vectorised across channels, one output pixel at a time.
+// NCHW: one plane at a time, vectorised along the output row.  The plane
+// is copied into a per-thread scratch padded with the op's neutral value and
+// split into stride column phases (plane_padded), so every output row is
+// whole vectors of plain loads and there are no border pixels; max pooling
+// with indices tracks the winning tap per lane (plane_padded_idx);
+// 2x2/stride 2 without padding has its own loop straight from the input
+// (plane_2x2); the average gradient at stride 1 is a gather (avg_grad_plane).
+// NHWC: vectorised across channels, one output pixel at a time, the window
+// clipped to the image per pixel.
 // Global pools (window = the whole plane) have their own reduction loops.
 //
 // Determinism: each output (and each gradient element) is produced by one
@@ -36,12 +33,8 @@ namespace {
 
 constexpr int kTileVectors = 4;  // independent accumulators per output tile
 
-inline int64_t floor_div(int64_t a, int64_t b) { return a >= 0 ? a / b : -((-a + b - 1) / b); }
-
 struct Geometry {
-  int64_t oh_lo, oh_hi, ow_lo, ow_hi;  // interior output rows / columns
-  int64_t wq;                          // NCHW phase scratch: columns per phase row
-  int64_t scratch_elems;               // NCHW: per-thread phase scratch (sw > 1)
+  int64_t scratch_elems;               // NCHW: per-thread scratch (the larger use below)
   int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
   int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
   int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
@@ -49,14 +42,6 @@ struct Geometry {
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
 };
-
-// Interior range of one axis: outputs o whose taps o*s - p + i*d, i < k, all
-// lie in [0, n).
-inline void interior(int64_t n, int64_t out, int64_t k, int64_t s, int64_t d, int64_t p, int64_t& lo, int64_t& hi) {
-  lo = min64(out, ceil_div(p, s));
-  const int64_t last = n - 1 - (k - 1) * d + p;  // largest o*s still inside
-  hi = last < 0 ? lo : max64(lo, min64(out, last / s + 1));
-}
 
 // Taps [k0, k1) of one window axis that land inside [0, n), from start a.
 inline void clip(int64_t a, int64_t n, int64_t k, int64_t d, int64_t& k0, int64_t& k1) {
@@ -68,8 +53,6 @@ inline void clip(int64_t a, int64_t n, int64_t k, int64_t d, int64_t& k0, int64_
 template <class T>
 Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   Geometry g{};
-  interior(s.h, s.oh, s.kh, s.sh, s.dh, s.pt, g.oh_lo, g.oh_hi);
-  interior(s.w, s.ow, s.kw, s.sw, s.dw, s.pl, g.ow_lo, g.ow_hi);
   g.global = s.oh == 1 && s.ow == 1 && s.kh == s.h && s.kw == s.w && s.dh == 1 && s.dw == 1 &&
              !(s.pt || s.pb || s.pl || s.pr);
   const int64_t e = sizeof(T);
@@ -79,16 +62,14 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   g.pad_wq = round_up(s.ow, N) + (s.kw - 1) * s.dw / s.sw + 1;
   g.pad_elems = s.sw * g.pad_rows * g.pad_wq;
   g.off_taps = off;  // see Tables
-  off += round_up((2 * s.kw + 2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
+  off += round_up((2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
   off += round_up((s.oh + round_up(s.ow, N)) * e, kAlign);
   g.off_scratch = off;
   // (Global windows use the plane loops too when indices or gradients are
   // wanted, so the scratch is sized for every NCHW problem.)
   if (s.layout == Layout::NCHW) {
-    g.wq = ceil_div(s.w, s.sw);
-    g.scratch_elems = s.sw > 2 ? s.sw * s.h * g.wq : 0;  // sw == 2 reads the plane directly
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
-    if (!backward || s.op == PoolOp::Max) g.scratch_elems = max64(g.scratch_elems, g.pad_elems);
+    if (!backward || s.op == PoolOp::Max) g.scratch_elems = g.pad_elems;
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
       g.grad_rows = s.h + s.pt + s.kh - 1;
@@ -123,8 +104,6 @@ inline int64_t tap_index(const PoolShape& s, int64_t t, int64_t ih0, int64_t iw0
 // Per-call tables (in the workspace), so that no pixel divides.
 template <class T>
 struct Tables {
-  int64_t* tap_q;    // [kw] phase column offset of window column j
-  int64_t* tap_f;    // [kw] its phase
   int64_t* col_k0;   // [ow] first window column inside the image, per output column
   int64_t* col_k1;   // [ow] one past the last
   int64_t* tap_off;  // [kh*kw] flat offset of tap t from the window's first cell
@@ -140,22 +119,15 @@ template <class T>
 inline Tables<T> make_tables(const PoolShape& s, const Geometry& g, char* base) {
   constexpr int64_t N = Vec<T>::N;
   Tables<T> t;
-  t.tap_q = reinterpret_cast<int64_t*>(base);
-  t.tap_f = t.tap_q + s.kw;
-  t.col_k0 = t.tap_f + s.kw;
+  t.col_k0 = reinterpret_cast<int64_t*>(base);
   t.col_k1 = t.col_k0 + s.ow;
   t.tap_off = t.col_k1 + s.ow;
   t.pad_off = t.tap_off + s.kh * s.kw;
   t.grad_off = t.pad_off + s.kh * s.kw;
   t.q_lo = t.grad_off + s.kh * s.kw;
   t.q_hi = t.q_lo + s.sw;
-  t.row_count = reinterpret_cast<T*>(base + round_up((2 * s.kw + 2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign));
+  t.row_count = reinterpret_cast<T*>(base + round_up((2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign));
   t.col_count = t.row_count + s.oh;
-  for (int64_t j = 0; j < s.kw; ++j) {
-    const int64_t o = j * s.dw - s.pl;
-    t.tap_q[j] = floor_div(o, s.sw);
-    t.tap_f[j] = o - t.tap_q[j] * s.sw;
-  }
   for (int64_t ow = 0; ow < s.ow; ++ow) clip(ow * s.sw - s.pl, s.w, s.kw, s.dw, t.col_k0[ow], t.col_k1[ow]);
   const int64_t phase_stride = g.pad_rows * g.pad_wq;
   for (int64_t i = 0; i < s.kh; ++i)
@@ -315,68 +287,6 @@ void avg_grad_plane(const PoolShape& s, const Geometry& g, const Tables<T>& tb, 
   for (int64_t ih = 0; ih < s.h; ++ih)
     padded_row<T, kTileSum>(scratch + (ih + s.pt) * g.grad_wq + s.pl, tb.grad_off, s.kh * s.kw, T(1),
                             tb.col_count, s.w, gxp + ih * s.w);
-}
-
-// Column phases of a plane: scratch[(f * H + r) * wq + q] = plane[r][q*sw + f].
-template <class T>
-void fill_phases(const PoolShape& s, const Geometry& g, const T* plane, T* scratch) {
-  const int64_t sw = s.sw;
-  for (int64_t r = 0; r < s.h; ++r) {
-    const T* src = plane + r * s.w;
-    for (int64_t f = 0; f < sw; ++f) {
-      T* dst = scratch + (f * s.h + r) * g.wq;
-      const int64_t count = s.w > f ? ceil_div(s.w - f, sw) : 0;  // columns of this phase
-      for (int64_t q = 0; q < count; ++q) dst[q] = src[q * sw + f];
-    }
-  }
-}
-
-// One interior vector of `lanes` output pixels (oh, ow..): value, and for
-// Idx the flat index of each lane's winner.  Sources: the plane itself
-// (sw == 1, or sw == 2 read with an even-lane shuffle), else its phases.
-template <class T, bool Max, bool Idx>
-inline void interior_vector(const PoolShape& s, const T* plane, const T* src, int64_t ld, int64_t phase_stride,
-                            const Tables<T>& tb, int64_t ih0, int64_t ow, int lanes, T* yrow, int64_t* irow) {
-  using V = Vec<T>;
-  const bool full = lanes == V::N;
-  const bool even = s.sw == 2;
-  auto load = [&](int64_t i, int64_t j) -> typename V::R {
-    if (even) {  // columns 2*(ow + q) + f, ... of the row
-      const int64_t row = (ih0 + i * s.dh) * s.w;
-      const int64_t c0 = 2 * (ow + tb.tap_q[j]) + tb.tap_f[j];
-      if (full && c0 + 2 * V::N <= s.w) return V::load_even(plane + row + c0);
-      alignas(64) T tmp[V::N];  // the row's end: no read past it
-      for (int l = 0; l < V::N; ++l) tmp[l] = l < lanes ? plane[row + c0 + 2 * l] : T(0);
-      return V::load(tmp);
-    }
-    const T* p = src + tb.tap_f[j] * phase_stride + (ih0 + i * s.dh) * ld + ow + tb.tap_q[j];
-    return full ? V::load(p) : V::load_n(p, lanes);
-  };
-  typename V::R acc = load(0, 0), tap = V::zero();
-  int64_t t = 0;
-  for (int64_t i = 0; i < s.kh; ++i)
-    for (int64_t j = 0; j < s.kw; ++j, ++t) {
-      if (t == 0) continue;
-      const typename V::R v = load(i, j);
-      if (Max) {
-        const auto m = V::take(v, acc);
-        acc = V::blend(acc, v, m);
-        if (Idx) tap = V::blend(tap, V::set1(T(t)), m);
-      } else {
-        acc = V::add(acc, v);
-      }
-    }
-  if (!Max) acc = V::div(acc, V::set1(T(s.kh * s.kw)));
-  if (full)
-    V::store(yrow + ow, acc);
-  else
-    V::store_n(yrow + ow, acc, lanes);
-  if (Idx) {
-    alignas(64) T taps[V::N];
-    V::store(taps, tap);
-    const int64_t first = ih0 * s.w + ow * s.sw - s.pl;
-    for (int l = 0; l < lanes; ++l) irow[ow + l] = first + l * s.sw + tb.tap_off[static_cast<int64_t>(taps[l])];
-  }
 }
 
 // One border pixel of a plane: window rows [kh0, kh1) (clipped once per
@@ -553,39 +463,6 @@ void plane_2x2(const PoolShape& s, const T* plane, T* yp, int64_t* ip, const T* 
   }
   if (Mode == kGradient)  // nor does a last odd row
     for (int64_t i = 2 * s.oh * W; i < s.h * W; ++i) gxp[i] = T(0);
-}
-
-template <class T, bool Max, bool Idx>
-void plane_nchw(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, int64_t* ip,
-                T* scratch) {
-  constexpr int N = Vec<T>::N;
-  const T* src = plane;
-  int64_t ld = s.w, phase_stride = 0;
-  if (s.sw > 2) {
-    fill_phases(s, g, plane, scratch);
-    src = scratch;
-    ld = g.wq;
-    phase_stride = s.h * g.wq;
-  }
-  for (int64_t oh = 0; oh < s.oh; ++oh) {
-    T* yrow = yp + oh * s.ow;
-    int64_t* irow = Idx ? ip + oh * s.ow : nullptr;
-    const int64_t ih0 = oh * s.sh - s.pt;
-    int64_t kh0, kh1;
-    clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
-    auto border = [&](int64_t ow) {
-      border_pixel<T, Max, Idx>(s, tb, plane, ih0, kh0, kh1, ow, yrow + ow, Idx ? irow + ow : nullptr);
-    };
-    if (oh < g.oh_lo || oh >= g.oh_hi) {
-      for (int64_t ow = 0; ow < s.ow; ++ow) border(ow);
-      continue;
-    }
-    for (int64_t ow = 0; ow < g.ow_lo; ++ow) border(ow);
-    for (int64_t ow = g.ow_lo; ow < g.ow_hi; ow += N)
-      interior_vector<T, Max, Idx>(s, plane, src, ld, phase_stride, tb, ih0, ow,
-                                   static_cast<int>(min64(N, g.ow_hi - ow)), yrow, irow);
-    for (int64_t ow = g.ow_hi; ow < s.ow; ++ow) border(ow);
-  }
 }
 
 template <class T, bool Max, bool Idx>
