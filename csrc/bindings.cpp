@@ -179,6 +179,34 @@ void separable_entry(py::array x, py::array dww, py::array pww, py::object bias,
     throw py::type_error("separable_conv2d: only float32 and float64 are computed natively");
 }
 
+// ---- weight gradient ---------------------------------------------------------
+
+template <class T>
+void run_grad_weight(const ConvShape& s, const py::array& x, const py::array& gy, py::array& gw) {
+  validate_conv(s);  // before any size is trusted
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
+  check_buffer(gy, "grad_out", dt, s.n * s.oc * s.oh * s.ow, false);
+  check_buffer(gw, "out", dt, s.oc * (s.c / s.groups) * s.kh * s.kw, true);
+  const T* xp = static_cast<const T*>(x.data());
+  const T* gyp = static_cast<const T*>(gy.data());
+  T* gwp = static_cast<T*>(gw.mutable_data());
+  const IsaKernels& k = active_kernels();
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  conv2d_grad_weight<T>(k, s, xp, gyp, gwp, nt);
+}
+
+void grad_weight_entry(py::array x, py::array gy, py::array gw, const ShapeTuple& shape, int layout) {
+  const ConvShape s = make_shape(shape, layout, 0, false);
+  if (x.dtype().is(py::dtype::of<float>()))
+    run_grad_weight<float>(s, x, gy, gw);
+  else if (x.dtype().is(py::dtype::of<double>()))
+    run_grad_weight<double>(s, x, gy, gw);
+  else
+    throw py::type_error("conv2d_grad_weight: only float32 and float64 are computed natively");
+}
+
 // ---- pooling ----------------------------------------------------------------
 
 constexpr size_t kPoolFields = 16;
@@ -300,6 +328,8 @@ PYBIND11_MODULE(_core, m) {
   m.def("separable_conv2d", &separable_entry, py::arg("x"), py::arg("depthwise_weight"),
         py::arg("pointwise_weight"), py::arg("bias"), py::arg("out"), py::arg("dw_shape"), py::arg("pw_shape"),
         py::arg("layout"), py::arg("activation"));
+  m.def("conv2d_grad_weight", &grad_weight_entry, py::arg("x"), py::arg("grad_out"), py::arg("out"),
+        py::arg("shape"), py::arg("layout"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),
         py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
   m.def("pool_backward", &pool_backward_entry, py::arg("x"), py::arg("grad_out"), py::arg("grad_x"),

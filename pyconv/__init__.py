@@ -16,6 +16,13 @@ except ImportError as exc:  # pragma: no cover - only outside an installed packa
     ) from exc
 
 from ._conv import conv2d, conv_output_shape, plan
+from ._grad import (
+    conv2d_grad_bias,
+    conv2d_grad_input,
+    conv2d_grad_weight,
+    conv_transpose2d,
+    transpose_output_shape,
+)
 from ._depthwise import depthwise_conv2d, separable_conv2d
 from ._pool import (
     avg_pool2d,
@@ -49,6 +56,10 @@ __all__ = [
     "avg_pool2d_grad",
     "config",
     "conv2d",
+    "conv2d_grad_bias",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "conv_transpose2d",
     "conv_output_shape",
     "depthwise_conv2d",
     "get_num_threads",
@@ -66,4 +77,5 @@ __all__ = [
     "separable_conv2d",
     "set_num_threads",
     "show_config",
+    "transpose_output_shape",
 ]

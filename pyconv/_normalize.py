@@ -19,6 +19,8 @@ __all__ = [
     "ConvGeometry",
     "depthwise_groups",
     "float_dtype",
+    "grad_out_check",
+    "transpose_geometry",
     "pointwise_check",
     "separable_operands",
     "activation_code",
@@ -434,6 +436,95 @@ def separable_operands(fn: str, x: Any, depthwise_weight: Any, pointwise_weight:
     dtype = result_dtype(xa, dw, pw, ba)
     cast = [None if a is None else a.astype(dtype, copy=False) for a in (xa, dw, pw, ba)]
     return (lay, *cast, groups)
+
+
+# ---- gradients and the transposed convolution ---------------------------------
+
+
+def grad_out_check(fn: str, shape: Tuple[int, ...], geo: ConvGeometry) -> None:
+    """grad_out must have exactly the forward convolution's output shape."""
+    if tuple(shape) != geo.out_shape:
+        raise ValueError(f"{fn}: grad_out has shape {tuple(shape)} but the convolution's output has "
+                         f"shape {geo.out_shape}")
+
+
+def transpose_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: Any,
+                       output_padding: Any, dilation: Any, groups: Any, layout: str,
+                       output_size: Any) -> ConvGeometry:
+    """The conv2d whose input gradient a conv_transpose2d call computes.
+
+    conv_transpose2d(x, w) with weight (C_in, C_out/groups, KH, KW) is the
+    gradient with respect to the input of a conv2d from C_out to C_in
+    channels with the same weight array, stride, padding, dilation and
+    groups, whose output has x's shape; its input (our output) is
+    ``(H-1)*stride - pad_total + dilation*(K-1) + output_padding + 1`` high.
+    The returned geometry is that conv2d's.  When output_padding >= stride
+    (allowed while it is below the dilation) that conv2d's output is larger
+    than x; the extra rows/columns are zeros of the gradient.
+    """
+    xs = _shape(fn, "input shape", x_shape)
+    ws = _shape(fn, "weight shape", w_shape)
+    dims = "(N, C, H, W) or (C, H, W)" if layout == "NCHW" else "(N, H, W, C) or (H, W, C)"
+    if len(xs) not in (3, 4):
+        raise ValueError(f"{fn}: input must be 4-D {dims} for layout {layout!r}, got shape {xs}")
+    wdims = "(C_in, C_out/groups, KH, KW)" if layout == "NCHW" else "(KH, KW, C_out/groups, C_in)"
+    if len(ws) != 4:
+        raise ValueError(f"{fn}: weight must be 4-D {wdims} for layout {layout!r}, got shape {ws}")
+    batched = len(xs) == 4
+    b4 = xs if batched else (1,) + xs
+    if layout == "NCHW":
+        n, c, h, w = b4
+        wc, og, kh, kw = ws
+    else:
+        n, h, w, c = b4
+        kh, kw, og, wc = ws
+    g = _int(fn, "groups", groups)
+    if g < 1:
+        raise ValueError(f"{fn}: groups must be >= 1, got {groups!r}")
+    if min(b4) < 0 or min(ws) < 0:
+        raise ValueError(f"{fn}: shapes must not have negative sizes, got input {xs}, weight {ws}")
+    if c < 1 or h < 1 or w < 1:
+        raise ValueError(f"{fn}: input must have at least one channel, row and column, got shape {xs}")
+    if og < 1 or kh < 1 or kw < 1:
+        raise ValueError(f"{fn}: weight must not have empty dimensions, got shape {ws}")
+    if wc != c:
+        raise ValueError(f"{fn}: input has {c} channels but weight expects {wc} {wdims}")
+    if c % g:
+        raise ValueError(f"{fn}: groups={g} does not divide the {c} input channels")
+    st = pair(fn, "stride", stride)
+    dl = pair(fn, "dilation", dilation)
+    (t, bt), (l, r) = padding_spec(fn, padding, allow_strings=False)
+    op = pair(fn, "output_padding", output_padding, minimum=0)
+    base = tuple((size - 1) * s - p0 - p1 + d * (k - 1) + 1
+                 for size, s, p0, p1, d, k in ((h, st[0], t, bt, dl[0], kh), (w, st[1], l, r, dl[1], kw)))
+    limit = (max(st[0], dl[0]), max(st[1], dl[1]))
+    if output_size is not None:
+        if op != (0, 0):
+            raise ValueError(f"{fn}: give output_size or output_padding, not both "
+                             f"(got output_padding={output_padding!r})")
+        size = _shape(fn, "output_size", output_size)
+        if len(size) == len(xs):  # a full shape: take its spatial sizes
+            size = size[-2:] if layout == "NCHW" else size[-3:-1]
+        if len(size) != 2:
+            raise ValueError(f"{fn}: output_size must be (H, W) or a full {len(xs)}-D shape, "
+                             f"got {output_size!r}")
+        for axis, want, lo, lim in zip("HW", size, base, limit):
+            if not lo <= want < lo + lim:
+                raise ValueError(f"{fn}: output_size {axis}={want} is unreachable: with this stride, "
+                                 f"padding and dilation it must be in [{lo}, {lo + lim - 1}]")
+        op = (size[0] - base[0], size[1] - base[1])
+    for axis, o, lim in zip(("height", "width"), op, limit):
+        if o >= lim:
+            raise ValueError(f"{fn}: output_padding must be smaller than max(stride, dilation) = {lim} "
+                             f"along the {axis}, got {output_padding!r}")
+    oh, ow = base[0] + op[0], base[1] + op[1]
+    if oh < 1 or ow < 1:
+        raise ValueError(f"{fn}: output would be empty ({oh}x{ow}): the padding removes more than "
+                         f"the transposed convolution produces")
+    conv_in = (n, og * g, oh, ow) if layout == "NCHW" else (n, oh, ow, og * g)
+    if not batched:
+        conv_in = conv_in[1:]
+    return conv_geometry(fn, conv_in, ws, st, ((t, bt), (l, r)), dl, g, layout)
 
 
 # ---- pooling -----------------------------------------------------------------

@@ -143,12 +143,29 @@ void separable_conv2d(const IsaKernels& k, const ConvShape& dw, const ConvShape&
     k.separable->run_f64(dw, pw, x, dw_weight, pw_weight, bias, y, ws, nt);
 }
 
+void validate_conv(const ConvShape& s) { validate(s); }
+
+template <class T>
+void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, const T* grad_y, T* grad_w,
+                        int nthreads) {
+  validate(s);
+  const int nt = useful_threads(s, nthreads);
+  thread_local Workspace cache;
+  std::unique_ptr<void, FreeDeleter> oneoff;
+  void* ws = acquire_workspace(cache, oneoff, k.grad_weight->workspace_bytes(s, sizeof(T), nt));
+  if constexpr (sizeof(T) == 4)
+    k.grad_weight->run_f32(s, x, grad_y, grad_w, ws, nt);
+  else
+    k.grad_weight->run_f64(s, x, grad_y, grad_w, ws, nt);
+}
+
 #define PYCONV_INSTANTIATE(T)                                                                          \
   template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, Algo, int);         \
   template void conv2d<T>(const IsaKernels&, const ConvShape&, const T*, const T*, const T*, const T*, \
                           T*, Algo, int);                                                              \
   template void separable_conv2d<T>(const IsaKernels&, const ConvShape&, const ConvShape&, const T*,  \
-                                    const T*, const T*, const T*, T*, int);
+                                    const T*, const T*, const T*, T*, int);                  \
+  template void conv2d_grad_weight<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

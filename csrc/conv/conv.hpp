@@ -42,4 +42,11 @@ void separable_conv2d(const IsaKernels& k, const ConvShape& dw, const ConvShape&
                       const T* pw_weight, const T* bias, T* y, int nthreads);
 void validate_separable(const ConvShape& dw, const ConvShape& pw);
 
+// Weight gradient: grad_w (the weight's shape and layout) from x and grad_y
+// (s's input and output); deterministic for any thread count.
+template <class T>
+void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, const T* grad_y, T* grad_w,
+                        int nthreads);
+void validate_conv(const ConvShape& s);
+
 }  // namespace pyconv

@@ -62,6 +62,19 @@ struct SeparableKernels {
   SeparableFn<double> run_f64;
 };
 
+// Weight gradient of a convolution (csrc/gemm/grad_weight_kernels.cpp): x
+// and grad_y C-contiguous in s.layout, grad_w written whole in the weight's
+// layout (s.act and s.has_bias are ignored).
+template <class T>
+using GradWeightFn = void (*)(const ConvShape& s, const T* x, const T* grad_y, T* grad_w, void* workspace,
+                              int nthreads);
+
+struct GradWeightKernels {
+  int64_t (*workspace_bytes)(const ConvShape& s, int elem_bytes, int nthreads);
+  GradWeightFn<float> run_f32;
+  GradWeightFn<double> run_f64;
+};
+
 struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
@@ -69,6 +82,7 @@ struct IsaKernels {
   const AlgoKernels* depthwise;
   const PoolKernels* pool;
   const SeparableKernels* separable;
+  const GradWeightKernels* grad_weight;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -93,7 +107,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
 }  // namespace pyconv

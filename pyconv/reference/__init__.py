@@ -9,6 +9,7 @@ under a second.
 """
 
 from ._conv import conv2d, conv_output_shape, depthwise_conv2d, separable_conv2d
+from ._grad import conv2d_grad_bias, conv2d_grad_input, conv2d_grad_weight, conv_transpose2d
 from ._pool import (
     avg_pool2d,
     avg_pool2d_grad,
@@ -23,6 +24,10 @@ __all__ = [
     "avg_pool2d",
     "avg_pool2d_grad",
     "conv2d",
+    "conv2d_grad_bias",
+    "conv2d_grad_input",
+    "conv2d_grad_weight",
+    "conv_transpose2d",
     "conv_output_shape",
     "depthwise_conv2d",
     "global_avg_pool2d",

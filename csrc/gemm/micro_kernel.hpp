@@ -1,0 +1,124 @@
+// The packed GEMM's register-blocked micro-kernel and its blocking
+// constants, shared by the forward convolutions (gemm_kernels.cpp) and the
+// weight gradient (grad_weight_kernels.cpp).  Compiled into each ISA's
+// namespace, like vec.hpp.
+#pragma once
+#include <cstdint>
+
+#include "core/problem.hpp"
+#include "simd/kernel_util.hpp"
+#include "simd/vec.hpp"
+
+namespace pyconv {
+namespace PYCONV_ISA_NS {
+
+// Register blocking: MR x NB vectors of accumulators, leaving registers for
+// NB B vectors and one A broadcast.
+#if defined(PYCONV_ISA_avx512)
+constexpr int kMR = 12;  // 12 x 2 zmm = 24 of 32 registers
+#elif defined(PYCONV_ISA_avx2)
+constexpr int kMR = 6;   // 6 x 2 ymm = 12 of 16 registers
+#else
+constexpr int kMR = 4;
+#endif
+constexpr int kNB = 2;
+
+template <class T>
+struct Blocking {
+  static constexpr int MR = kMR;
+  static constexpr int NR = kNB * Vec<T>::N;
+  // A B micro-panel of KC x NR elements is 16 KiB: half of a 32 KiB L1.
+  static constexpr int64_t KC = 16384 / (NR * static_cast<int64_t>(sizeof(T)));
+  // An A block of MC x KC elements is ~192 KiB: well inside a 512 KiB L2.
+  static constexpr int64_t MC = (196608 / (KC * static_cast<int64_t>(sizeof(T)))) / MR * MR;
+  // A B block of KC x NC elements for NCHW: ~512 KiB (L2/L3).
+  static constexpr int64_t NC = (524288 / (KC * static_cast<int64_t>(sizeof(T)))) / NR * NR;
+};
+
+// ---- micro-kernel ------------------------------------------------------------
+
+template <class T>
+struct Epilogue {
+  const T* bias;     // null: no bias
+  bool bias_per_row; // NCHW: bias indexed by C's row (output channel)
+  Activation act;
+};
+
+template <class T>
+inline T scalar_act(T v, Activation act) {
+  if (act == Activation::None) return v;
+  v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in the vector path
+  if (act == Activation::Relu6) v = v > T(6) ? T(6) : v;
+  return v;
+}
+
+// C[0:mr, 0:nr] (+)= A_panel * B_panel over kc; `last` applies the epilogue.
+// row0/col0 locate the tile in the whole C for the bias.
+template <class T>
+void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr,
+                  int nr, bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, N = V::N;
+  // The C tile is read (accumulate) and written after the k loop; its rows
+  // are ldc apart and usually out of cache, so ask for them now and let the
+  // misses overlap with the FMAs instead of stalling the epilogue.
+  for (int i = 0; i < MR; ++i) {
+    __builtin_prefetch(c + i * ldc, 1);
+    __builtin_prefetch(c + i * ldc + NR - 1, 1);
+  }
+  R acc[MR][kNB];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNB; ++j) acc[i][j] = V::zero();
+  for (int64_t k = 0; k < kc; ++k) {
+    R bv[kNB];
+    for (int j = 0; j < kNB; ++j) bv[j] = V::load(b + k * NR + j * N);
+    for (int i = 0; i < MR; ++i) {
+      const R av = V::set1(a[k * MR + i]);
+      for (int j = 0; j < kNB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+    }
+  }
+  if (mr == MR && nr == NR) {
+    for (int i = 0; i < MR; ++i)
+      for (int j = 0; j < kNB; ++j) {
+        T* dst = c + i * ldc + j * N;
+        R v = accumulate ? V::add(acc[i][j], V::load(dst)) : acc[i][j];
+        if (last) {
+          if (e.bias) v = V::add(v, e.bias_per_row ? V::set1(e.bias[row0 + i]) : V::load(e.bias + col0 + j * N));
+          v = activate<T>(v, e.act);
+        }
+        V::store(dst, v);
+      }
+    return;
+  }
+  alignas(64) T buf[MR][NR];
+  for (int i = 0; i < MR; ++i)
+    for (int j = 0; j < kNB; ++j) V::store(&buf[i][j * N], acc[i][j]);
+  for (int i = 0; i < mr; ++i)
+    for (int j = 0; j < nr; ++j) {
+      T v = accumulate ? buf[i][j] + c[i * ldc + j] : buf[i][j];
+      if (last) {
+        if (e.bias) v = v + (e.bias_per_row ? e.bias[row0 + i] : e.bias[col0 + j]);
+        v = scalar_act(v, e.act);
+      }
+      c[i * ldc + j] = v;
+    }
+}
+
+// Size of the blocks `extent` is cut into: at most `max_block`, a multiple
+// of `align`, and balanced so that the `copies * blocks` work units split
+// evenly over `nt` threads.  Blocking over M or N never changes a sum, so
+// this may depend on the thread count without touching determinism.
+inline int64_t balanced_block(int64_t extent, int64_t max_block, int64_t align, int64_t copies, int nt) {
+  int64_t blocks = ceil_div(extent, max_block);
+  const int64_t units = copies * blocks;
+  if (units % nt) {
+    const int64_t want = round_up(units, nt);  // units for an even split
+    blocks = ceil_div(want, copies);
+  }
+  blocks = min64(blocks, ceil_div(extent, align));
+  return round_up(ceil_div(extent, blocks), align);
+}
+
+}  // namespace PYCONV_ISA_NS
+}  // namespace pyconv

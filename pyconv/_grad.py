@@ -1,0 +1,318 @@
+"""Backward passes of conv2d, and the transposed convolution.
+
+The input gradient (and conv_transpose2d, which is the same operator) runs
+on the forward kernels: for stride 1 it *is* a convolution of grad_out with
+the flipped, group-transposed weight, and for stride s it splits into s*s
+stride-1 convolutions, one per phase of the input grid (input rows i with
+the same (i + pad) mod s meet the same subset of kernel taps).  Each phase
+is a plain conv2d that ``algo="auto"`` sends to the direct, GEMM or
+depthwise kernel like any forward layer, so the backward pass is as fast as
+the forward one and never scatters (no col2im, no atomics: deterministic by
+construction).  The weight gradient has its own GEMM kernel
+(csrc/gemm/grad_weight_kernels.cpp) reducing over every pixel of every
+image in a fixed order.
+"""
+
+from __future__ import annotations
+
+from typing import Any, List, NamedTuple, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._conv import _conv2d
+from ._normalize import (
+    ConvGeometry,
+    as_array,
+    conv_geometry,
+    grad_out_check,
+    layout_name,
+    result_dtype,
+    transpose_geometry,
+)
+
+__all__ = ["conv2d_grad_bias", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d"]
+
+
+class _Phase(NamedTuple):
+    """One phase of the input grid along one axis.
+
+    Input positions ``start, start + s, ...`` (``count`` of them) receive
+    ``grad_out[lo:hi]`` correlated with kernel ``taps`` (in correlation
+    order) at dilation ``dilation``, after padding it by ``pads``.
+    ``taps`` is empty when no tap reaches this phase (a zero gradient).
+    """
+
+    start: int
+    count: int
+    taps: Tuple[int, ...]
+    lo: int
+    hi: int
+    pads: Tuple[int, int]
+    dilation: int
+
+
+def _axis_phases(size: int, out_size: int, k: int, s: int, d: int, pad: int) -> List[_Phase]:
+    """Split one axis of the input gradient into its stride phases.
+
+    Input position i = a + s*u receives grad_out[o] * w[t] for every tap t
+    with o*s + t*d - pad = i, i.e. (t*d - a - pad) divisible by s and
+    o = u - (t*d - a - pad) / s.  The taps that qualify are evenly spaced,
+    so in u this is a stride-1 correlation with the taps in decreasing order
+    (the flipped kernel) at dilation d / gcd(d, s).
+    """
+    phases = []
+    for a in range(min(s, size)):
+        count = (size - a + s - 1) // s
+        taps = tuple(t for t in range(k - 1, -1, -1) if (t * d - a - pad) % s == 0)
+        if not taps:
+            phases.append(_Phase(a, count, (), 0, 0, (0, 0), 1))
+            continue
+        offs = [(a + pad - t * d) // s for t in taps]  # grad_out row for u = 0, per tap
+        step = offs[1] - offs[0] if len(offs) > 1 else 1
+        first, last = offs[0], offs[-1] + count - 1  # grad_out rows the phase reads
+        lo, hi = max(first, 0), min(last, out_size - 1)
+        if lo > hi:  # every row it would read is outside grad_out
+            phases.append(_Phase(a, count, (), 0, 0, (0, 0), 1))
+            continue
+        phases.append(_Phase(a, count, taps, lo, hi + 1, (lo - first, last - hi), step))
+    return phases
+
+
+def _transposed_weight(w: np.ndarray, groups: int, layout: str) -> np.ndarray:
+    """The weight of the transposed problem: input and output channels swapped
+    within each group (not flipped: the phases pick taps in reverse order)."""
+    if layout == "NCHW":
+        oc, cg, kh, kw = w.shape
+        og = oc // groups
+        return w.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4).reshape(groups * cg, og, kh, kw)
+    kh, kw, cg, oc = w.shape
+    og = oc // groups
+    return w.reshape(kh, kw, cg, groups, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, groups * cg)
+
+
+def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype: np.dtype) -> np.ndarray:
+    """Input gradient of ``geo`` for grad_out ``gy`` (which may have fewer
+    rows/columns than geo's output: the missing ones are zeros)."""
+    lay = geo.layout
+    nchw = lay == "NCHW"
+    x_shape = (geo.n, geo.c, geo.h, geo.w) if nchw else (geo.n, geo.h, geo.w, geo.c)
+    gy4 = gy if geo.batched else gy[None]
+    if geo.n == 0:
+        out = np.zeros(x_shape, dtype=dtype)
+        return out if geo.batched else out[0]
+    oh, ow = (gy4.shape[2], gy4.shape[3]) if nchw else (gy4.shape[1], gy4.shape[2])
+    (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    t, _, l, _ = geo.pads
+    rows = _axis_phases(geo.h, oh, geo.kh, sh, dh, t)
+    cols = _axis_phases(geo.w, ow, geo.kw, sw, dw, l)
+    wt = _transposed_weight(w, geo.groups, lay)
+    single = len(rows) == 1 and len(cols) == 1
+    dx = np.empty(x_shape, dtype=dtype)
+    for pr in rows:
+        for pc in cols:
+            target = dx if single else (dx[:, :, pr.start::sh, pc.start::sw] if nchw
+                                        else dx[:, pr.start::sh, pc.start::sw, :])
+            if not pr.taps or not pc.taps:
+                target[...] = 0
+                continue
+            if nchw:
+                src = gy4[:, :, pr.lo:pr.hi, pc.lo:pc.hi]
+                sub = wt[:, :, list(pr.taps)][:, :, :, list(pc.taps)]
+            else:
+                src = gy4[:, pr.lo:pr.hi, pc.lo:pc.hi, :]
+                sub = wt[list(pr.taps)][:, list(pc.taps)]
+            res = _conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
+                          geo.groups, lay, None, "auto", dx if single else None)
+            if not single:
+                target[...] = res
+    return dx if geo.batched else dx[0]
+
+
+def conv2d_grad_input(grad_out: Any, weight: Any, input_shape: Any, stride: Any = 1, padding: Any = 0,
+                      dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
+    """Gradient of :func:`pyconv.conv2d` with respect to its input.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        Gradient of the loss with respect to conv2d's output (its shape).
+    weight : array_like
+        The forward weight, in the layout's weight format.
+    input_shape : sequence of int
+        The forward input's full shape, in the layout's order (it fixes
+        "same" padding and the rows a stride leaves unused).
+    stride, padding, dilation, groups, layout
+        As in the forward call.
+
+    Returns
+    -------
+    ndarray
+        Shape ``input_shape``; dtype by conv2d's rule over grad_out and weight.
+        Input pixels no window reads get a zero gradient.
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> w = np.ones((1, 1, 2, 2), np.float32)
+    >>> pyconv.conv2d_grad_input(np.ones((1, 1, 2, 2), np.float32), w, (1, 1, 3, 3))[0, 0]
+    array([[1., 2., 1.],
+           [2., 4., 2.],
+           [1., 2., 1.]], dtype=float32)
+    """
+    fn = "conv2d_grad_input"
+    lay = layout_name(fn, layout)
+    gy = as_array(fn, "grad_out", grad_out)
+    wa = as_array(fn, "weight", weight)
+    geo = conv_geometry(fn, input_shape, wa.shape, stride, padding, dilation, groups, lay)
+    grad_out_check(fn, gy.shape, geo)
+    dtype = result_dtype(gy, wa)
+    return _grad_input(fn, gy.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
+
+
+def conv2d_grad_weight(x: Any, grad_out: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
+                       dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
+    """Gradient of :func:`pyconv.conv2d` with respect to its weight.
+
+    ``sum over images and output pixels of grad_out x the input window``,
+    reduced in a fixed order: bitwise identical for any thread count.
+
+    Parameters
+    ----------
+    x : array_like
+        The forward input.
+    grad_out : array_like
+        Gradient of the loss with respect to conv2d's output.
+    weight_shape : sequence of int
+        The weight's full shape in the layout's weight format.
+    stride, padding, dilation, groups, layout
+        As in the forward call.
+
+    Returns
+    -------
+    ndarray
+        Shape ``weight_shape``.
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
+    >>> pyconv.conv2d_grad_weight(x, np.ones((1, 1, 2, 2), np.float32), (1, 1, 2, 2))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]], dtype=float32)
+    """
+    fn = "conv2d_grad_weight"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    gy = as_array(fn, "grad_out", grad_out)
+    geo = conv_geometry(fn, xa.shape, weight_shape, stride, padding, dilation, groups, lay)
+    grad_out_check(fn, gy.shape, geo)
+    dtype = result_dtype(xa, gy)
+    return _grad_weight(xa, gy, geo, dtype)
+
+
+def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dtype) -> np.ndarray:
+    if geo.layout == "NCHW":
+        w_shape = (geo.oc, geo.c // geo.groups, geo.kh, geo.kw)
+    else:
+        w_shape = (geo.kh, geo.kw, geo.c // geo.groups, geo.oc)
+    dw = np.empty(w_shape, dtype=dtype)
+    if geo.n == 0:
+        dw[...] = 0
+        return dw
+    xc = np.ascontiguousarray(xa, dtype=dtype)
+    gyc = np.ascontiguousarray(gy, dtype=dtype)
+    _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
+    return dw
+
+
+def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
+    """Gradient of :func:`pyconv.conv2d` with respect to its bias: grad_out
+    summed over images and pixels, shape ``(C_out,)``.
+
+    >>> import numpy as np, pyconv
+    >>> pyconv.conv2d_grad_bias(np.ones((2, 3, 4, 4), np.float32))
+    array([32., 32., 32.], dtype=float32)
+    """
+    fn = "conv2d_grad_bias"
+    lay = layout_name(fn, layout)
+    gy = as_array(fn, "grad_out", grad_out)
+    if gy.ndim not in (3, 4):
+        raise ValueError(f"{fn}: grad_out must be 4-D (batched) or 3-D, got shape {gy.shape}")
+    dtype = result_dtype(gy)
+    channel_axis = gy.ndim - 3 if lay == "NCHW" else gy.ndim - 1
+    axes = tuple(i for i in range(gy.ndim) if i != channel_axis)
+    return gy.astype(dtype, copy=False).sum(axis=axes)
+
+
+def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                     output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
+                     layout: str = "NCHW", output_size: Any = None) -> np.ndarray:
+    """Transposed convolution (a.k.a. fractionally strided), PyTorch semantics.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+    weight : array_like
+        ``(C_in, C_out/groups, KH, KW)`` for NCHW, ``(KH, KW, C_out/groups,
+        C_in)`` for NHWC.
+    bias : array_like, optional
+        ``(C_out,)``.
+    stride, dilation : int or (int, int)
+    padding : int, (int, int) or ((top, bottom), (left, right))
+        Removed from the full output (no string forms).
+    output_padding : int or (int, int)
+        Extra rows/columns at the bottom/right, each smaller than
+        max(stride, dilation).
+    groups : int
+    output_size : (int, int), optional
+        The wanted (H_out, W_out); derives output_padding (ValueError with
+        the reachable range otherwise).
+
+    Returns
+    -------
+    ndarray
+        ``H_out = (H-1)*stride - top - bottom + dilation*(KH-1) +
+        output_padding + 1`` (and likewise W_out); conv2d's dtype rule.
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.ones((1, 1, 2, 2), np.float32)
+    >>> pyconv.conv_transpose2d(x, np.ones((1, 1, 2, 2), np.float32), stride=2)[0, 0]
+    array([[1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.],
+           [1., 1., 1., 1.]], dtype=float32)
+    """
+    fn = "conv_transpose2d"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    wa = as_array(fn, "weight", weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
+                             lay, output_size)
+    if ba is not None and ba.shape != (geo.c,):
+        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
+    dtype = result_dtype(xa, wa, ba)
+    y = _grad_input(fn, xa.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
+    if ba is not None:
+        y += ba.astype(dtype, copy=False).reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
+    return y
+
+
+def transpose_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
+                           output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
+                           layout: str = "NCHW", output_size: Optional[Any] = None) -> Tuple[int, ...]:
+    """Shape of :func:`conv_transpose2d`'s result, without computing it.
+
+    >>> import pyconv
+    >>> pyconv.transpose_output_shape((1, 16, 7, 7), (16, 8, 3, 3), stride=2, padding=1, output_padding=1)
+    (1, 8, 14, 14)
+    """
+    fn = "transpose_output_shape"
+    geo = transpose_geometry(fn, input_shape, weight_shape, stride, padding, output_padding, dilation,
+                             groups, layout_name(fn, layout), output_size)
+    shape = (geo.n, geo.c, geo.h, geo.w) if geo.layout == "NCHW" else (geo.n, geo.h, geo.w, geo.c)
+    return shape if geo.batched else shape[1:]
