@@ -1,0 +1,188 @@
+"""Framework-free differentiation: vector-Jacobian products of pyconv's ops.
+
+Each ``*_vjp`` function runs the forward op and returns ``(y, pullback)``;
+``pullback(grad_y)`` maps the gradient of a loss with respect to ``y`` to the
+gradients with respect to the differentiable inputs:
+
+- conv-type ops (:func:`conv2d_vjp`, :func:`conv_transpose2d_vjp`) return
+  ``(grad_x, grad_w, grad_b)``, with ``grad_b = None`` when there is no bias;
+- pooling ops return ``grad_x`` alone.
+
+Gradients have the dtype of the primal they belong to when it is a float
+array (float32 weights get float32 gradients), else the computation dtype.
+A fused activation is differentiated with the mask PyTorch uses: relu
+passes the gradient where ``y > 0``, relu6 where ``0 < y < 6``.
+
+A pullback may be called any number of times; it keeps references to the
+forward's inputs and output (not copies), so do not modify them in place
+before calling it.
+
+>>> import numpy as np
+>>> from pyconv.autograd import conv2d_vjp
+>>> x = np.ones((1, 1, 3, 3), np.float32)
+>>> w = np.ones((1, 1, 2, 2), np.float32)
+>>> y, pullback = conv2d_vjp(x, w, np.zeros(1, np.float32))
+>>> gx, gw, gb = pullback(np.ones_like(y))
+>>> gx[0, 0]
+array([[1., 2., 1.],
+       [2., 4., 2.],
+       [1., 2., 1.]], dtype=float32)
+>>> gb
+array([4.], dtype=float32)
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Tuple
+
+import numpy as np
+
+from ._conv import _conv2d
+from ._grad import _grad_input, _grad_weight, conv2d_grad_bias
+from ._normalize import (
+    as_array,
+    conv_geometry,
+    grad_out_check,
+    layout_name,
+    result_dtype,
+    transpose_geometry,
+)
+from ._pool import avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad
+
+__all__ = ["avg_pool2d_vjp", "conv2d_vjp", "conv_transpose2d_vjp", "max_pool2d_vjp"]
+
+ConvPullback = Callable[[Any], Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
+PoolPullback = Callable[[Any], np.ndarray]
+
+
+def _like(grad: np.ndarray, primal: np.ndarray) -> np.ndarray:
+    """grad in the primal's dtype when the primal is a float array."""
+    if primal.dtype.kind == "f" and grad.dtype != primal.dtype:
+        return grad.astype(primal.dtype)
+    return grad
+
+
+def _activation_mask(gy: np.ndarray, y: np.ndarray, activation: Optional[str]) -> np.ndarray:
+    """grad_y through the fused activation (y is the activated output)."""
+    if activation is None:
+        return gy
+    if activation == "relu":
+        return np.where(y > 0, gy, 0).astype(gy.dtype, copy=False)
+    return np.where((y > 0) & (y < 6), gy, 0).astype(gy.dtype, copy=False)
+
+
+def conv2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+               dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW",
+               activation: Optional[str] = None, algo: str = "auto") -> Tuple[np.ndarray, ConvPullback]:
+    """:func:`pyconv.conv2d` and its pullback ``grad_y -> (grad_x, grad_w, grad_b)``."""
+    fn = "conv2d_vjp"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    wa = as_array(fn, "weight", weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    y = _conv2d(fn, xa, wa, ba, stride, padding, dilation, groups, lay, activation, algo, None)
+    geo = conv_geometry(fn, xa.shape, wa.shape, stride, padding, dilation, groups, lay)
+    dtype = y.dtype
+
+    def pullback(grad_y: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        pb = "conv2d_vjp pullback"
+        gy = as_array(pb, "grad_y", grad_y)
+        grad_out_check(pb, gy.shape, geo)
+        gy = _activation_mask(gy.astype(dtype, copy=False), y, activation)
+        gx = _grad_input(pb, gy, wa.astype(dtype, copy=False), geo, dtype)
+        gw = _grad_weight(xa, gy, geo, dtype)
+        gb = None if ba is None else _like(conv2d_grad_bias(gy, layout=lay), ba)
+        return _like(gx, xa), _like(gw, wa), gb
+
+    return y, pullback
+
+
+def conv_transpose2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
+                         output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
+                         layout: str = "NCHW", output_size: Any = None
+                         ) -> Tuple[np.ndarray, ConvPullback]:
+    """:func:`pyconv.conv_transpose2d` and its pullback ``grad_y -> (grad_x, grad_w, grad_b)``.
+
+    The transposed convolution is the input gradient of a conv2d, so its own
+    gradients are that conv2d (for x) and that conv2d's weight gradient with
+    the roles of input and grad_out exchanged (for the weight).
+    """
+    fn = "conv_transpose2d_vjp"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    wa = as_array(fn, "weight", weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
+                             lay, output_size)
+    if ba is not None and ba.shape != (geo.c,):
+        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
+    dtype = result_dtype(xa, wa, ba)
+    y = _grad_input(fn, xa.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
+    if ba is not None:
+        y += ba.astype(dtype, copy=False).reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
+    nchw = lay == "NCHW"
+    spatial = (xa.ndim - 2, xa.ndim - 1) if nchw else (xa.ndim - 3, xa.ndim - 2)
+    x_hw = (xa.shape[spatial[0]], xa.shape[spatial[1]])
+
+    def pullback(grad_y: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
+        pb = "conv_transpose2d_vjp pullback"
+        gy = as_array(pb, "grad_y", grad_y)
+        if gy.shape != y.shape:
+            raise ValueError(f"{pb}: grad_y has shape {gy.shape} but the output has shape {y.shape}")
+        gy = gy.astype(dtype, copy=False)
+        # The conv2d this transposes: its output can be larger than x (when
+        # output_padding >= stride); x's gradient is the part x covers, and
+        # the weight gradient sees x padded with zeros to that size.
+        full = _conv2d(pb, gy, wa.astype(dtype, copy=False), None, geo.stride, _pairs(geo.pads),
+                       geo.dilation, geo.groups, lay, None, "auto", None)
+        gx = full
+        xd = xa.astype(dtype, copy=False)
+        if (geo.oh, geo.ow) != x_hw:
+            crop = [slice(None)] * full.ndim
+            crop[spatial[0]], crop[spatial[1]] = slice(0, x_hw[0]), slice(0, x_hw[1])
+            gx = np.ascontiguousarray(full[tuple(crop)])
+            widths = [(0, 0)] * xd.ndim
+            widths[spatial[0]] = (0, geo.oh - x_hw[0])
+            widths[spatial[1]] = (0, geo.ow - x_hw[1])
+            xd = np.pad(xd, widths)
+        gw = _grad_weight(gy, xd, geo, dtype)
+        gb = None if ba is None else _like(conv2d_grad_bias(gy, layout=lay), ba)
+        return _like(gx, xa), _like(gw, wa), gb
+
+    return y, pullback
+
+
+def _pairs(pads: Tuple[int, int, int, int]) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    t, b, l, r = pads
+    return ((t, b), (l, r))
+
+
+def max_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
+                   ceil_mode: bool = False, layout: str = "NCHW") -> Tuple[np.ndarray, PoolPullback]:
+    """:func:`pyconv.max_pool2d` and its pullback ``grad_y -> grad_x`` (the
+    gradient goes to each window's first maximum, as the forward chose)."""
+    xa = as_array("max_pool2d_vjp", "x", x)
+    y = max_pool2d(xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, layout=layout)
+
+    def pullback(grad_y: Any) -> np.ndarray:
+        gx = max_pool2d_grad(grad_y, xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                             layout=layout)
+        return _like(gx, xa)
+
+    return y, pullback
+
+
+def avg_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *,
+                   ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
+                   layout: str = "NCHW") -> Tuple[np.ndarray, PoolPullback]:
+    """:func:`pyconv.avg_pool2d` and its pullback ``grad_y -> grad_x``."""
+    xa = as_array("avg_pool2d_vjp", "x", x)
+    y = avg_pool2d(xa, kernel_size, stride, padding, ceil_mode=ceil_mode,
+                   count_include_pad=count_include_pad, layout=layout)
+
+    def pullback(grad_y: Any) -> np.ndarray:
+        gx = avg_pool2d_grad(grad_y, xa.shape, kernel_size, stride, padding, ceil_mode=ceil_mode,
+                             count_include_pad=count_include_pad, layout=layout)
+        return _like(gx, xa)
+
+    return y, pullback
