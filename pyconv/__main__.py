@@ -20,7 +20,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import _bench
 from ._bench import LIBRARIES, PEERS, BenchOptions, ShapeResult, geomean
 from ._runtime import config, get_num_threads, peak_gflops, set_num_threads, show_config
-from ._suite import DEFAULT_SUITE, POOL_SUITE, QUICK_POOL_SUITE, QUICK_SUITE, PoolShape, select
+from ._suite import (
+    DEFAULT_SUITE,
+    POOL_SUITE,
+    QUICK_POOL_SUITE,
+    QUICK_STEP_SUITE,
+    QUICK_SUITE,
+    STEP_SUITE,
+    PoolShape,
+    StepShape,
+    select,
+)
 
 # --quick: the quick subset, three rounds of ~10 ms per library, one sample
 # of anything slow; well under ten seconds in all, a third of it importing
@@ -85,7 +95,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _shapes(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Tuple[Any, ...]:
     if args.shapes is None:
-        return QUICK_SUITE + QUICK_POOL_SUITE if args.quick else DEFAULT_SUITE + POOL_SUITE
+        if args.quick:
+            return QUICK_SUITE + QUICK_POOL_SUITE + QUICK_STEP_SUITE
+        return DEFAULT_SUITE + POOL_SUITE + STEP_SUITE
     try:
         return select(args.shapes)
     except ValueError as exc:
@@ -245,15 +257,19 @@ def _geomean_cells(rows: Sequence[ShapeResult], headers: Sequence[str]) -> List[
 
 
 def format_tables(rows: Sequence[ShapeResult], libraries: Sequence[str]) -> str:
-    """One table for the convolution rows, one for the pooling rows."""
-    conv = [r for r in rows if not isinstance(r.shape, PoolShape)]
+    """One table each for the convolution, pooling and training-step rows."""
+    conv = [r for r in rows if not isinstance(r.shape, (PoolShape, StepShape))]
     pool = [r for r in rows if isinstance(r.shape, PoolShape)]
+    step = [r for r in rows if isinstance(r.shape, StepShape)]
     tables = []
     if conv:
         tables.append(format_table(conv, libraries))
     if pool:
         tables.append("pooling (GB/s: input + output bytes; *_grad rows: forward + gradient, "
                       "vs torch autograd)\n" + format_table(pool, libraries, pool=True))
+    if step:
+        tables.append("training step: forward + input gradient + weight gradient (GFLOP counts all "
+                      "three; torch = autograd, ORT has no training ops)\n" + format_table(step, libraries))
     return "\n\n".join(tables)
 
 
@@ -388,7 +404,8 @@ def write_plot(path: str, rows: Sequence[ShapeResult], libraries: Sequence[str],
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    rows = [r for r in rows if not isinstance(r.shape, PoolShape)]  # pooling has no FLOP rate
+    # pooling has no FLOP rate; training steps would double every layer's bar
+    rows = [r for r in rows if not isinstance(r.shape, (PoolShape, StepShape))]
     libs = ["pyconv", *libraries]
     height = 0.8 / len(libs)
     fig, ax = plt.subplots(figsize=(9, 0.15 * len(libs) * len(rows) + 1.5))
@@ -427,6 +444,10 @@ def _list_shapes() -> None:
     for p in POOL_SUITE:
         print(f"{p.name:<22} {p.op:<11} {p.n:>3} {p.c:>5} {p.h:>4} {p.w:>4} {p.kernel:>2} {p.stride:>2} "
               f"{str(p.padding):>5}  {'yes' if p.name in quick_pool else ''}")
+    print()
+    quick_step = {s.name for s in QUICK_STEP_SUITE}
+    print("training steps (forward + input and weight gradients) of every layer above:")
+    print("  " + ", ".join(s.name + (" (quick)" if s.name in quick_step else "") for s in STEP_SUITE))
 
 
 def bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:

@@ -39,7 +39,9 @@ from ._prepack import prepack
 from ._conv import plan as conv_plan
 from ._runtime import peak_gflops, set_num_threads
 from ._pool import avg_pool2d, avg_pool2d_grad, global_avg_pool2d, max_pool2d, max_pool2d_grad
-from ._suite import ConvShape, PoolShape, make_inputs, make_pool_inputs
+from ._grad import conv2d_grad_input, conv2d_grad_weight
+from ._suite import ConvShape, PoolShape, StepShape, make_inputs, make_pool_inputs, make_step_inputs
+from .autograd import conv2d_vjp
 
 __all__ = [
     "LIBRARIES",
@@ -148,6 +150,8 @@ def build_runner(library: str, shape: ConvShape, threads: int, layout: str = "NC
         raise RuntimeError(reason)
     if isinstance(shape, PoolShape):
         return _pool_runner(library, shape, threads, layout, seed, dtype)
+    if isinstance(shape, StepShape):
+        return _step_runner(library, shape, threads, layout, seed, dtype)
     if library == "pyconv":
         return _pyconv_runner(shape, threads, layout, seed, prepacked, dtype)
     if library == "numpy":
@@ -185,7 +189,6 @@ def _numpy_runner(shape: ConvShape, seed: int, dtype: Any) -> Runner:
 
 def _torch_runner(shape: ConvShape, threads: int, channels_last: bool, seed: int, dtype: Any) -> Runner:
     import torch
-    import torch.nn.functional as F
 
     torch.set_num_threads(threads)
     x, w = make_inputs(shape, "NCHW", seed, dtype)
@@ -193,23 +196,27 @@ def _torch_runner(shape: ConvShape, threads: int, channels_last: bool, seed: int
     if channels_last:
         xt = xt.to(memory_format=torch.channels_last)
         wt = wt.to(memory_format=torch.channels_last)
-    top, bottom, left, right = shape.geometry().pads
-    stride, groups = shape.stride, shape.groups
-    if top == bottom and left == right:
-        def conv(inp: Any) -> Any:
-            return F.conv2d(inp, wt, None, stride, (top, left), 1, groups)
-    else:
-        # PyTorch has no asymmetric padding (its "same" refuses stride > 1);
-        # padding the input first is how TF-compatible layers do it (e.g.
-        # timm's Conv2dSame), so that cost is rightly part of the call.
-        def conv(inp: Any) -> Any:
-            return F.conv2d(F.pad(inp, (left, right, top, bottom)), wt, None, stride, 0, 1, groups)
+    conv = _torch_conv(shape, wt)
 
     def call() -> Any:
         with torch.inference_mode():
             return conv(xt)
 
     return Runner(call, lambda y: y.contiguous().numpy())
+
+
+def _torch_conv(shape: ConvShape, wt: Any) -> Callable[[Any], Any]:
+    """``shape``'s convolution with weight ``wt`` as a torch function of the input."""
+    import torch.nn.functional as F
+
+    top, bottom, left, right = shape.geometry().pads
+    stride, groups = shape.stride, shape.groups
+    if top == bottom and left == right:
+        return lambda inp: F.conv2d(inp, wt, None, stride, (top, left), 1, groups)
+    # PyTorch has no asymmetric padding (its "same" refuses stride > 1);
+    # padding the input first is how TF-compatible layers do it (e.g.
+    # timm's Conv2dSame), so that cost is rightly part of the call.
+    return lambda inp: F.conv2d(F.pad(inp, (left, right, top, bottom)), wt, None, stride, 0, 1, groups)
 
 
 def _onnx_conv_model(shape: ConvShape, weight: np.ndarray) -> bytes:
@@ -267,13 +274,69 @@ def _ort_session(model: bytes, threads: int) -> Any:
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
+# ---- training-step rows ---------------------------------------------------------
+
+
+def _step_runner(library: str, shape: StepShape, threads: int, layout: str, seed: int, dtype: Any) -> Runner:
+    """Forward, then input and weight gradients; the result read back is both
+    gradients, each scaled by its own largest magnitude (the weight gradient
+    sums over every pixel and would otherwise set the tolerance for both)."""
+    lay = layout if library == "pyconv" else "NCHW"
+    x, w, g = make_step_inputs(shape, lay, seed, dtype)
+    s, p, groups = shape.stride, shape.padding, shape.groups
+    if library == "pyconv":
+        set_num_threads(threads)
+
+        def call() -> Any:
+            _, pullback = conv2d_vjp(x, w, None, s, p, 1, groups, layout=lay)
+            return pullback(g)[:2]
+    elif library == "numpy":
+        def call() -> Any:
+            reference.conv2d(x, w, None, s, p, 1, groups)
+            return (reference.conv2d_grad_input(g, w, x.shape, s, p, 1, groups),
+                    reference.conv2d_grad_weight(x, g, w.shape, s, p, 1, groups))
+    else:
+        call = _torch_step(shape, x, w, g, threads, library == "torch_cl")
+
+    def to_nchw(grads: Any) -> np.ndarray:
+        gx, gw = (np.asarray(t.contiguous().numpy() if hasattr(t, "contiguous") else t) for t in grads)
+        if lay == "NHWC":
+            gx, gw = gx.transpose(0, 3, 1, 2), gw.transpose(3, 2, 0, 1)
+        parts = [a.astype(np.float64).ravel() / max(float(np.max(np.abs(a))), 1e-30) for a in (gx, gw)]
+        return np.concatenate(parts)
+
+    return Runner(call, to_nchw)
+
+
+def _torch_step(shape: StepShape, x: np.ndarray, w: np.ndarray, g: np.ndarray, threads: int,
+                channels_last: bool) -> Callable[[], Any]:
+    """torch autograd's step: leaves x and w, forward, backward(grad_out)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    xt, wt, gt = torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(g)
+    if channels_last:
+        xt, wt, gt = (t.to(memory_format=torch.channels_last) for t in (xt, wt, gt))
+    xt, wt = xt.detach().requires_grad_(True), wt.detach().requires_grad_(True)
+    conv = _torch_conv(shape, wt)
+
+    def step() -> Any:
+        xt.grad = wt.grad = None
+        conv(xt).backward(gt)
+        return xt.grad, wt.grad
+
+    return step
+
+
 # ---- pooling rows ---------------------------------------------------------------
 
 
 def serves(library: str, shape: Any) -> bool:
     """Whether ``library`` has the operation of ``shape`` at all (onnxruntime
-    has no training ops, so no pooling gradient)."""
-    return not (library == "onnxruntime" and isinstance(shape, PoolShape) and shape.backward)
+    has no training ops, so no pooling gradient and no training step)."""
+    if library != "onnxruntime":
+        return True
+    return not (isinstance(shape, StepShape) or (isinstance(shape, PoolShape) and shape.backward))
 
 
 def _pool_runner(library: str, shape: PoolShape, threads: int, layout: str, seed: int, dtype: Any) -> Runner:

@@ -24,10 +24,14 @@ __all__ = [
     "POOL_SUITE",
     "QUICK_POOL_SUITE",
     "QUICK_SUITE",
+    "QUICK_STEP_SUITE",
+    "STEP_SUITE",
     "ConvShape",
+    "StepShape",
     "PoolShape",
     "make_inputs",
     "make_pool_inputs",
+    "make_step_inputs",
     "select",
 ]
 
@@ -153,6 +157,49 @@ QUICK_SUITE: Tuple[ConvShape, ...] = tuple(s for s in DEFAULT_SUITE if s.name in
 
 
 @dataclass(frozen=True)
+class StepShape(ConvShape):
+    """The training step of one conv layer: the forward pass, then the
+    gradients of the input and of the weight for a seeded ``grad_out``
+    (what one layer costs in a training loop).  Named ``<layer>_step``."""
+
+    @property
+    def flops(self) -> int:
+        """Forward, input gradient and weight gradient: three times the layer's."""
+        return 3 * self.geometry().flops
+
+    def min_bytes(self, itemsize: int = 4) -> int:
+        """Each of the three passes reads two of x / weight / grad_out and writes the third."""
+        return 3 * super().min_bytes(itemsize)
+
+    @classmethod
+    def of(cls, layer: ConvShape) -> "StepShape":
+        return cls(f"{layer.name}_step", layer.n, layer.c_in, layer.h, layer.w, layer.c_out, layer.kernel,
+                   layer.stride, layer.padding, layer.groups)
+
+
+def make_step_inputs(shape: StepShape, layout: str = "NCHW", seed: int = 0,
+                     dtype: Any = np.float32) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded ``(x, weight, grad_out)`` for a training-step row (the same
+    numbers in both layouts, like :func:`make_inputs`)."""
+    lay = layout_name("make_step_inputs", layout)
+    x, w = make_inputs(shape, lay, seed, dtype)
+    geo = shape.geometry("NCHW")
+    rng = np.random.default_rng(seed + 1)
+    g = rng.standard_normal((geo.n, geo.oc, geo.oh, geo.ow), dtype=np.float32)
+    if lay == "NHWC":
+        g = g.transpose(0, 2, 3, 1)
+    return x, w, np.ascontiguousarray(g, dtype=dtype)
+
+
+#: Training-step rows: every layer of the default suite.
+STEP_SUITE: Tuple[StepShape, ...] = tuple(StepShape.of(s) for s in DEFAULT_SUITE)
+
+#: Step rows of ``bench --quick``: a 5x5, a stride-2 3x3 and a depthwise layer.
+QUICK_STEP_SUITE: Tuple[StepShape, ...] = tuple(
+    s for s in STEP_SUITE if s.name in ("lenet_c2_step", "resnet50_res3_3x3s2_step", "mbv1_dw_56s2_step"))
+
+
+@dataclass(frozen=True)
 class PoolShape:
     """One pooling layer: ``op`` is "max", "avg", "global_avg", or "max_grad"
     / "avg_grad" for the training step of that pooling (forward, then the
@@ -231,7 +278,8 @@ QUICK_POOL_SUITE: Tuple[PoolShape, ...] = tuple(
     s for s in POOL_SUITE if s.name in ("maxpool_2x2", "global_avg"))
 
 
-def select(names: Iterable[str], suite: Tuple[Any, ...] = DEFAULT_SUITE + POOL_SUITE) -> Tuple[Any, ...]:
+def select(names: Iterable[str],
+           suite: Tuple[Any, ...] = DEFAULT_SUITE + POOL_SUITE + STEP_SUITE) -> Tuple[Any, ...]:
     """The shapes (conv and pool rows) of ``suite`` called ``names``, in the order given.
 
     An unknown name raises ``ValueError`` listing the valid ones, rather than

@@ -1,0 +1,847 @@
+"""Backward passes of conv2d (input, weight and bias gradients) and the
+transposed convolution, against ``pyconv.reference``, PyTorch and identities
+that need no oracle at all, on every available ISA.
+
+What is under test (pyconv/_grad.py):
+
+* ``conv2d_grad_input`` splits the input grid into stride phases, each a
+  stride-1 forward convolution of (a slice of) grad_out with some taps of the
+  group-transposed weight; phases no tap reaches are zeros.  So the
+  properties draw strides and dilations 1-3 (phases with and without taps,
+  dilation/stride with a common factor), padding far beyond the kernel's
+  reach, strides larger than the input, and every padding form.
+* ``conv2d_grad_weight`` has its own GEMM kernel
+  (csrc/gemm/grad_weight_kernels.cpp): im2col of ~4 MiB chunks of pixels
+  taken over all images together, dW split into thread tiles, separate NCHW
+  and NHWC operand layouts.  A dedicated test makes the im2col span several
+  chunks whose boundaries fall inside images and inside output rows.
+* ``conv_transpose2d`` is the input gradient of the conv2d whose output has
+  x's shape (output_padding, possibly >= stride when dilation > stride, and
+  output_size on top), checked against PyTorch as well as the reference.
+
+The reference itself is checked against PyTorch's autograd, so that the
+oracle of every other comparison is independently right, and the adjoint
+identity <conv2d(x, w), gy> == <x, grad_input(gy)> == <w, grad_weight(gy)>
+ties the three functions together without any oracle.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional, Tuple
+
+import numpy as np
+import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+
+import pyconv
+import pyconv.reference as ref
+from conftest import DTYPES, LAYOUTS, assert_close, f64, input_shape, rand, weight_shape
+
+# Fewer examples than the profile's default (each example runs on one ISA,
+# and every property runs once per ISA); scaled from the active profile so
+# that PYCONV_HYPOTHESIS_PROFILE=thorough still explores more.
+_BASE_EXAMPLES = settings().max_examples
+_props = settings(max_examples=max(10, _BASE_EXAMPLES // 5))
+_light = settings(max_examples=max(10, _BASE_EXAMPLES // 10))
+
+
+# ==========================================================================
+# helpers
+
+
+def _pair(v: Any) -> Tuple[int, int]:
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def tf_same(size: int, k: int, stride: int, dilation: int) -> Tuple[int, int]:
+    """TensorFlow SAME along one axis, written from DESIGN.md: (before, after)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (k - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def explicit_pads(padding: Any, hw: Tuple[int, int], k: Tuple[int, int], stride: Tuple[int, int],
+                  dilation: Tuple[int, int]) -> Tuple[int, int, int, int]:
+    """(top, bottom, left, right) of any padding form, independently of pyconv."""
+    if isinstance(padding, str):
+        if padding.lower() == "valid":
+            return (0, 0, 0, 0)
+        t, b = tf_same(hw[0], k[0], stride[0], dilation[0])
+        l, r = tf_same(hw[1], k[1], stride[1], dilation[1])
+        return (t, b, l, r)
+    if isinstance(padding, int):
+        return (padding,) * 4
+    if isinstance(padding[0], (tuple, list)):
+        (t, b), (l, r) = padding
+        return (t, b, l, r)
+    return (padding[0], padding[0], padding[1], padding[1])
+
+
+def act_to_layout(a: np.ndarray, layout: str) -> np.ndarray:
+    """An NCHW (or CHW) activation in ``layout`` (C-contiguous)."""
+    if layout == "NHWC":
+        a = a.transpose((0, 2, 3, 1) if a.ndim == 4 else (1, 2, 0))
+    return np.ascontiguousarray(a)
+
+
+def act_to_nchw(a: np.ndarray, layout: str) -> np.ndarray:
+    if layout == "NHWC":
+        a = a.transpose((0, 3, 1, 2) if a.ndim == 4 else (2, 0, 1))
+    return np.ascontiguousarray(a)
+
+
+def w_to_layout(w: np.ndarray, layout: str) -> np.ndarray:
+    """A weight with the channel axes first (OIHW for conv2d, (C_in, C_out/g,
+    KH, KW) for conv_transpose2d) in ``layout``'s format (channel axes last,
+    reversed): the same permutation for both ops."""
+    return np.ascontiguousarray(w.transpose(2, 3, 1, 0) if layout == "NHWC" else w)
+
+
+def w_to_nchw(w: np.ndarray, layout: str) -> np.ndarray:
+    return np.ascontiguousarray(w.transpose(3, 2, 0, 1) if layout == "NHWC" else w)
+
+
+def dot64(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.sum(np.asarray(a, np.float64) * np.asarray(b, np.float64)))
+
+
+def bits(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    return a.view({4: np.uint32, 8: np.uint64}[a.dtype.itemsize])
+
+
+def assert_bitwise(actual: np.ndarray, expected: np.ndarray, what: str = "") -> None:
+    assert actual.dtype == expected.dtype and actual.shape == expected.shape
+    if not np.array_equal(bits(actual), bits(expected)):
+        bad = np.argwhere(bits(actual) != bits(expected))
+        first = tuple(bad[0])
+        raise AssertionError(f"{what}: {len(bad)} elements differ bitwise; first at {first}: "
+                             f"{actual[first]!r} vs {expected[first]!r}")
+
+
+def check_grads(x: np.ndarray, w: np.ndarray, gy: np.ndarray, dtype: Any, **kwargs: Any):
+    """grad_input and grad_weight of one conv2d problem against the reference
+    computed on float64 copies; shapes, dtype and contiguity too."""
+    gx = pyconv.conv2d_grad_input(gy, w, x.shape, **kwargs)
+    assert gx.shape == x.shape and gx.flags.c_contiguous
+    assert_close(gx, ref.conv2d_grad_input(f64(gy), f64(w), x.shape, **kwargs), dtype)
+    gw = pyconv.conv2d_grad_weight(x, gy, w.shape, **kwargs)
+    assert gw.shape == w.shape and gw.flags.c_contiguous
+    assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), w.shape, **kwargs), dtype)
+    return gx, gw
+
+
+def torch_or_skip():
+    torch = pytest.importorskip("torch")
+    return torch
+
+
+# ==========================================================================
+# hypothesis: conv2d_grad_input / conv2d_grad_weight against the reference
+
+
+@st.composite
+def int_or_pair(draw, lo: int, hi: int):
+    a, b = draw(st.integers(lo, hi)), draw(st.integers(lo, hi))
+    return a if a == b and draw(st.booleans()) else (a, b)
+
+
+@st.composite
+def paddings(draw, hi: int = 6, strings: bool = True):
+    kinds = ["int", "pair", "pairs"] + (["same", "valid"] if strings else [])
+    kind = draw(st.sampled_from(kinds))
+    if kind == "int":
+        return draw(st.integers(0, hi))
+    if kind == "pair":
+        return (draw(st.integers(0, hi)), draw(st.integers(0, hi)))
+    if kind == "pairs":  # asymmetric, up to far beyond the kernel's reach
+        return tuple((draw(st.integers(0, hi)), draw(st.integers(0, hi))) for _ in range(2))
+    return draw(st.sampled_from([kind, kind.upper()]))
+
+
+@st.composite
+def grad_problems(draw, dtypes=DTYPES):
+    """(x, weight, grad_out, kwargs, dtype) of a valid conv2d problem.
+
+    Grouped (1-3 groups of 1-5 channels each way) or depthwise (groups == C,
+    multiplier 1-3); kernels 1-5, strides and dilations 1-3 (int or pair),
+    every padding form, sizes 1-12, batch 1-3 or an unbatched 3-D image."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(dtypes))
+    n = draw(st.one_of(st.none(), st.integers(1, 3)))
+    if draw(st.booleans()):
+        groups = draw(st.integers(1, 3))
+        c, oc = groups * draw(st.integers(1, 5)), groups * draw(st.integers(1, 5))
+    else:  # depthwise
+        c = groups = draw(st.integers(1, 5))
+        oc = c * draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h, w = draw(st.integers(1, 12)), draw(st.integers(1, 12))
+    kwargs = dict(stride=draw(int_or_pair(1, 3)), padding=draw(paddings()),
+                  dilation=draw(int_or_pair(1, 3)), groups=groups, layout=layout)
+    xs = input_shape(layout, n, c, h, w)
+    ws = weight_shape(layout, c, oc, kh, kw, groups)
+    try:
+        ys = pyconv.conv_output_shape(xs, ws, **kwargs)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    return rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ys, dtype), kwargs, dtype
+
+
+@_props
+@given(problem=grad_problems())
+def test_grads_match_reference(isa, problem):
+    x, w, gy, kwargs, dtype = problem
+    check_grads(x, w, gy, dtype, **kwargs)
+
+
+# (n, c, h, w, oc, kh, kw, stride, padding, dilation, groups): geometries the
+# property may draw only rarely, each one of _axis_phases' branches.
+EDGE_CASES = {
+    # padding beyond the (dilated) kernel extent: outputs that read zeros only
+    "pad_beyond_k1": (2, 3, 3, 4, 2, 1, 1, 1, 4, 1, 1),
+    "pad_beyond_k2": (1, 2, 3, 3, 3, 2, 2, 2, 5, 1, 1),
+    "pad_beyond_dilated_asym": (2, 4, 4, 5, 4, 3, 3, 2, ((7, 0), (1, 6)), 2, 2),
+    # stride larger than the input (and than the padded input)
+    "stride_beyond_input": (2, 3, 2, 3, 4, 1, 1, 5, 0, 1, 1),
+    "stride_beyond_padded": (1, 2, 3, 2, 2, 2, 2, (7, 9), 1, 1, 1),
+    "stride_huge": (2, 2, 4, 5, 3, 3, 3, 2**40, 1, 1, 1),
+    # stride 3 with a 1x1 kernel: two of three rows and columns read by nothing
+    "stride3_k1_unread": (2, 3, 7, 8, 2, 1, 1, 3, 0, 1, 1),
+    # dilation larger than the stride / sharing a factor with it
+    "dilation_gt_stride": (2, 2, 9, 9, 3, 3, 3, 2, 1, 3, 1),
+    "dilation_stride_common_factor": (1, 3, 11, 12, 2, 3, 2, 2, 2, (4, 2), 1),
+    # the dilated kernel exactly as large as the padded input: one output row
+    "kernel_fills_input": (2, 2, 7, 6, 3, 2, 3, 1, ((0, 0), (1, 1)), (6, 2), 1),
+    # "same" with stride > 1 (odd pixel at the end), depthwise multiplier 2
+    "same_s3_depthwise": (2, 4, 7, 8, 8, 3, 4, 3, "same", 1, 4),
+    "same_s2_d2": (1, 3, 10, 7, 5, 3, 3, 2, "SAME", 2, 1),
+    # a one-pixel image
+    "one_pixel": (3, 2, 1, 1, 3, 3, 3, 2, 1, 1, 1),
+}
+
+
+@pytest.mark.parametrize("batched", [True, False], ids=["4d", "3d"])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(EDGE_CASES), ids=list(EDGE_CASES))
+def test_grads_edge_geometries(isa, rng, case, layout, dtype, batched):
+    n, c, h, w, oc, kh, kw, stride, padding, dilation, groups = EDGE_CASES[case]
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x = rand(rng, input_shape(layout, n if batched else None, c, h, w), dtype)
+    wt = rand(rng, weight_shape(layout, c, oc, kh, kw, groups), dtype)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype)
+    gx, _ = check_grads(x, wt, gy, dtype, **kwargs)
+    # Independently of the reference: input pixels no window reads get exactly 0.
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    t, _, l, _ = explicit_pads(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    gy4 = act_to_nchw(gy, layout)
+    oh, ow = gy4.shape[-2:]
+    read_rows = {o * sh - t + a * dh for o in range(oh) for a in range(kh)}
+    read_cols = {o * sw - l + e * dw for o in range(ow) for e in range(kw)}
+    gx4 = act_to_nchw(gx, layout)
+    unread_r = [i for i in range(h) if i not in read_rows]
+    unread_c = [j for j in range(w) if j not in read_cols]
+    if unread_r:
+        assert not gx4[..., unread_r, :].any()
+    if unread_c:
+        assert not gx4[..., unread_c].any()
+    if case == "stride3_k1_unread":
+        assert unread_r and unread_c  # the case does exercise empty phases
+
+
+# ==========================================================================
+# real layer shapes
+
+# (n, c, h, w, oc, k, stride, padding, groups)
+LAYERS = {
+    "resnet_3x3_s2": (2, 32, 28, 28, 64, 3, 2, 1, 1),
+    "resnet_1x1_s2_downsample": (2, 32, 28, 28, 64, 1, 2, 0, 1),
+    "mobilenet_dw_3x3_s2": (2, 32, 28, 28, 32, 3, 2, 1, 32),
+    "lenet_5x5": (4, 6, 14, 14, 16, 5, 1, 0, 1),
+    "stem_7x7_s2": (1, 3, 32, 32, 16, 7, 2, 3, 1),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("layer", list(LAYERS), ids=list(LAYERS))
+def test_grads_real_layers(isa, rng, layer, layout):
+    n, c, h, w, oc, k, s, p, g = LAYERS[layer]
+    kwargs = dict(stride=s, padding=p, groups=g, layout=layout)
+    x = rand(rng, input_shape(layout, n, c, h, w))
+    wt = rand(rng, weight_shape(layout, c, oc, k, k, g))
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs))
+    check_grads(x, wt, gy, np.float32, **kwargs)
+    np.testing.assert_allclose(pyconv.conv2d_grad_bias(gy, layout=layout),
+                               gy.astype(np.float64).sum(axis=(0, 2, 3) if layout == "NCHW" else (0, 1, 2)),
+                               rtol=1e-4, atol=1e-3)
+
+
+# ==========================================================================
+# the weight-gradient kernel's pixel chunks
+
+# N=5 images of 64 channels, 30x30, 3x3 padding 1: im2col is 5*900 pixels x
+# 576 values = 10.4 MB in float32 (20.7 MB in float64), i.e. three or more
+# ~4 MiB chunks.  A chunk is a multiple of the GEMM's KC (256 or 512 pixels),
+# e.g. 1536 pixels for float32 NCHW: boundaries at pixels 1536 and 3072, in
+# the middle of image 1 (row 21, column 6) and image 3 (row 12, column 12);
+# 900 pixels per image is no multiple of any power of two, so every chunk
+# size puts boundaries inside images and inside output rows.
+CHUNK_SHAPE = dict(n=5, c=64, h=30, w=30, oc=64, k=3)
+
+
+def _chunk_problem(rng, layout, dtype, groups=1, stride=1):
+    s = CHUNK_SHAPE
+    kwargs = dict(stride=stride, padding=1, groups=groups, layout=layout)
+    x = rand(rng, input_shape(layout, s["n"], s["c"], s["h"], s["w"]), dtype)
+    wt = rand(rng, weight_shape(layout, s["c"], s["oc"], s["k"], s["k"], groups), dtype)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype)
+    return x, wt, gy, kwargs
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_weight_spans_several_chunks(isa, rng, layout, dtype, groups):
+    x, wt, gy, kwargs = _chunk_problem(rng, layout, dtype, groups)
+    pixels = x.shape[0] * 30 * 30
+    assert pixels * (64 // groups) * groups * 9 * 4 > 8 * 2**20  # more than two 4 MiB chunks
+    gw = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
+    # Each image's contribution is linear: the batch's gradient is the sum of
+    # single-image gradients (all computed by pyconv, one chunk or less each).
+    per_image = sum(pyconv.conv2d_grad_weight(x[i:i + 1], gy[i:i + 1], wt.shape, **kwargs).astype(np.float64)
+                    for i in range(x.shape[0]))
+    assert_close(gw, per_image, dtype)
+
+
+# ==========================================================================
+# determinism
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grads_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
+    """DESIGN.md: results are bitwise identical for any thread count and on
+    repeated calls.  The chunk shape splits dW into several thread tiles and
+    the input gradient (stride 2: four phases) into several forward calls."""
+    x, wt, gy, kwargs = _chunk_problem(rng, layout, dtype, stride=1)
+    x2, wt2, gy2, kwargs2 = _chunk_problem(rng, layout, dtype, stride=2)
+    results = {}
+    for threads in (1, 2, 1):
+        pyconv.set_num_threads(threads)
+        got = (pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs),
+               pyconv.conv2d_grad_weight(x2, gy2, wt2.shape, **kwargs2),
+               pyconv.conv2d_grad_input(gy2, wt2, x2.shape, **kwargs2))
+        got = got + (pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs),)  # repeated call
+        if not results:
+            results["first"] = got
+        for name, a, b in zip(("grad_weight", "grad_weight_s2", "grad_input_s2", "grad_weight_again"),
+                              got, results["first"]):
+            assert_bitwise(a, b, f"{name} with {threads} threads")
+    assert_close(results["first"][2], ref.conv2d_grad_input(f64(gy2), f64(wt2), x2.shape, **kwargs2), dtype)
+
+
+# ==========================================================================
+# conv2d_grad_bias
+
+
+@pytest.mark.parametrize("dtype", DTYPES + (np.int32,))
+@pytest.mark.parametrize("batched", [True, False], ids=["4d", "3d"])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_bias_sums_non_channel_axes(rng, layout, batched, dtype):
+    c = 7
+    shape = input_shape(layout, 3 if batched else None, c, 5, 6)
+    gy = (rng.standard_normal(shape) * 10).astype(dtype)
+    gb = pyconv.conv2d_grad_bias(gy, layout=layout)
+    channel_axis = (gy.ndim - 3) if layout == "NCHW" else gy.ndim - 1
+    expected = np.moveaxis(gy.astype(np.float64), channel_axis, 0).reshape(c, -1).sum(axis=1)
+    out_dtype = np.float32 if dtype == np.float32 else np.float64
+    assert gb.shape == (c,)
+    assert_close(gb, expected, out_dtype)
+    assert_close(ref.conv2d_grad_bias(gy, layout=layout), expected, out_dtype)
+    # channels are not mixed: a grad_out non-zero in one channel only
+    one = np.zeros(shape, dtype)
+    np.moveaxis(one, channel_axis, 0)[2] = 1
+    np.testing.assert_array_equal(pyconv.conv2d_grad_bias(one, layout=layout),
+                                  np.eye(c)[2] * (one.size // c))
+
+
+# ==========================================================================
+# the adjoint identity (no oracle)
+
+
+@_light
+@given(problem=grad_problems(dtypes=(np.float64,)), with_bias=st.booleans())
+def test_adjoint_identity(isa, problem, with_bias):
+    """<conv2d(x, w), gy> == <x, grad_input(gy)> == <w, grad_weight(x, gy)>
+    in float64, and <b, grad_bias(gy)> for the bias term: the three gradients
+    are the adjoints of pyconv's own forward pass."""
+    x, w, gy, kwargs, _ = problem
+    y = pyconv.conv2d(x, w, **kwargs)
+    gx = pyconv.conv2d_grad_input(gy, w, x.shape, **kwargs)
+    gw = pyconv.conv2d_grad_weight(x, gy, w.shape, **kwargs)
+    lhs, via_x, via_w = dot64(y, gy), dot64(x, gx), dot64(w, gw)
+    scale = max(1.0, float(np.sum(np.abs(y) * np.abs(gy))), float(np.sum(np.abs(x) * np.abs(gx))),
+                float(np.sum(np.abs(w) * np.abs(gw))))
+    assert via_x == pytest.approx(lhs, rel=1e-10, abs=1e-10 * scale)
+    assert via_w == pytest.approx(lhs, rel=1e-10, abs=1e-10 * scale)
+    if with_bias:
+        oc = w.shape[0] if kwargs["layout"] == "NCHW" else w.shape[3]
+        b = np.random.default_rng(oc).standard_normal(oc)
+        yb = pyconv.conv2d(x, w, b, **kwargs)
+        gb = pyconv.conv2d_grad_bias(gy, layout=kwargs["layout"])
+        assert dot64(yb - y, gy) == pytest.approx(dot64(b, gb), rel=1e-10, abs=1e-10 * scale)
+
+
+# ==========================================================================
+# the reference against PyTorch's autograd
+
+
+# (n, c, h, w, oc, kh, kw, stride, padding, dilation, groups)
+TORCH_CASES = {
+    "plain_3x3": (2, 3, 7, 8, 4, 3, 3, 1, 1, 1, 1),
+    "grouped_strided_dilated": (2, 4, 9, 7, 6, 3, 2, (2, 1), (1, 0), (1, 2), 2),
+    "depthwise_m2_asym_pad": (1, 3, 6, 6, 6, 2, 3, 3, ((2, 0), (1, 3)), 1, 3),
+    "same_dilated": (2, 2, 5, 5, 3, 5, 5, 1, "same", 2, 1),
+    "same_stride2": (1, 3, 8, 7, 2, 3, 4, 2, "same", 1, 1),
+    "pointwise_s2": (1, 4, 8, 8, 8, 1, 1, 2, 0, 1, 1),
+    "stride_beyond_input": (3, 2, 4, 4, 2, 3, 3, 5, 2, 1, 1),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(TORCH_CASES), ids=list(TORCH_CASES))
+def test_reference_grads_match_torch_autograd(rng, case, layout):
+    """The oracle of this file against torch.nn.functional.conv2d's backward
+    in float64 (asymmetric and "same" padding through an explicit F.pad)."""
+    torch = torch_or_skip()
+    F = torch.nn.functional
+    n, c, h, w, oc, kh, kw, stride, padding, dilation, groups = TORCH_CASES[case]
+    x4 = rng.standard_normal((n, c, h, w))
+    w4 = rng.standard_normal((oc, c // groups, kh, kw))
+    t, b, l, r = explicit_pads(padding, (h, w), (kh, kw), _pair(stride), _pair(dilation))
+    tx = torch.tensor(x4, requires_grad=True)
+    tw = torch.tensor(w4, requires_grad=True)
+    ty = F.conv2d(F.pad(tx, (l, r, t, b)), tw, stride=stride, dilation=dilation, groups=groups)
+    gy4 = rng.standard_normal(tuple(ty.shape))
+    ty.backward(torch.tensor(gy4))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+    x, wt, gy = act_to_layout(x4, layout), w_to_layout(w4, layout), act_to_layout(gy4, layout)
+    assert ref.conv2d(x, wt, **kwargs).shape == gy.shape
+    assert_close(act_to_nchw(ref.conv2d(x, wt, **kwargs), layout), ty.detach().numpy(), np.float64)
+    gx = ref.conv2d_grad_input(gy, wt, x.shape, **kwargs)
+    gw = ref.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    assert_close(act_to_nchw(gx, layout), tx.grad.numpy(), np.float64)
+    assert_close(w_to_nchw(gw, layout), tw.grad.numpy(), np.float64)
+    assert_close(ref.conv2d_grad_bias(gy, layout=layout), gy4.sum(axis=(0, 2, 3)), np.float64)
+
+
+# ==========================================================================
+# conv_transpose2d
+
+
+@st.composite
+def transpose_problems(draw, dtypes=DTYPES):
+    """(x, weight, bias, kwargs, dtype) of a valid conv_transpose2d call, x
+    and weight in NCHW form (converted to the layout by the test)."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(dtypes))
+    n = draw(st.one_of(st.none(), st.integers(1, 2)))
+    groups = draw(st.integers(1, 3))
+    cin, cout = groups * draw(st.integers(1, 4)), groups * draw(st.integers(1, 4))
+    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
+    h, w = draw(st.integers(1, 8)), draw(st.integers(1, 8))
+    stride, dilation = draw(int_or_pair(1, 3)), draw(int_or_pair(1, 3))
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    oph = draw(st.integers(0, max(sh, dh) - 1))
+    opw = draw(st.integers(0, max(sw, dw) - 1))
+    output_padding = oph if oph == opw and draw(st.booleans()) else (oph, opw)
+    kwargs = dict(stride=stride, padding=draw(paddings(hi=4, strings=False)), output_padding=output_padding,
+                  dilation=dilation, groups=groups, layout=layout)
+    x_shape = input_shape(layout, n, cin, h, w)
+    w_shape = w_to_layout(np.empty((cin, cout // groups, kh, kw)), layout).shape
+    try:
+        pyconv.transpose_output_shape(x_shape, w_shape, **kwargs)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x4 = rand(rng, (n or 1, cin, h, w), dtype)
+    w4 = rand(rng, (cin, cout // groups, kh, kw), dtype)
+    b = rand(rng, (cout,), dtype) if draw(st.booleans()) else None
+    return (x4 if n else x4[0]), w4, b, kwargs, dtype
+
+
+def _torch_transpose(torch, x4: np.ndarray, w4: np.ndarray, b: Optional[np.ndarray], stride, padding,
+                     output_padding, dilation, groups) -> np.ndarray:
+    """torch's conv_transpose2d in float64 on a batched NCHW input; asymmetric
+    padding as a crop of the unpadded result (padding removes rows/columns
+    from the full output; output_padding adds them at the bottom/right)."""
+    F = torch.nn.functional
+    T = lambda a: None if a is None else torch.tensor(np.asarray(a, np.float64))  # noqa: E731
+    t, bt, l, r = explicit_pads(padding, (1, 1), (1, 1), (1, 1), (1, 1))
+    if t == bt and l == r:
+        y = F.conv_transpose2d(T(x4), T(w4), T(b), stride=stride, padding=(t, l), output_padding=output_padding,
+                               groups=groups, dilation=dilation)
+        return y.numpy()
+    y = F.conv_transpose2d(T(x4), T(w4), T(b), stride=stride, padding=0, output_padding=output_padding,
+                           groups=groups, dilation=dilation).numpy()
+    return y[:, :, t:y.shape[2] - bt, l:y.shape[3] - r]
+
+
+@_props
+@given(problem=transpose_problems())
+def test_conv_transpose2d_matches_reference(isa, problem):
+    x4, w4, b, kwargs, dtype = problem
+    layout = kwargs["layout"]
+    x, wt = act_to_layout(x4, layout), w_to_layout(w4, layout)
+    y = pyconv.conv_transpose2d(x, wt, b, **kwargs)
+    assert y.shape == pyconv.transpose_output_shape(x.shape, wt.shape, **kwargs)
+    assert y.ndim == x.ndim and y.flags.c_contiguous
+    assert_close(y, ref.conv_transpose2d(f64(x), f64(wt), f64(b), **kwargs), dtype)
+
+
+@_props
+@given(problem=transpose_problems())
+def test_conv_transpose2d_matches_torch(isa, problem):
+    """Against torch.nn.functional.conv_transpose2d in float64 (NHWC compared
+    by transposing), and the predicted shape against torch's."""
+    torch = torch_or_skip()
+    x4, w4, b, kwargs, dtype = problem
+    layout = kwargs["layout"]
+    x, wt = act_to_layout(x4, layout), w_to_layout(w4, layout)
+    y = pyconv.conv_transpose2d(x, wt, b, **kwargs)
+    batched = x4.ndim == 4
+    expected = _torch_transpose(torch, x4 if batched else x4[None], w4, b, kwargs["stride"], kwargs["padding"],
+                                kwargs["output_padding"], kwargs["dilation"], kwargs["groups"])
+    if not batched:
+        expected = expected[0]
+    assert_close(act_to_nchw(y, layout), expected, dtype)
+    assert pyconv.transpose_output_shape(x.shape, wt.shape, **kwargs) == act_to_layout(expected, layout).shape
+
+
+# (c_in, c_out, h, w, k, stride, padding, dilation, groups)
+OUTPUT_SIZE_CASES = {
+    "s2_k3_p1": (3, 4, 5, 6, 3, 2, 1, 1, 1),
+    "s3_k2_grouped": (4, 6, 4, 3, 2, 3, 0, 1, 2),
+    "s_pair_d_pair": (2, 3, 4, 5, 3, (2, 3), (1, 0), (1, 2), 1),
+    "d3_gt_s1": (2, 2, 5, 4, 3, 1, 2, 3, 1),
+    "d3_gt_s2": (3, 3, 4, 4, 2, 2, 1, (3, 1), 3),
+}
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(OUTPUT_SIZE_CASES), ids=list(OUTPUT_SIZE_CASES))
+def test_conv_transpose2d_output_size(isa, rng, case, layout):
+    """Every reachable output_size gives torch's result: torch's module
+    derives output_padding < stride from output_size as we do; the sizes only
+    dilation > stride makes reachable are compared with the functional form
+    and the output_padding they stand for.  Sizes outside the range raise a
+    ValueError that states the range."""
+    torch = torch_or_skip()
+    cin, cout, h, w, k, stride, padding, dilation, groups = OUTPUT_SIZE_CASES[case]
+    (sh, sw), (dh, dw), (ph, pw) = _pair(stride), _pair(dilation), _pair(padding)
+    x4 = rng.standard_normal((2, cin, h, w))
+    w4 = rng.standard_normal((cin, cout // groups, k, k))
+    b = rng.standard_normal(cout)
+    mod = torch.nn.ConvTranspose2d(cin, cout, k, stride=stride, padding=padding, dilation=dilation,
+                                   groups=groups, bias=True).double()
+    with torch.no_grad():
+        mod.weight.copy_(torch.tensor(w4))
+        mod.bias.copy_(torch.tensor(b))
+    base_h = (h - 1) * sh - 2 * ph + dh * (k - 1) + 1
+    base_w = (w - 1) * sw - 2 * pw + dw * (k - 1) + 1
+    lim_h, lim_w = max(sh, dh), max(sw, dw)
+    x, wt = act_to_layout(x4, layout), w_to_layout(w4, layout)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout)
+    tried_dilation_only = False
+    for oh in range(base_h, base_h + lim_h):
+        for ow in range(base_w, base_w + lim_w):
+            y = pyconv.conv_transpose2d(x, wt, b, output_size=(oh, ow), **kwargs)
+            assert y.shape == pyconv.transpose_output_shape(x.shape, wt.shape, output_size=(oh, ow), **kwargs)
+            assert act_to_nchw(y, layout).shape == (2, cout, oh, ow)
+            # the same through output_padding, and a full shape as output_size
+            y_op = pyconv.conv_transpose2d(x, wt, b, output_padding=(oh - base_h, ow - base_w), **kwargs)
+            np.testing.assert_array_equal(y, y_op)
+            np.testing.assert_array_equal(
+                y, pyconv.conv_transpose2d(x, wt, b, output_size=y.shape, **kwargs))
+            if oh - base_h < sh and ow - base_w < sw:
+                expected = mod(torch.tensor(x4), output_size=[oh, ow]).detach().numpy()
+            else:  # beyond torch's module range (< stride), within max(stride, dilation)
+                tried_dilation_only = True
+                expected = _torch_transpose(torch, x4, w4, b, stride, padding, (oh - base_h, ow - base_w),
+                                            dilation, groups)
+            assert_close(act_to_nchw(y, layout), expected, np.float64)
+    assert tried_dilation_only == (dh > sh or dw > sw)
+    for oh, ow in ((base_h - 1, base_w), (base_h + lim_h, base_w), (base_h, base_w + lim_w)):
+        with pytest.raises(ValueError, match=r"conv_transpose2d: output_size") as info:
+            pyconv.conv_transpose2d(x, wt, b, output_size=(oh, ow), **kwargs)
+        lo, hi = (base_h, base_h + lim_h - 1) if oh != base_h else (base_w, base_w + lim_w - 1)
+        assert f"[{lo}, {hi}]" in str(info.value), str(info.value)
+        with pytest.raises(ValueError, match=r"transpose_output_shape: output_size"):
+            pyconv.transpose_output_shape(x.shape, wt.shape, output_size=(oh, ow), **kwargs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_transpose2d_unbatched(isa, rng, layout, dtype):
+    """A 3-D input is one image: the same values as the batch of one."""
+    x4 = rand(rng, (1, 6, 5, 4), dtype)
+    w4 = rand(rng, (6, 2, 3, 3), dtype)
+    b = rand(rng, (4,), dtype)
+    kwargs = dict(stride=2, padding=1, output_padding=1, groups=2, layout=layout)
+    x, wt = act_to_layout(x4[0], layout), w_to_layout(w4, layout)
+    y = pyconv.conv_transpose2d(x, wt, b, **kwargs)
+    assert y.shape == pyconv.transpose_output_shape(x.shape, wt.shape, **kwargs)
+    assert act_to_nchw(y, layout).shape == (4, 10, 8)
+    y4 = pyconv.conv_transpose2d(act_to_layout(x4, layout), wt, b, **kwargs)
+    np.testing.assert_array_equal(y, y4[0])
+    assert_close(y, ref.conv_transpose2d(f64(x), f64(wt), f64(b), **kwargs), dtype)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_conv_transpose2d_is_grad_input(isa, rng, layout):
+    """conv_transpose2d(gy, w) is conv2d_grad_input(gy, w) of the conv2d that
+    maps the transposed output's shape back to gy's (output_padding < stride)."""
+    x = rand(rng, input_shape(layout, 2, 6, 9, 10))
+    wt = rand(rng, weight_shape(layout, 6, 4, 3, 3, groups=2))
+    kwargs = dict(stride=2, padding=1, groups=2, layout=layout)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs))
+    gx = pyconv.conv2d_grad_input(gy, wt, x.shape, **kwargs)
+    # conv2d's weight (C_out, C_in/g, KH, KW) is conv_transpose2d's (C_in', C_out'/g, KH, KW)
+    op = (0, 1)  # 9 rows and 10 columns from 5x5: one column of output_padding
+    y = pyconv.conv_transpose2d(gy, wt, output_padding=op, **kwargs)
+    np.testing.assert_allclose(y, gx, rtol=1e-5, atol=1e-5)
+
+
+# ==========================================================================
+# non-contiguous operands
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_non_contiguous_operands(isa, rng, layout):
+    """Strided views are accepted and give the contiguous operands' results."""
+    kwargs = dict(stride=2, padding=1, layout=layout)
+    xs, ws = input_shape(layout, 2, 3, 9, 8), weight_shape(layout, 3, 5, 3, 3)
+    x = rand(rng, xs + (2,))[..., 0]  # every other element
+    wt = rand(rng, ws[::-1]).T  # Fortran order
+    gy = rand(rng, pyconv.conv_output_shape(xs, ws, **kwargs) + (3,))[..., 1]
+    assert not (x.flags.c_contiguous or wt.flags.c_contiguous or gy.flags.c_contiguous)
+    check_grads(x, wt, gy, np.float32, **kwargs)
+    np.testing.assert_array_equal(pyconv.conv2d_grad_input(gy, wt, xs, **kwargs),
+                                  pyconv.conv2d_grad_input(gy.copy(), wt.copy(), xs, **kwargs))
+    np.testing.assert_array_equal(pyconv.conv2d_grad_weight(x, gy, ws, **kwargs),
+                                  pyconv.conv2d_grad_weight(x.copy(), gy.copy(), ws, **kwargs))
+    tw = rand(rng, ws[::-1]).T  # conv_transpose2d's weight, (C_in=5 ...) read as conv2d's
+    y = pyconv.conv_transpose2d(gy, tw, **kwargs)
+    assert_close(y, ref.conv_transpose2d(f64(gy), f64(tw), **kwargs), np.float32)
+
+
+# ==========================================================================
+# dtype rule
+
+
+DTYPE_CASES = [
+    # (operand dtypes, result dtype)
+    ((np.float32, np.float32), np.float32),
+    ((np.float32, np.float64), np.float64),
+    ((np.float64, np.float32), np.float64),
+    ((np.float16, np.float32), np.float32),
+    ((np.int32, np.int64), np.float64),
+    ((np.int64, np.float32), np.float32),
+    ((np.bool_, np.int8), np.float64),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtypes, expected", DTYPE_CASES, ids=[f"{a.__name__}-{b.__name__}" for (a, b), _ in DTYPE_CASES])
+def test_dtype_rule(rng, dtypes, expected, layout):
+    """conv2d's dtype rule over the array operands of each function."""
+    da, db = dtypes
+    kwargs = dict(stride=2, padding=1, layout=layout)
+    xs, ws = input_shape(layout, 2, 3, 6, 7), weight_shape(layout, 3, 4, 3, 3)
+    ys = pyconv.conv_output_shape(xs, ws, **kwargs)
+
+    def operand(shape, dt):
+        return (rng.integers(-3, 4, size=shape) if np.dtype(dt).kind in "iub" else rng.standard_normal(shape)).astype(dt)
+
+    # grad_input(grad_out: da, weight: db)
+    gy, wt = operand(ys, da), operand(ws, db)
+    gx = pyconv.conv2d_grad_input(gy, wt, xs, **kwargs)
+    assert gx.dtype == expected
+    assert_close(gx, ref.conv2d_grad_input(f64(gy), f64(wt), xs, **kwargs), expected)
+    assert ref.conv2d_grad_input(gy, wt, xs, **kwargs).dtype == expected
+    # grad_weight(x: da, grad_out: db)
+    x, gy = operand(xs, da), operand(ys, db)
+    gw = pyconv.conv2d_grad_weight(x, gy, ws, **kwargs)
+    assert gw.dtype == expected
+    assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), ws, **kwargs), expected)
+    # conv_transpose2d(x: da, weight: db, bias: db)
+    tx, tw, tb = operand(ys, da), operand(ws, db), operand((3,), db)
+    y = pyconv.conv_transpose2d(tx, tw, tb, output_padding=1, **kwargs)
+    assert y.dtype == expected
+    assert_close(y, ref.conv_transpose2d(f64(tx), f64(tw), f64(tb), output_padding=1, **kwargs), expected)
+
+
+def test_dtype_rule_bias_promotes_conv_transpose2d(rng):
+    """A float64 bias alone makes the transposed convolution float64."""
+    x, w = rand(rng, (1, 2, 3, 3)), rand(rng, (2, 3, 2, 2))
+    b = rng.standard_normal(3)
+    y = pyconv.conv_transpose2d(x, w, b, stride=2)
+    assert y.dtype == np.float64
+    assert_close(y, ref.conv_transpose2d(f64(x), f64(w), b, stride=2), np.float64)
+    assert pyconv.conv_transpose2d(x, w, b.astype(np.float32), stride=2).dtype == np.float32
+    assert pyconv.conv2d_grad_bias(np.ones((2, 3, 1, 1), np.float16)).dtype == np.float32
+
+
+# ==========================================================================
+# bad input
+
+_X = np.zeros((2, 3, 6, 6), np.float32)
+_W = np.zeros((4, 3, 3, 3), np.float32)
+_GY = np.zeros((2, 4, 4, 4), np.float32)  # conv2d(_X, _W)'s output shape
+_TW = np.zeros((3, 2, 3, 3), np.float32)  # conv_transpose2d: C_in=3 -> C_out=2
+
+# (id, call, exception type, fragments the message must contain)
+BAD_CALLS = [
+    ("grad_input_grad_out_shape", lambda: pyconv.conv2d_grad_input(_GY[:, :, :3], _W, _X.shape),
+     ValueError, ["conv2d_grad_input", "grad_out", r"\(2, 4, 3, 4\)"]),
+    ("grad_input_grad_out_channels", lambda: pyconv.conv2d_grad_input(_GY[:, :3], _W, _X.shape),
+     ValueError, ["conv2d_grad_input", "grad_out"]),
+    ("grad_weight_grad_out_shape", lambda: pyconv.conv2d_grad_weight(_X, _GY[:1], _W.shape),
+     ValueError, ["conv2d_grad_weight", "grad_out"]),
+    ("grad_input_input_shape_channels", lambda: pyconv.conv2d_grad_input(_GY, _W, (2, 5, 6, 6)),
+     ValueError, ["conv2d_grad_input", "input", "5 channels"]),
+    ("grad_input_input_shape_ndim", lambda: pyconv.conv2d_grad_input(_GY, _W, (3, 6)),
+     ValueError, ["conv2d_grad_input", "input"]),
+    ("grad_input_input_shape_negative", lambda: pyconv.conv2d_grad_input(_GY, _W, (2, 3, -6, 6)),
+     ValueError, ["conv2d_grad_input"]),
+    ("grad_input_input_shape_str", lambda: pyconv.conv2d_grad_input(_GY, _W, "2x3x6x6"),
+     TypeError, ["conv2d_grad_input", "input shape"]),
+    ("grad_weight_weight_shape_ndim", lambda: pyconv.conv2d_grad_weight(_X, _GY, (4, 3, 3)),
+     ValueError, ["conv2d_grad_weight", "weight"]),
+    ("grad_weight_weight_shape_channels", lambda: pyconv.conv2d_grad_weight(_X, _GY, (4, 2, 3, 3)),
+     ValueError, ["conv2d_grad_weight", "weight", "channels"]),
+    ("grad_input_weight_ndim", lambda: pyconv.conv2d_grad_input(_GY, _W[0], _X.shape),
+     ValueError, ["conv2d_grad_input", "weight"]),
+    ("grad_weight_x_ndim", lambda: pyconv.conv2d_grad_weight(_X[0, 0], _GY, _W.shape),
+     ValueError, ["conv2d_grad_weight", "input"]),
+    ("grad_input_stride_float", lambda: pyconv.conv2d_grad_input(_GY, _W, _X.shape, stride=1.5),
+     TypeError, ["conv2d_grad_input", "stride"]),
+    ("grad_weight_stride_bool", lambda: pyconv.conv2d_grad_weight(_X, _GY, _W.shape, stride=True),
+     TypeError, ["conv2d_grad_weight", "stride"]),
+    ("grad_input_stride_negative", lambda: pyconv.conv2d_grad_input(_GY, _W, _X.shape, stride=-1),
+     ValueError, ["conv2d_grad_input", "stride"]),
+    ("grad_weight_stride_zero", lambda: pyconv.conv2d_grad_weight(_X, _GY, _W.shape, stride=(1, 0)),
+     ValueError, ["conv2d_grad_weight", "stride"]),
+    ("grad_weight_dilation_str", lambda: pyconv.conv2d_grad_weight(_X, _GY, _W.shape, dilation="2"),
+     TypeError, ["conv2d_grad_weight", "dilation"]),
+    ("grad_input_groups_mismatch", lambda: pyconv.conv2d_grad_input(_GY, _W, _X.shape, groups=2),
+     ValueError, ["conv2d_grad_input", "groups"]),
+    ("grad_input_layout", lambda: pyconv.conv2d_grad_input(_GY, _W, _X.shape, layout="NWHC"),
+     ValueError, ["conv2d_grad_input", "layout"]),
+    ("grad_input_complex", lambda: pyconv.conv2d_grad_input(_GY.astype(np.complex64), _W, _X.shape),
+     TypeError, ["conv2d_grad_input", "grad_out", "complex"]),
+    ("grad_weight_complex", lambda: pyconv.conv2d_grad_weight(_X.astype(np.complex128), _GY, _W.shape),
+     TypeError, ["conv2d_grad_weight", "x", "complex"]),
+    ("grad_weight_none", lambda: pyconv.conv2d_grad_weight(_X, None, _W.shape),
+     TypeError, ["conv2d_grad_weight", "grad_out"]),
+    ("grad_bias_ndim", lambda: pyconv.conv2d_grad_bias(_GY[0, 0]),
+     ValueError, ["conv2d_grad_bias", "grad_out"]),
+    ("grad_bias_complex", lambda: pyconv.conv2d_grad_bias(_GY.astype(np.complex64)),
+     TypeError, ["conv2d_grad_bias", "grad_out", "complex"]),
+    ("transpose_padding_same", lambda: pyconv.conv_transpose2d(_X, _TW, padding="same"),
+     ValueError, ["conv_transpose2d", "padding"]),
+    ("transpose_padding_valid", lambda: pyconv.conv_transpose2d(_X, _TW, padding="valid"),
+     ValueError, ["conv_transpose2d", "padding"]),
+    ("transpose_output_padding_eq_stride", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_padding=2),
+     ValueError, ["conv_transpose2d", "output_padding", "max\\(stride, dilation\\) = 2"]),
+    ("transpose_output_padding_eq_dilation",
+     lambda: pyconv.conv_transpose2d(_X, _TW, stride=(1, 2), dilation=(3, 1), output_padding=(3, 0)),
+     ValueError, ["conv_transpose2d", "output_padding", "3"]),
+    ("transpose_output_padding_stride1", lambda: pyconv.conv_transpose2d(_X, _TW, output_padding=(0, 1)),
+     ValueError, ["conv_transpose2d", "output_padding"]),
+    ("transpose_output_padding_negative", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_padding=-1),
+     ValueError, ["conv_transpose2d", "output_padding"]),
+    ("transpose_output_size_unreachable", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_size=(14, 11)),
+     ValueError, ["conv_transpose2d", "output_size", r"\[13, 14\]"]),
+    ("transpose_output_size_too_small", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_size=(12, 13)),
+     ValueError, ["conv_transpose2d", "output_size", r"\[13, 14\]"]),
+    ("transpose_output_size_ndim", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_size=(13,)),
+     ValueError, ["conv_transpose2d", "output_size"]),
+    ("transpose_both_output_padding_and_size",
+     lambda: pyconv.conv_transpose2d(_X, _TW, stride=2, output_padding=1, output_size=(14, 14)),
+     ValueError, ["conv_transpose2d", "output_size", "output_padding"]),
+    ("transpose_bias_shape", lambda: pyconv.conv_transpose2d(_X, _TW, np.zeros(3, np.float32)),
+     ValueError, ["conv_transpose2d", "bias", r"\(2,\)"]),
+    ("transpose_bias_ndim", lambda: pyconv.conv_transpose2d(_X, _TW, np.zeros((2, 1), np.float32)),
+     ValueError, ["conv_transpose2d", "bias"]),
+    ("transpose_complex_weight", lambda: pyconv.conv_transpose2d(_X, _TW.astype(np.complex64)),
+     TypeError, ["conv_transpose2d", "weight", "complex"]),
+    ("transpose_complex_bias", lambda: pyconv.conv_transpose2d(_X, _TW, np.zeros(2, np.complex64)),
+     TypeError, ["conv_transpose2d", "bias", "complex"]),
+    ("transpose_x_ndim", lambda: pyconv.conv_transpose2d(_X[0, 0], _TW),
+     ValueError, ["conv_transpose2d", "input"]),
+    ("transpose_x_5d", lambda: pyconv.conv_transpose2d(_X[None], _TW),
+     ValueError, ["conv_transpose2d", "input"]),
+    ("transpose_weight_channels", lambda: pyconv.conv_transpose2d(_X, _W),
+     ValueError, ["conv_transpose2d", "weight", "channels"]),
+    ("transpose_groups", lambda: pyconv.conv_transpose2d(_X, _TW, groups=2),
+     ValueError, ["conv_transpose2d", "groups"]),
+    ("transpose_stride_float", lambda: pyconv.conv_transpose2d(_X, _TW, stride=2.0),
+     TypeError, ["conv_transpose2d", "stride"]),
+    ("transpose_empty_output", lambda: pyconv.conv_transpose2d(_X[:, :, :1, :1], _TW, padding=2),
+     ValueError, ["conv_transpose2d"]),
+    ("transpose_output_shape_padding_str",
+     lambda: pyconv.transpose_output_shape(_X.shape, _TW.shape, padding="same"),
+     ValueError, ["transpose_output_shape", "padding"]),
+    ("transpose_output_shape_output_padding",
+     lambda: pyconv.transpose_output_shape(_X.shape, _TW.shape, stride=2, output_padding=(0, 2)),
+     ValueError, ["transpose_output_shape", "output_padding"]),
+]
+
+
+@pytest.mark.parametrize("call, exc, fragments", [c[1:] for c in BAD_CALLS], ids=[c[0] for c in BAD_CALLS])
+def test_bad_input(call, exc, fragments):
+    with pytest.raises(exc) as info:
+        call()
+    assert type(info.value) is exc, repr(info.value)  # not a subclass from the binding layer
+    msg = str(info.value)
+    for fragment in fragments:
+        assert re.search(fragment, msg), f"{fragment!r} not in {msg!r}"
+
+
+REF_BAD_CALLS = [
+    ("grad_input_grad_out_shape", lambda: ref.conv2d_grad_input(_GY[:, :, :3], _W, _X.shape),
+     ValueError, "conv2d_grad_input"),
+    ("grad_weight_weight_shape_ndim", lambda: ref.conv2d_grad_weight(_X, _GY, (4, 3, 3)),
+     ValueError, "conv2d_grad_weight"),
+    ("grad_input_complex", lambda: ref.conv2d_grad_input(_GY.astype(np.complex64), _W, _X.shape),
+     TypeError, "conv2d_grad_input"),
+    ("grad_bias_ndim", lambda: ref.conv2d_grad_bias(_GY[0, 0]), ValueError, "conv2d_grad_bias"),
+    ("transpose_padding_same", lambda: ref.conv_transpose2d(_X, _TW, padding="same"),
+     ValueError, "conv_transpose2d"),
+    ("transpose_output_size_unreachable", lambda: ref.conv_transpose2d(_X, _TW, stride=2, output_size=(14, 11)),
+     ValueError, "conv_transpose2d"),
+    ("transpose_both_output_padding_and_size",
+     lambda: ref.conv_transpose2d(_X, _TW, stride=2, output_padding=1, output_size=(14, 14)),
+     ValueError, "conv_transpose2d"),
+    ("transpose_bias_shape", lambda: ref.conv_transpose2d(_X, _TW, np.zeros(3, np.float32)),
+     ValueError, "conv_transpose2d"),
+]
+
+
+@pytest.mark.parametrize("case, call, exc, fn", REF_BAD_CALLS, ids=[c[0] for c in REF_BAD_CALLS])
+def test_reference_rejects_the_same_calls(case, call, exc, fn):
+    """The reference twins refuse the same calls with the same error type and
+    the same message, prefixed reference.<function>."""
+    pyconv_call, pyconv_exc = next((c[1], c[2]) for c in BAD_CALLS if c[0] == case)
+    assert pyconv_exc is exc
+    with pytest.raises(exc) as expected:
+        pyconv_call()
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value) == "reference." + str(expected.value), (str(info.value), str(expected.value))
