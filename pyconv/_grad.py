@@ -220,6 +220,17 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
     if geo.n == 0:
         dw[...] = 0
         return dw
+    if geo.layout == "NHWC" and geo.groups == geo.c > 1:
+        # Depthwise: a handful of taps per filter, no GEMM worth its packing;
+        # the depthwise kernel reduces NCHW planes, so bring both operands there.
+        x4 = xa if geo.batched else xa[None]
+        g4 = gy if geo.batched else gy[None]
+        xc = np.ascontiguousarray(x4.transpose(0, 3, 1, 2), dtype=dtype)
+        gyc = np.ascontiguousarray(g4.transpose(0, 3, 1, 2), dtype=dtype)
+        oihw = np.empty((geo.oc, 1, geo.kh, geo.kw), dtype=dtype)
+        _core.conv2d_grad_weight(xc, gyc, oihw, geo.core_tuple(), 0)
+        dw[...] = oihw.transpose(2, 3, 1, 0)
+        return dw
     xc = np.ascontiguousarray(xa, dtype=dtype)
     gyc = np.ascontiguousarray(gy, dtype=dtype)
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)

@@ -152,11 +152,16 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
   const int nt = useful_threads(s, nthreads);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
-  void* ws = acquire_workspace(cache, oneoff, k.grad_weight->workspace_bytes(s, sizeof(T), nt));
+  // Depthwise layers have a reduction of a few taps per filter: a GEMM
+  // would be mostly padding, so they have their own kernel (NCHW; the
+  // Python layer brings NHWC depthwise problems to NCHW).
+  const GradWeightKernels& gk =
+      s.groups == s.c && s.layout == Layout::NCHW ? *k.depthwise_grad_weight : *k.grad_weight;
+  void* ws = acquire_workspace(cache, oneoff, gk.workspace_bytes(s, sizeof(T), nt));
   if constexpr (sizeof(T) == 4)
-    k.grad_weight->run_f32(s, x, grad_y, grad_w, ws, nt);
+    gk.run_f32(s, x, grad_y, grad_w, ws, nt);
   else
-    k.grad_weight->run_f64(s, x, grad_y, grad_w, ws, nt);
+    gk.run_f64(s, x, grad_y, grad_w, ws, nt);
 }
 
 #define PYCONV_INSTANTIATE(T)                                                                          \

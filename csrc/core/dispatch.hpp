@@ -62,7 +62,8 @@ struct SeparableKernels {
   SeparableFn<double> run_f64;
 };
 
-// Weight gradient of a convolution (csrc/gemm/grad_weight_kernels.cpp): x
+// Weight gradient of a convolution (csrc/gemm/grad_weight_kernels.cpp, and
+// csrc/depthwise for NCHW depthwise layers): x
 // and grad_y C-contiguous in s.layout, grad_w written whole in the weight's
 // layout (s.act and s.has_bias are ignored).
 template <class T>
@@ -82,7 +83,8 @@ struct IsaKernels {
   const AlgoKernels* depthwise;
   const PoolKernels* pool;
   const SeparableKernels* separable;
-  const GradWeightKernels* grad_weight;
+  const GradWeightKernels* grad_weight;            // any convolution (packed GEMM)
+  const GradWeightKernels* depthwise_grad_weight;  // groups == C_in, NCHW
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -107,7 +109,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
 }  // namespace pyconv

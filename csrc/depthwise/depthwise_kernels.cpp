@@ -473,6 +473,99 @@ int64_t depthwise_packed_bytes(const ConvShape& s, int elem_bytes) {
                          : make_geometry<double>(s, 1, true).w_elems * 8;
 }
 
+// ---- weight gradient (NCHW) ------------------------------------------------
+//
+// dW[oc, tap] = sum over images and output pixels of dY[n, oc, p] times the
+// padded input under that tap.  One input channel (its m filters) per work
+// item, images in order: every sum has one order whatever the thread count.
+// The plane goes through the forward's phase scratch, where each tap of an
+// output row is one contiguous run; taps are taken kTapGroup at a time so a
+// dY vector is loaded once for several FMAs.
+
+constexpr int kTapGroup = 4;
+
+// Dot products of one dY plane with TG taps' runs of the phase scratch.
+template <class T, int TG>
+void tap_dots(const ConvShape& s, const Geometry& g, const T* scratch, const int64_t* off, const T* dy, T* out) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  typename V::R acc[TG];
+  for (int i = 0; i < TG; ++i) acc[i] = V::zero();
+  const int64_t full = s.ow / N * N;
+  const int rest = static_cast<int>(s.ow - full);
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* row = scratch + oh * s.sh * g.wq;
+    const T* d = dy + oh * s.ow;
+    for (int64_t ow = 0; ow < full; ow += N) {
+      const typename V::R dv = V::load(d + ow);
+      for (int i = 0; i < TG; ++i) acc[i] = V::fma(dv, V::load(row + off[i] + ow), acc[i]);
+    }
+    if (rest) {  // masked loads of both: input columns past the row may hold inf
+      const typename V::R dv = V::load_n(d + full, rest);
+      for (int i = 0; i < TG; ++i) acc[i] = V::fma(dv, V::load_n(row + off[i] + full, rest), acc[i]);
+    }
+  }
+  alignas(64) T lanes[N];
+  for (int i = 0; i < TG; ++i) {
+    V::store(lanes, acc[i]);
+    T sum = lanes[0];
+    for (int l = 1; l < N; ++l) sum += lanes[l];
+    out[i] = sum;
+  }
+}
+
+template <class T>
+void tap_dots_any(int tg, const ConvShape& s, const Geometry& g, const T* scratch, const int64_t* off, const T* dy,
+                  T* out) {
+  switch (tg) {
+    case 1: tap_dots<T, 1>(s, g, scratch, off, dy, out); break;
+    case 2: tap_dots<T, 2>(s, g, scratch, off, dy, out); break;
+    case 3: tap_dots<T, 3>(s, g, scratch, off, dy, out); break;
+    default: tap_dots<T, kTapGroup>(s, g, scratch, off, dy, out); break;
+  }
+}
+
+int64_t dw_grad_scratch_offset(const ConvShape& s) { return round_up(s.kh * s.kw * 8, kAlign); }
+
+template <class T>
+int64_t dw_grad_plane_stride(const Geometry& g) {
+  return round_up(g.plane_elems * static_cast<int64_t>(sizeof(T)), kAlign);
+}
+
+template <class T>
+void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, 1, true);
+  char* ws = static_cast<char*>(workspace);
+  int64_t* off = reinterpret_cast<int64_t*>(ws);
+  tap_offsets(s, g, off);
+  const int64_t taps = s.kh * s.kw, pixels = s.oh * s.ow, stride = dw_grad_plane_stride<T>(g);
+#pragma omp parallel num_threads(nt)
+  {
+    T* scratch = reinterpret_cast<T*>(ws + dw_grad_scratch_offset(s) + thread_index() * stride);
+    T part[kTapGroup];
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t n = 0; n < s.n; ++n) {
+        fill_phases(s, g, x + (n * s.c + c) * s.h * s.w, scratch);
+        for (int64_t j = 0; j < g.m; ++j) {
+          const int64_t oc = c * g.m + j;
+          T* out = dw + oc * taps;
+          for (int64_t t0 = 0; t0 < taps; t0 += kTapGroup) {
+            const int tg = static_cast<int>(min64(kTapGroup, taps - t0));
+            tap_dots_any(tg, s, g, scratch, off + t0, dy + (n * s.oc + oc) * pixels, part);
+            for (int i = 0; i < tg; ++i) out[t0 + i] = n == 0 ? part[i] : out[t0 + i] + part[i];
+          }
+        }
+      }
+  }
+}
+
+int64_t grad_weight_depthwise_workspace(const ConvShape& s, int elem_bytes, int nt) {
+  const int64_t plane = elem_bytes == 4 ? dw_grad_plane_stride<float>(make_geometry<float>(s, 1, true))
+                                        : dw_grad_plane_stride<double>(make_geometry<double>(s, 1, true));
+  return dw_grad_scratch_offset(s) + nt * plane;
+}
+
 }  // namespace
 
 // ---- bands (fused separable convolution) -----------------------------------
@@ -520,6 +613,9 @@ template void depthwise_band<float>(const ConvShape&, const float*, const float*
                                     float*, void*);
 template void depthwise_band<double>(const ConvShape&, const double*, const double*, int64_t, int64_t, int64_t,
                                      double*, void*);
+
+const GradWeightKernels kDepthwiseGradWeight = {&grad_weight_depthwise_workspace, &grad_weight_depthwise<float>,
+                                                &grad_weight_depthwise<double>};
 
 const AlgoKernels kDepthwise = {
     &depthwise_workspace_bytes, &depthwise_packed_bytes, &pack_depthwise<float>, &pack_depthwise<double>,

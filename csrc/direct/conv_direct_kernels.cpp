@@ -409,7 +409,8 @@ const AlgoKernels kDirect = {
     &conv_direct<float>,     &conv_direct<double>,
 };
 
-const IsaKernels kKernels = {PYCONV_ISA_NAME, &kDirect, &kGemm, &kDepthwise, &kPool, &kSeparable, &kGradWeight, &peak_flops};
+const IsaKernels kKernels = {PYCONV_ISA_NAME, &kDirect, &kGemm, &kDepthwise, &kPool, &kSeparable, &kGradWeight,
+                             &kDepthwiseGradWeight, &peak_flops};
 
 }  // namespace PYCONV_ISA_NS
 }  // namespace pyconv
