@@ -207,6 +207,47 @@ void grad_weight_entry(py::array x, py::array gy, py::array gw, const ShapeTuple
     throw py::type_error("conv2d_grad_weight: only float32 and float64 are computed natively");
 }
 
+template <class T>
+void run_interleave(const PhaseLayout& p, const py::list& phases, py::array& dx) {
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(dx, "grad_x", dt, p.n * p.c * p.h * p.w, true);
+  const int64_t ph = std::min(p.sh, p.h), pw = std::min(p.sw, p.w);
+  if (static_cast<int64_t>(phases.size()) != ph * pw)
+    throw std::invalid_argument("interleave_phases: wrong number of phases");
+  std::vector<const T*> ptrs;
+  std::vector<py::array> keep;  // the arrays stay referenced while the GIL is released
+  for (int64_t a = 0; a < ph; ++a)
+    for (int64_t b = 0; b < pw; ++b) {
+      py::object item = phases[static_cast<size_t>(a * pw + b)];
+      if (item.is_none()) {
+        ptrs.push_back(nullptr);
+        continue;
+      }
+      py::array arr = item.cast<py::array>();
+      const int64_t ua = (p.h - a + p.sh - 1) / p.sh, vb = (p.w - b + p.sw - 1) / p.sw;
+      check_buffer(arr, "phase", dt, p.n * p.c * ua * vb, false);
+      ptrs.push_back(static_cast<const T*>(arr.data()));
+      keep.push_back(arr);
+    }
+  T* out = static_cast<T*>(dx.mutable_data());
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  interleave_phases<T>(p, ptrs.data(), out, nt);
+}
+
+void interleave_entry(py::array dx, py::list phases, int64_t n, int64_t c, int64_t h, int64_t w, int64_t sh,
+                      int64_t sw, int layout) {
+  if (n < 1 || c < 1 || h < 1 || w < 1 || sh < 1 || sw < 1 || (layout != 0 && layout != 1))
+    throw std::invalid_argument("interleave_phases: bad geometry");
+  const PhaseLayout p{n, c, h, w, sh, sw, static_cast<Layout>(layout)};
+  if (dx.dtype().is(py::dtype::of<float>()))
+    run_interleave<float>(p, phases, dx);
+  else if (dx.dtype().is(py::dtype::of<double>()))
+    run_interleave<double>(p, phases, dx);
+  else
+    throw py::type_error("interleave_phases: only float32 and float64");
+}
+
 // ---- pooling ----------------------------------------------------------------
 
 constexpr size_t kPoolFields = 16;
@@ -330,6 +371,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("layout"), py::arg("activation"));
   m.def("conv2d_grad_weight", &grad_weight_entry, py::arg("x"), py::arg("grad_out"), py::arg("out"),
         py::arg("shape"), py::arg("layout"));
+  m.def("interleave_phases", &interleave_entry, py::arg("grad_x"), py::arg("phases"), py::arg("n"),
+        py::arg("c"), py::arg("h"), py::arg("w"), py::arg("sh"), py::arg("sw"), py::arg("layout"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),
         py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
   m.def("pool_backward", &pool_backward_entry, py::arg("x"), py::arg("grad_out"), py::arg("grad_x"),

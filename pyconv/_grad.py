@@ -109,12 +109,11 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     wt = _transposed_weight(w, geo.groups, lay)
     single = len(rows) == 1 and len(cols) == 1
     dx = np.empty(x_shape, dtype=dtype)
+    phases: List[Optional[np.ndarray]] = []
     for pr in rows:
         for pc in cols:
-            target = dx if single else (dx[:, :, pr.start::sh, pc.start::sw] if nchw
-                                        else dx[:, pr.start::sh, pc.start::sw, :])
             if not pr.taps or not pc.taps:
-                target[...] = 0
+                phases.append(None)
                 continue
             if nchw:
                 src = gy4[:, :, pr.lo:pr.hi, pc.lo:pc.hi]
@@ -122,10 +121,12 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
             else:
                 src = gy4[:, pr.lo:pr.hi, pc.lo:pc.hi, :]
                 sub = wt[list(pr.taps)][:, list(pc.taps)]
-            res = _conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
-                          geo.groups, lay, None, "auto", dx if single else None)
-            if not single:
-                target[...] = res
+            phases.append(_conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
+                                  geo.groups, lay, None, "auto", dx if single else None))
+    if not single or phases[0] is None:
+        # (a stride beyond the size has the same phases as one equal to it)
+        _core.interleave_phases(dx, phases, geo.n, geo.c, geo.h, geo.w, min(sh, geo.h), min(sw, geo.w),
+                                0 if nchw else 1)
     return dx if geo.batched else dx[0]
 
 

@@ -561,7 +561,7 @@ def test_sgd_learns_a_conv_layer(rng):
     b = np.zeros_like(true_b)
     lr = 0.5
     losses = []
-    for step in range(60):
+    for _ in range(60):
         x = rng.standard_normal((8, 2, 10, 10)).astype(np.float32)
         target = pyconv.reference.conv2d(x, true_w, true_b, padding=1)
         y, pullback = conv2d_vjp(x, w, b, padding=1)

@@ -35,25 +35,25 @@ NP_DTYPE = {torch.float32: np.dtype(np.float32), torch.float64: np.dtype(np.floa
 
 
 @pytest.fixture
-def gen(request) -> "torch.Generator":
+def gen(request) -> torch.Generator:
     """A torch generator seeded from the test's id."""
     g = torch.Generator()
     g.manual_seed(sum(request.node.nodeid.encode()) * 2654435761 % 2**31)
     return g
 
 
-def randn(gen, *shape: int, dtype=torch.float64, requires_grad: bool = False) -> "torch.Tensor":
+def randn(gen, *shape: int, dtype=torch.float64, requires_grad: bool = False) -> torch.Tensor:
     t = torch.randn(*shape, generator=gen, dtype=dtype)
     return t.requires_grad_(requires_grad)
 
 
-def distinct(gen, *shape: int) -> "torch.Tensor":
+def distinct(gen, *shape: int) -> torch.Tensor:
     """float64 values at least 0.01 apart (stable max-pool winners)."""
     n = int(np.prod(shape))
     return (torch.randperm(n, generator=gen).double() * 0.01 - 0.005 * n).reshape(shape)
 
 
-def assert_tclose(actual: "torch.Tensor", expected: "torch.Tensor", what: str = "") -> None:
+def assert_tclose(actual: torch.Tensor, expected: torch.Tensor, what: str = "") -> None:
     """DESIGN.md's accuracy rule by dtype, against torch's answer."""
     assert isinstance(actual, torch.Tensor), (what, type(actual))
     assert actual.device.type == "cpu", what
@@ -68,12 +68,12 @@ def assert_tclose(actual: "torch.Tensor", expected: "torch.Tensor", what: str = 
                                atol=rtol * max(1.0, scale), err_msg=what)
 
 
-def leaves(*ts: Optional["torch.Tensor"]) -> List[Optional["torch.Tensor"]]:
+def leaves(*ts: Optional[torch.Tensor]) -> List[Optional[torch.Tensor]]:
     """Detached copies that require grad (None passes)."""
     return [None if t is None else t.detach().clone().requires_grad_(True) for t in ts]
 
 
-def compare_fn(ours, theirs, inputs: Sequence[Optional["torch.Tensor"]], gen) -> "torch.Tensor":
+def compare_fn(ours, theirs, inputs: Sequence[Optional[torch.Tensor]], gen) -> torch.Tensor:
     """ours(*inputs) == theirs(*inputs) forward and backward (random grad_y)."""
     a, b = leaves(*inputs), leaves(*inputs)
     ya, yb = ours(*a), theirs(*b)
@@ -90,7 +90,7 @@ def compare_fn(ours, theirs, inputs: Sequence[Optional["torch.Tensor"]], gen) ->
     return ya
 
 
-def pyconv_backed(y: "torch.Tensor") -> bool:
+def pyconv_backed(y: torch.Tensor) -> bool:
     """y was computed by one of pyconv.torch's autograd Functions."""
     cls = getattr(y.grad_fn, "_forward_cls", None)
     return cls is not None and cls.__module__ == "pyconv.torch"
@@ -295,14 +295,21 @@ def test_nhwc_layout_matches_torch(gen, op):
         w = randn(gen, 4, 3, 3, 3)
         b = randn(gen, 4)
         w_hwio = w.permute(2, 3, 1, 0).contiguous()
-        ours = lambda x, w, b: pt.conv2d(x, w, b, padding=1, layout="NHWC")  # noqa: E731
-        theirs = lambda x, w, b: F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), b,  # noqa: E731
-                                          padding=1).permute(0, 2, 3, 1)
+
+        def ours(x, w, b):
+            return pt.conv2d(x, w, b, padding=1, layout="NHWC")
+
+        def theirs(x, w, b):
+            return F.conv2d(x.permute(0, 3, 1, 2), w.permute(3, 2, 0, 1), b, padding=1).permute(0, 2, 3, 1)
+
         compare_fn(ours, theirs, (x_nhwc, w_hwio, b), gen)
     else:
-        torch_op = getattr(F, op)
-        ours = lambda x: getattr(pt, op)(x, 3, 2, 1, layout="NHWC")  # noqa: E731
-        theirs = lambda x: torch_op(x.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)  # noqa: E731
+        def ours(x):
+            return getattr(pt, op)(x, 3, 2, 1, layout="NHWC")
+
+        def theirs(x):
+            return getattr(F, op)(x.permute(0, 3, 1, 2), 3, 2, 1).permute(0, 2, 3, 1)
+
         compare_fn(ours, theirs, (x_nhwc,), gen)
 
 
@@ -310,7 +317,7 @@ def test_nhwc_layout_matches_torch(gen, op):
 # modules against their torch.nn twins
 
 
-def twin_check(ours: "nn.Module", theirs: "nn.Module", x: "torch.Tensor", gen, dtype,
+def twin_check(ours: nn.Module, theirs: nn.Module, x: torch.Tensor, gen, dtype,
                call_kwargs: Optional[Dict[str, Any]] = None) -> None:
     """Same state_dict, same forward, same input and parameter gradients."""
     assert isinstance(ours, type(theirs))  # a subclass of the torch.nn module
@@ -425,7 +432,7 @@ PYCONV_NN = types.SimpleNamespace(Conv2d=pt.Conv2d, ConvTranspose2d=pt.ConvTrans
                                   MaxPool2d=pt.MaxPool2d, AvgPool2d=pt.AvgPool2d)
 
 
-def small_model(layers) -> "nn.Sequential":
+def small_model(layers) -> nn.Sequential:
     return nn.Sequential(
         layers.Conv2d(3, 8, 3, padding=1),
         nn.ReLU(),
@@ -528,7 +535,7 @@ def spy(monkeypatch):
     return calls
 
 
-def _same_memory(a: np.ndarray, t: "torch.Tensor") -> bool:
+def _same_memory(a: np.ndarray, t: torch.Tensor) -> bool:
     """The array is a view of the tensor's memory: same address, shape, strides."""
     itemsize = t.element_size()
     return (a.__array_interface__["data"][0] == t.data_ptr() and a.shape == tuple(t.shape)

@@ -49,4 +49,16 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
                         int nthreads);
 void validate_conv(const ConvShape& s);
 
+// An input-gradient grid split into stride phases (csrc/conv/phases.cpp):
+// phase (a, b), a < min(sh, h), b < min(sw, w), holds positions a + sh*u,
+// b + sw*v, an array of ceil((h-a)/sh) x ceil((w-b)/sw) pixels in `layout`.
+struct PhaseLayout {
+  int64_t n, c, h, w, sh, sw;
+  Layout layout;
+};
+// Writes the phases (row-major in (a, b); null = zeros) into dx (n, c, h, w
+// in `layout`).
+template <class T>
+void interleave_phases(const PhaseLayout& p, const T* const* phases, T* dx, int nthreads);
+
 }  // namespace pyconv

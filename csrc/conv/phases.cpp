@@ -1,0 +1,87 @@
+// Interleaving of stride phases: the input gradient of a strided convolution
+// is computed as sh*sw stride-1 convolutions, one per phase of the input
+// grid (pyconv/_grad.py); this writes them into their places, or zeros for
+// a phase no kernel tap reaches.  Memory-bound: one pass, planes (NCHW) or
+// image rows (NHWC) split over threads.
+#include "conv/conv.hpp"
+
+#include <cstring>
+#include <vector>
+
+namespace pyconv {
+
+namespace {
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One row of `w` outputs of an NCHW plane from the row's sw phase rows.
+template <class T>
+void interleave_row(T* dst, const T* const* src, int64_t w, int64_t sw) {
+  if (sw == 1) {
+    if (src[0])
+      std::memcpy(dst, src[0], w * sizeof(T));
+    else
+      std::memset(dst, 0, w * sizeof(T));
+    return;
+  }
+  if (sw == 2 && src[0] && src[1]) {
+    const int64_t pairs = w / 2;
+    const T* a = src[0];
+    const T* b = src[1];
+    for (int64_t v = 0; v < pairs; ++v) {
+      dst[2 * v] = a[v];
+      dst[2 * v + 1] = b[v];
+    }
+    if (w % 2) dst[w - 1] = a[pairs];
+    return;
+  }
+  for (int64_t f = 0; f < sw && f < w; ++f) {
+    const T* s = src[f];
+    const int64_t count = ceil_div(w - f, sw);
+    for (int64_t v = 0; v < count; ++v) dst[v * sw + f] = s ? s[v] : T(0);
+  }
+}
+
+}  // namespace
+
+template <class T>
+void interleave_phases(const PhaseLayout& p, const T* const* phases, T* dx, int nthreads) {
+  const int64_t pw = p.sw < p.w ? p.sw : p.w;
+  if (p.layout == Layout::NCHW) {
+    const int64_t planes = p.n * p.c;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+    for (int64_t q = 0; q < planes; ++q) {
+      std::vector<const T*> row_src(static_cast<size_t>(pw));
+      for (int64_t ih = 0; ih < p.h; ++ih) {
+        const int64_t a = ih % p.sh, u = ih / p.sh;
+        for (int64_t b = 0; b < pw; ++b) {
+          const T* base = phases[a * pw + b];
+          const int64_t ua = ceil_div(p.h - a, p.sh), vb = ceil_div(p.w - b, p.sw);
+          row_src[b] = base ? base + (q * ua + u) * vb : nullptr;
+        }
+        interleave_row(dx + (q * p.h + ih) * p.w, row_src.data(), p.w, pw);
+      }
+    }
+    return;
+  }
+  const int64_t rows = p.n * p.h;
+#pragma omp parallel for num_threads(nthreads) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / p.h, ih = r % p.h, a = ih % p.sh, u = ih / p.sh;
+    const int64_t ua = ceil_div(p.h - a, p.sh);
+    for (int64_t iw = 0; iw < p.w; ++iw) {
+      const int64_t b = iw % p.sw, v = iw / p.sw, vb = ceil_div(p.w - b, p.sw);
+      const T* base = phases[a * pw + b];
+      T* dst = dx + ((n * p.h + ih) * p.w + iw) * p.c;
+      if (base)
+        std::memcpy(dst, base + ((n * ua + u) * vb + v) * p.c, p.c * sizeof(T));
+      else
+        std::memset(dst, 0, p.c * sizeof(T));
+    }
+  }
+}
+
+template void interleave_phases<float>(const PhaseLayout&, const float* const*, float*, int);
+template void interleave_phases<double>(const PhaseLayout&, const double* const*, double*, int);
+
+}  // namespace pyconv
