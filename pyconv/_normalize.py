@@ -441,10 +441,10 @@ def separable_operands(fn: str, x: Any, depthwise_weight: Any, pointwise_weight:
 # ---- gradients and the transposed convolution ---------------------------------
 
 
-def grad_out_check(fn: str, shape: Tuple[int, ...], geo: ConvGeometry) -> None:
-    """grad_out must have exactly the forward convolution's output shape."""
+def grad_out_check(fn: str, shape: Tuple[int, ...], geo: ConvGeometry, name: str = "grad_out") -> None:
+    """grad_out (``name``) must have exactly the forward convolution's output shape."""
     if tuple(shape) != geo.out_shape:
-        raise ValueError(f"{fn}: grad_out has shape {tuple(shape)} but the convolution's output has "
+        raise ValueError(f"{fn}: {name} has shape {tuple(shape)} but the convolution's output has "
                          f"shape {geo.out_shape}")
 
 

@@ -87,7 +87,7 @@ def conv2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     def pullback(grad_y: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         pb = "conv2d_vjp pullback"
         gy = as_array(pb, "grad_y", grad_y)
-        grad_out_check(pb, gy.shape, geo)
+        grad_out_check(pb, gy.shape, geo, "grad_y")
         gy = _activation_mask(gy.astype(dtype, copy=False), y, activation)
         gx = _grad_input(pb, gy, wa.astype(dtype, copy=False), geo, dtype)
         gw = _grad_weight(xa, gy, geo, dtype)
@@ -126,10 +126,7 @@ def conv_transpose2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1,
 
     def pullback(grad_y: Any) -> Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]:
         pb = "conv_transpose2d_vjp pullback"
-        gy = as_array(pb, "grad_y", grad_y)
-        if gy.shape != y.shape:
-            raise ValueError(f"{pb}: grad_y has shape {gy.shape} but the output has shape {y.shape}")
-        gy = gy.astype(dtype, copy=False)
+        gy = _check_grad_y(pb, grad_y, y).astype(dtype, copy=False)
         # The conv2d this transposes: its output can be larger than x (when
         # output_padding >= stride); x's gradient is the part x covers, and
         # the weight gradient sees x padded with zeros to that size.
@@ -157,6 +154,13 @@ def _pairs(pads: Tuple[int, int, int, int]) -> Tuple[Tuple[int, int], Tuple[int,
     return ((t, b), (l, r))
 
 
+def _check_grad_y(fn: str, grad_y: Any, y: np.ndarray) -> np.ndarray:
+    gy = as_array(fn, "grad_y", grad_y)
+    if gy.shape != y.shape:
+        raise ValueError(f"{fn}: grad_y has shape {gy.shape} but the output has shape {y.shape}")
+    return gy
+
+
 def max_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
                    ceil_mode: bool = False, layout: str = "NCHW") -> Tuple[np.ndarray, PoolPullback]:
     """:func:`pyconv.max_pool2d` and its pullback ``grad_y -> grad_x`` (the
@@ -165,7 +169,8 @@ def max_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     y = max_pool2d(xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, layout=layout)
 
     def pullback(grad_y: Any) -> np.ndarray:
-        gx = max_pool2d_grad(grad_y, xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+        gy = _check_grad_y("max_pool2d_vjp pullback", grad_y, y)
+        gx = max_pool2d_grad(gy, xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
                              layout=layout)
         return _like(gx, xa)
 
@@ -181,7 +186,8 @@ def avg_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 
                    count_include_pad=count_include_pad, layout=layout)
 
     def pullback(grad_y: Any) -> np.ndarray:
-        gx = avg_pool2d_grad(grad_y, xa.shape, kernel_size, stride, padding, ceil_mode=ceil_mode,
+        gy = _check_grad_y("avg_pool2d_vjp pullback", grad_y, y)
+        gx = avg_pool2d_grad(gy, xa.shape, kernel_size, stride, padding, ceil_mode=ceil_mode,
                              count_include_pad=count_include_pad, layout=layout)
         return _like(gx, xa)
 

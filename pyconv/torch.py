@@ -81,10 +81,16 @@ class _Conv2d(torch.autograd.Function):
         y, pullback = conv2d_vjp(_array(fn, "x", x), _array(fn, "weight", weight), _array(fn, "bias", bias),
                                  **kwargs)
         ctx.pullback = pullback
-        return torch.from_numpy(y)
+        out = torch.from_numpy(y)
+        # The pullback reads these tensors' memory (the output too, for the
+        # activation's mask): saving them lets autograd's version counters
+        # refuse a backward after any of them was modified in place.
+        ctx.save_for_backward(x, weight, out)
+        return out
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Tuple[Any, ...]:
+        _ = ctx.saved_tensors  # raises if a saved tensor was modified in place
         gx, gw, gb = ctx.pullback(grad_y.detach().numpy())
         need = ctx.needs_input_grad
         return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
@@ -99,10 +105,12 @@ class _ConvTranspose2d(torch.autograd.Function):
         y, pullback = conv_transpose2d_vjp(_array(fn, "x", x), _array(fn, "weight", weight),
                                            _array(fn, "bias", bias), **kwargs)
         ctx.pullback = pullback
+        ctx.save_for_backward(x, weight)  # see _Conv2d
         return torch.from_numpy(y)
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor) -> Tuple[Any, ...]:
+        _ = ctx.saved_tensors  # raises if a saved tensor was modified in place
         gx, gw, gb = ctx.pullback(grad_y.detach().numpy())
         need = ctx.needs_input_grad
         return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
@@ -115,6 +123,7 @@ class _MaxPool2d(torch.autograd.Function):
         xa = _array("pyconv.torch.max_pool2d", "x", x)
         y, pullback = max_pool2d_vjp(xa, **kwargs)
         ctx.pullback = pullback
+        ctx.save_for_backward(x)  # see _Conv2d
         if not return_indices:
             return torch.from_numpy(y)
         _, idx = _pool.max_pool2d(xa, return_indices=True, **kwargs)
@@ -124,6 +133,7 @@ class _MaxPool2d(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, grad_y: torch.Tensor, *unused: Any) -> Tuple[Any, ...]:
+        _ = ctx.saved_tensors  # raises if x was modified in place
         return _tensor(ctx.pullback(grad_y.detach().numpy())), None, None
 
 

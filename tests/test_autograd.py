@@ -529,15 +529,7 @@ def test_pullback_rejects_wrong_shaped_grad_y(rng, name):
         pullback(rand(rng, (y.size,)))  # flattened: right size, wrong shape
 
 
-_NAMES_GRAD_OUT = "the pullback's message names grad_out (the *_grad functions' argument), not its own argument grad_y"
-
-
-@pytest.mark.parametrize("name", [
-    pytest.param("conv2d", marks=pytest.mark.xfail(strict=True, reason=_NAMES_GRAD_OUT)),
-    "conv_transpose2d",
-    pytest.param("max_pool2d", marks=pytest.mark.xfail(strict=True, reason=_NAMES_GRAD_OUT)),
-    pytest.param("avg_pool2d", marks=pytest.mark.xfail(strict=True, reason=_NAMES_GRAD_OUT)),
-])
+@pytest.mark.parametrize("name", ["conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d"])
 def test_pullback_shape_error_names_grad_y(rng, name):
     """DESIGN.md: the message names the function and the argument; the
     pullback's argument is grad_y."""

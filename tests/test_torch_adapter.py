@@ -643,12 +643,6 @@ def test_strided_grad_y(gen, op):
             assert_tclose(wa.grad, wb.grad, "grad_w")
 
 
-_NOT_SAVED = ("pyconv.torch's Functions keep NumPy views of their inputs/outputs in ctx instead of "
-              "ctx.save_for_backward, so autograd's version counter never sees an in-place change: "
-              "backward silently returns wrong gradients where torch raises")
-
-
-@pytest.mark.xfail(strict=True, reason=_NOT_SAVED)
 @pytest.mark.parametrize("what", ["input", "activated-output"])
 def test_in_place_change_after_forward_is_detected(gen, what):
     """torch raises "modified by an inplace operation" when a tensor that
