@@ -122,6 +122,34 @@ def assert_bitwise(actual: np.ndarray, expected: np.ndarray, what: str = "") -> 
                              f"{actual[first]!r} vs {expected[first]!r}")
 
 
+def unread_pixels(x_shape: Tuple[int, ...], w_shape: Tuple[int, ...], layout: str, stride: Any = 1,
+                  padding: Any = 0, dilation: Any = 1, **_: Any) -> np.ndarray:
+    """Boolean mask of x's shape: True where no window of the convolution
+    reads the pixel (rows or columns a stride skips, or past the last window)."""
+    if layout == "NCHW":
+        (h, w), (kh, kw) = x_shape[-2:], w_shape[2:]
+    else:
+        (h, w), (kh, kw) = x_shape[-3:-1], w_shape[:2]
+    (sh, sw), (dh, dw) = _pair(stride), _pair(dilation)
+    t, b, l, r = explicit_pads(padding, (h, w), (kh, kw), (sh, sw), (dh, dw))
+    oh = (h + t + b - (kh - 1) * dh - 1) // sh + 1
+    ow = (w + l + r - (kw - 1) * dw - 1) // sw + 1
+    rows = np.ones(h, bool)
+    cols = np.ones(w, bool)
+    for o in range(min(oh, h + t + 1)):  # windows past the padded input read nothing new
+        for a in range(kh):
+            if 0 <= o * sh - t + a * dh < h:
+                rows[o * sh - t + a * dh] = False
+    for o in range(min(ow, w + l + 1)):
+        for e in range(kw):
+            if 0 <= o * sw - l + e * dw < w:
+                cols[o * sw - l + e * dw] = False
+    plane = rows[:, None] | cols[None, :]
+    if layout == "NCHW":
+        return np.broadcast_to(plane, x_shape)
+    return np.broadcast_to(plane[:, :, None], x_shape)
+
+
 def check_grads(x: np.ndarray, w: np.ndarray, gy: np.ndarray, dtype: Any, **kwargs: Any):
     """grad_input and grad_weight of one conv2d problem against the reference
     computed on float64 copies; shapes, dtype and contiguity too."""
@@ -163,12 +191,13 @@ def paddings(draw, hi: int = 6, strings: bool = True):
 
 
 @st.composite
-def grad_problems(draw, dtypes=DTYPES):
+def grad_problems(draw, dtypes=DTYPES, poison=True):
     """(x, weight, grad_out, kwargs, dtype) of a valid conv2d problem.
 
     Grouped (1-3 groups of 1-5 channels each way) or depthwise (groups == C,
     multiplier 1-3); kernels 1-5, strides and dilations 1-3 (int or pair),
-    every padding form, sizes 1-12, batch 1-3 or an unbatched 3-D image."""
+    every padding form, sizes 1-12, batch 1-3 or an unbatched 3-D image.
+    With ``poison``, the pixels no window reads may hold inf or NaN."""
     layout = draw(st.sampled_from(LAYOUTS))
     dtype = draw(st.sampled_from(dtypes))
     n = draw(st.one_of(st.none(), st.integers(1, 3)))
@@ -189,14 +218,63 @@ def grad_problems(draw, dtypes=DTYPES):
     except ValueError:
         assume(False)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
-    return rand(rng, xs, dtype), rand(rng, ws, dtype), rand(rng, ys, dtype), kwargs, dtype
+    x = rand(rng, xs, dtype)
+    if poison and draw(st.booleans()):
+        x = poison_unread(x, ws, kwargs, draw(st.sampled_from([np.inf, -np.inf, np.nan])))
+    return x, rand(rng, ws, dtype), rand(rng, ys, dtype), kwargs, dtype
+
+
+def poison_unread(x: np.ndarray, w_shape, kwargs, value: float) -> np.ndarray:
+    """x with ``value`` (inf or NaN) in every pixel no window reads: the weight
+    gradient does not depend on them, and must stay finite (a kernel that
+    multiplies them by a zero, or reads a stale copy, makes NaN)."""
+    x = x.copy()
+    x[unread_pixels(x.shape, w_shape, **kwargs)] = value
+    return x
 
 
 @_full
 @given(problem=grad_problems())
 def test_grads_match_reference(isa, problem):
     x, w, gy, kwargs, dtype = problem
-    check_grads(x, w, gy, dtype, **kwargs)
+    _, gw = check_grads(x, w, gy, dtype, **kwargs)
+    assert np.isfinite(gw).all()
+
+
+@st.composite
+def depthwise_grad_problems(draw):
+    """Depthwise problems (groups == C, multiplier 1-3) for the depthwise
+    weight-gradient kernel: output rows vectorised with a masked tail (widths
+    up to ~40 around the 4/8/16 lanes), taps four at a time (1-25 taps: every
+    remainder), the NHWC layout through its NCHW transposition, and unread
+    pixels (stride, or past the last window) holding inf or NaN."""
+    layout = draw(st.sampled_from(LAYOUTS))
+    dtype = draw(st.sampled_from(DTYPES))
+    n = draw(st.one_of(st.none(), st.integers(1, 3)))
+    c, m = draw(st.integers(1, 9)), draw(st.integers(1, 3))
+    kh, kw = draw(st.integers(1, 5)), draw(st.integers(1, 5))
+    h, w = draw(st.integers(1, 6)), draw(st.integers(1, 40))
+    kwargs = dict(stride=draw(int_or_pair(1, 3)), padding=draw(paddings(hi=4)),
+                  dilation=draw(int_or_pair(1, 3)), groups=c, layout=layout)
+    xs = input_shape(layout, n, c, h, w)
+    ws = weight_shape(layout, c, c * m, kh, kw, c)
+    try:
+        ys = pyconv.conv_output_shape(xs, ws, **kwargs)
+    except ValueError:
+        assume(False)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    x = rand(rng, xs, dtype)
+    if draw(st.booleans()):
+        x = poison_unread(x, ws, kwargs, draw(st.sampled_from([np.inf, np.nan])))
+    return x, rand(rng, ws, dtype), rand(rng, ys, dtype), kwargs, dtype
+
+
+@_half
+@given(problem=depthwise_grad_problems())
+def test_depthwise_grads_match_reference(isa, problem):
+    x, w, gy, kwargs, dtype = problem
+    _, gw = check_grads(x, w, gy, dtype, **kwargs)
+    assert np.isfinite(gw).all()
 
 
 # (n, c, h, w, oc, kh, kw, stride, padding, dilation, groups): geometries the
@@ -252,6 +330,12 @@ def test_grads_edge_geometries(isa, rng, case, layout, dtype, batched):
         assert not gx4[..., unread_c].any()
     if case == "stride3_k1_unread":
         assert unread_r and unread_c  # the case does exercise empty phases
+    # The weight gradient does not read those pixels either: NaN there changes nothing.
+    mask = unread_pixels(x.shape, wt.shape, **kwargs)
+    if mask.any():
+        poisoned = poison_unread(x, wt.shape, kwargs, np.nan)
+        gw = pyconv.conv2d_grad_weight(poisoned, gy, wt.shape, **kwargs)
+        assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
 
 
 # ==========================================================================
@@ -328,22 +412,33 @@ def test_grad_weight_spans_several_chunks(isa, rng, layout, dtype, groups):
 def test_grads_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
     """DESIGN.md: results are bitwise identical for any thread count and on
     repeated calls.  The chunk shape splits dW into several thread tiles and
-    the input gradient (stride 2: four phases) into several forward calls."""
-    x, wt, gy, kwargs = _chunk_problem(rng, layout, dtype, stride=1)
-    x2, wt2, gy2, kwargs2 = _chunk_problem(rng, layout, dtype, stride=2)
-    results = {}
-    for threads in (1, 2, 1):
+    the input gradient (stride 2: four phases) into several forward calls; the
+    depthwise layer splits its channels between the threads."""
+    problems = {
+        "gemm_s1": _chunk_problem(rng, layout, dtype, stride=1),
+        "gemm_s2": _chunk_problem(rng, layout, dtype, stride=2),
+    }
+    kwargs = dict(stride=2, padding=1, groups=32, layout=layout)
+    x = rand(rng, input_shape(layout, 4, 32, 28, 27), dtype)
+    wt = rand(rng, weight_shape(layout, 32, 64, 3, 3, groups=32), dtype)
+    problems["depthwise_s2"] = (x, wt, rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype), kwargs)
+
+    def run():
+        got = {}
+        for name, (x, wt, gy, kwargs) in problems.items():
+            got[name + "_grad_weight"] = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+            if name != "gemm_s1":
+                got[name + "_grad_input"] = pyconv.conv2d_grad_input(gy, wt, x.shape, **kwargs)
+        return got
+
+    pyconv.set_num_threads(1)
+    first = run()
+    for threads in (2, 1, 2):
         pyconv.set_num_threads(threads)
-        got = (pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs),
-               pyconv.conv2d_grad_weight(x2, gy2, wt2.shape, **kwargs2),
-               pyconv.conv2d_grad_input(gy2, wt2, x2.shape, **kwargs2))
-        got = got + (pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs),)  # repeated call
-        if not results:
-            results["first"] = got
-        for name, a, b in zip(("grad_weight", "grad_weight_s2", "grad_input_s2", "grad_weight_again"),
-                              got, results["first"]):
-            assert_bitwise(a, b, f"{name} with {threads} threads")
-    assert_close(results["first"][2], ref.conv2d_grad_input(f64(gy2), f64(wt2), x2.shape, **kwargs2), dtype)
+        for name, a in run().items():
+            assert_bitwise(a, first[name], f"{name} with {threads} threads")
+    x, wt, gy, kwargs = problems["depthwise_s2"]
+    assert_close(first["depthwise_s2_grad_weight"], ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
 
 
 # ==========================================================================
@@ -376,7 +471,7 @@ def test_grad_bias_sums_non_channel_axes(rng, layout, batched, dtype):
 
 
 @_quarter
-@given(problem=grad_problems(dtypes=(np.float64,)), with_bias=st.booleans())
+@given(problem=grad_problems(dtypes=(np.float64,), poison=False), with_bias=st.booleans())
 def test_adjoint_identity(isa, problem, with_bias):
     """<conv2d(x, w), gy> == <x, grad_input(gy)> == <w, grad_weight(x, gy)>
     in float64, and <b, grad_bias(gy)> for the bias term: the three gradients

@@ -2,20 +2,22 @@
 //
 //   dW[g] = sum over images n and output pixels p of  dY[n, g, p] x col[n, g, p]
 //
-// where col is im2col(x): for NCHW, dW[g] (OCg x Kg, the weight's own rows)
-// = dY (OCg x pixels) * col^T (pixels x Kg); for NHWC, dW[g] (Kg x OCg,
-// the HWIO weight's rows) = col^T^T (Kg x pixels) * dY (pixels x OCg).  The
-// reduction runs over every pixel of every image, so pixels of all images
-// are taken together, a chunk at a time: the threads first build the
-// chunk's im2col (and, for NCHW, a copy of its dY columns, whose image
-// boundaries break a constant stride) cooperatively, then split dW into
-// tiles and run the micro-kernel over the chunk.  The extra memory is one
-// chunk (~kChunkBytes) plus per-thread packing buffers, whatever the batch.
+// where col is im2col(x).  The reduction runs over the pixels of all images
+// taken together (index r = n * OH*OW + p), so a batch of small images is one
+// long reduction rather than many short GEMMs.
+//   NCHW: dW[g] (OCg x Kg, the OIHW weight's rows) = dY (OCg x r) * col^T (r x Kg)
+//   NHWC: dW[g] (Kg x OCg, the HWIO weight's rows) = col^T^T (Kg x r) * dY (r x OCg)
+// with K ordered like the weight's memory (NCHW: ic,kh,kw; NHWC: kh,kw,ic).
+// Both operands are packed straight from x and dY, KC pixels at a time
+// (implicit im2col: no lowered matrix is ever written), by "segments": runs
+// of pixels on one output row of one image, inside which x and dY advance
+// with constant strides.  The extra memory is the per-thread packing
+// buffers, whatever the batch.
 //
-// Determinism: each dW element accumulates the chunks in order, and within a
-// chunk the KC blocks in order, on one thread; chunk and KC sizes do not
+// Determinism: threads split dW's rows and columns only; each dW element
+// accumulates the KC blocks of r in order on one thread, and KC does not
 // depend on the thread count, so results are bitwise identical for any
-// thread count (threads split dW's rows and columns only).
+// thread count.
 #include <cstdint>
 
 #include "core/dispatch.hpp"
@@ -27,20 +29,20 @@ namespace pyconv {
 namespace PYCONV_ISA_NS {
 namespace {
 
-// The im2col chunk: big enough that the C tile's load/store per KC block is
-// amortised over many pixels, small enough to stay in L2/L3 while it is used.
-constexpr int64_t kChunkBytes = int64_t(4) << 20;
-
 struct GwPlan {
   bool nchw;
   int64_t P, R;          // pixels per image, pixels in all images (the reduction)
-  int64_t Kg, OCg, Ktot; // reduction per group (icg*kh*kw), outputs per group, all groups' Kg
-  int64_t chunk;         // pixels per chunk
+  int64_t Kg, OCg;       // reduction per group (icg*kh*kw), outputs per group
   int64_t M, N;          // the per-group GEMM: NCHW M = OCg, N = Kg; NHWC M = Kg, N = OCg
   int64_t mb, nb;        // thread tile
   int64_t units;
-  int64_t col_elems, dy_elems, apack_elems, bpack_elems;
-  int64_t off_dy, off_pack, pack_stride, total;
+  int64_t apack_elems, bpack_elems, seg_bytes;
+  int64_t pack_stride, total;
+};
+
+// A run of pixels r0 + off .. r0 + off + len - 1 on one output row.
+struct Segment {
+  int64_t off, len, n, oh, ow;
 };
 
 template <class T>
@@ -53,157 +55,154 @@ GwPlan make_plan(const ConvShape& s, int nt) {
   g.R = s.n * g.P;
   g.Kg = icg(s) * s.kh * s.kw;
   g.OCg = ocg(s);
-  g.Ktot = s.groups * g.Kg;
-  const int64_t per_pixel = (g.Ktot + (g.nchw ? s.oc : 0)) * e;
-  g.chunk = min64(g.R, max64(Bk::KC, kChunkBytes / per_pixel / Bk::KC * Bk::KC));
   g.M = g.nchw ? g.OCg : g.Kg;
   g.N = g.nchw ? g.Kg : g.OCg;
   g.mb = min64(round_up(g.M, Bk::MR), Bk::MC);
   const int64_t row_blocks = ceil_div(g.M, g.mb);
   g.nb = balanced_block(g.N, Bk::NC, Bk::NR, s.groups * row_blocks, nt);
   g.units = s.groups * row_blocks * ceil_div(g.N, g.nb);
-  g.col_elems = g.Ktot * g.chunk;
-  g.dy_elems = g.nchw ? s.oc * g.chunk : 0;
   g.apack_elems = g.mb * Bk::KC;
   g.bpack_elems = Bk::KC * Bk::NR;
-  g.off_dy = round_up(g.col_elems * e, kAlign);
-  g.off_pack = g.off_dy + round_up(g.dy_elems * e, kAlign);
-  g.pack_stride = round_up((g.apack_elems + g.bpack_elems) * e, kAlign);
-  g.total = g.off_pack + nt * g.pack_stride;
+  g.seg_bytes = round_up(Bk::KC * static_cast<int64_t>(sizeof(Segment)), kAlign);
+  g.pack_stride = round_up((g.apack_elems + g.bpack_elems) * e, kAlign) + g.seg_bytes;
+  g.total = nt * g.pack_stride;
   return g;
 }
 
-// ---- the chunk's operands ------------------------------------------------------
+// The segments of pixels r0 .. r0 + kc - 1; returns their number.
+inline int64_t make_segments(const ConvShape& s, const GwPlan& g, int64_t r0, int64_t kc, Segment* seg) {
+  int64_t count = 0;
+  for (int64_t j = 0; j < kc;) {
+    const int64_t r = r0 + j, n = r / g.P, p = r % g.P, oh = p / s.ow, ow = p % s.ow;
+    const int64_t len = min64(kc - j, s.ow - ow);
+    seg[count++] = Segment{j, len, n, oh, ow};
+    j += len;
+  }
+  return count;
+}
 
-// One output-row run of NCHW im2col row k = (ic, kh, kw): `len` pixels from
-// output (oh, ow0) of image plane `plane`, into dst.
+// `len` values of input row ih of `plane` at columns iw0, iw0 + sw, ...
+// (zeros outside the image), written `step` apart.
 template <class T>
-inline void im2col_run(const ConvShape& s, const T* plane, int64_t kh, int64_t kw, int64_t oh, int64_t ow0,
-                       int64_t len, T* dst) {
-  const int64_t ih = oh * s.sh - s.pt + kh * s.dh;
+inline void gather_run(const ConvShape& s, const T* plane, int64_t ih, int64_t iw0, int64_t len, T* dst,
+                       int64_t step) {
   if (ih < 0 || ih >= s.h) {
-    for (int64_t q = 0; q < len; ++q) dst[q] = T(0);
+    for (int64_t q = 0; q < len; ++q) dst[q * step] = T(0);
     return;
   }
   const T* row = plane + ih * s.w;
-  const int64_t iw0 = ow0 * s.sw - s.pl + kw * s.dw;
-  if (s.sw == 1) {
+  if (s.sw == 1) {  // the common case, without divisions
     const int64_t lo = min64(len, max64(0, -iw0)), hi = max64(lo, min64(len, s.w - iw0));
-    for (int64_t q = 0; q < lo; ++q) dst[q] = T(0);
-    for (int64_t q = lo; q < hi; ++q) dst[q] = row[iw0 + q];
-    for (int64_t q = hi; q < len; ++q) dst[q] = T(0);
+    for (int64_t q = 0; q < lo; ++q) dst[q * step] = T(0);
+    for (int64_t q = lo; q < hi; ++q) dst[q * step] = row[iw0 + q];
+    for (int64_t q = hi; q < len; ++q) dst[q * step] = T(0);
     return;
   }
-  for (int64_t q = 0; q < len; ++q) {
-    const int64_t iw = iw0 + q * s.sw;
-    dst[q] = (iw >= 0 && iw < s.w) ? row[iw] : T(0);
-  }
+  // Columns q with 0 <= iw0 + q*sw < W form one range [lo, hi).
+  const int64_t lo = min64(len, iw0 >= 0 ? 0 : ceil_div(-iw0, s.sw));
+  const int64_t hi = iw0 >= s.w ? lo : max64(lo, min64(len, ceil_div(s.w - iw0, s.sw)));
+  for (int64_t q = 0; q < lo; ++q) dst[q * step] = T(0);
+  for (int64_t q = lo; q < hi; ++q) dst[q * step] = row[iw0 + q * s.sw];
+  for (int64_t q = hi; q < len; ++q) dst[q * step] = T(0);
 }
 
-// NCHW: col row k (all groups' rows, k = c*kh*kw + ...) over pixels r0..r0+rc.
-template <class T>
-void build_col_row_nchw(const ConvShape& s, const GwPlan& g, const T* x, int64_t k, int64_t r0, int64_t rc,
-                        T* dst) {
-  const int64_t taps = s.kh * s.kw;
-  const int64_t c = k / taps, kh = (k % taps) / s.kw, kw = k % s.kw;
-  for (int64_t j = 0; j < rc;) {
-    const int64_t r = r0 + j, n = r / g.P, p = r % g.P, oh = p / s.ow, ow = p % s.ow;
-    const int64_t len = min64(rc - j, s.ow - ow);
-    im2col_run(s, x + (n * s.c + c) * s.h * s.w, kh, kw, oh, ow, len, dst + j);
-    j += len;
-  }
-}
+// ---- NCHW packing ---------------------------------------------------------------
 
-// NCHW: dY row (output channel) o over pixels r0..r0+rc, runs per image.
+// A = dY rows o0 .. o0 + mc (output channels of the group) over the block's
+// pixels, as MR-row micro-panels [k][MR].
 template <class T>
-void copy_dy_row_nchw(const ConvShape& s, const GwPlan& g, const T* dy, int64_t o, int64_t r0, int64_t rc, T* dst) {
-  for (int64_t j = 0; j < rc;) {
-    const int64_t r = r0 + j, n = r / g.P, p = r % g.P;
-    const int64_t len = min64(rc - j, g.P - p);
-    const T* src = dy + (n * s.oc + o) * g.P + p;
-    for (int64_t q = 0; q < len; ++q) dst[j + q] = src[q];
-    j += len;
-  }
-}
-
-// NHWC: pixel r's im2col row for every group, group grp's Kg values (kh, kw,
-// ic) at col + grp * chunk * Kg + j * Kg.
-template <class T>
-void build_col_pixel_nhwc(const ConvShape& s, const GwPlan& g, const T* x, int64_t r, int64_t j, T* col) {
-  const int64_t n = r / g.P, p = r % g.P, IG = icg(s);
-  const int64_t ihb = (p / s.ow) * s.sh - s.pt, iwb = (p % s.ow) * s.sw - s.pl;
-  for (int64_t grp = 0; grp < s.groups; ++grp) {
-    T* dst = col + (grp * g.chunk + j) * g.Kg;
-    for (int64_t kh = 0; kh < s.kh; ++kh)
-      for (int64_t kw = 0; kw < s.kw; ++kw, dst += IG) {
-        const int64_t ih = ihb + kh * s.dh, iw = iwb + kw * s.dw;
-        if (ih < 0 || ih >= s.h || iw < 0 || iw >= s.w) {
-          for (int64_t q = 0; q < IG; ++q) dst[q] = T(0);
-          continue;
-        }
-        const T* src = x + ((n * s.h + ih) * s.w + iw) * s.c + grp * IG;
-        for (int64_t q = 0; q < IG; ++q) dst[q] = src[q];
-      }
-  }
-}
-
-// ---- strided packing -----------------------------------------------------------
-
-// A (mc x kc), A(i, k) = a[i*rs + k*cs], into MR-row micro-panels [k][MR]
-// (zero rows past mc).  One of the strides is 1; the loops follow it.
-template <class T>
-void pack_a(int64_t mc, int64_t kc, const T* a, int64_t rs, int64_t cs, T* dst) {
+void pack_a_nchw(const ConvShape& s, const GwPlan& g, const T* dy, int64_t o0, int64_t mc, const Segment* seg,
+                 int64_t nseg, int64_t kc, T* dst) {
   constexpr int MR = Blocking<T>::MR;
   for (int64_t ip = 0; ip < mc; ip += MR) {
     T* panel = dst + ip * kc;
     const int64_t rows = min64(MR, mc - ip);
-    if (cs == 1) {
-      for (int64_t i = 0; i < rows; ++i) {
-        const T* src = a + (ip + i) * rs;
-        for (int64_t k = 0; k < kc; ++k) panel[k * MR + i] = src[k];
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t o = o0 + ip + i;
+      for (int64_t q = 0; q < nseg; ++q) {
+        const Segment& sg = seg[q];
+        const T* src = dy + (sg.n * s.oc + o) * g.P + sg.oh * s.ow + sg.ow;
+        T* out = panel + sg.off * MR + i;
+        for (int64_t t = 0; t < sg.len; ++t) out[t * MR] = src[t];
       }
-    } else {
-      for (int64_t k = 0; k < kc; ++k)
-        for (int64_t i = 0; i < rows; ++i) panel[k * MR + i] = a[(ip + i) * rs + k * cs];
     }
     for (int64_t i = rows; i < MR; ++i)
       for (int64_t k = 0; k < kc; ++k) panel[k * MR + i] = T(0);
   }
 }
 
-// One NR-column micro-panel of B (kc x nr), B(k, j) = b[k*rs + j*cs], as [k][NR].
+// One B micro-panel: columns k0 .. k0 + nr of im2col (k = ic, kh, kw within
+// the group) over the block's pixels, as [pixel][NR].
 template <class T>
-void pack_b_panel(int64_t kc, int64_t nr, const T* b, int64_t rs, int64_t cs, T* dst) {
+void pack_b_nchw(const ConvShape& s, const T* xg, int64_t k0, int64_t nr, const Segment* seg, int64_t nseg,
+                 int64_t kc, T* dst) {
   constexpr int NR = Blocking<T>::NR;
-  if (cs == 1) {
-    for (int64_t k = 0; k < kc; ++k) {
-      const T* src = b + k * rs;
-      for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j];
-      for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
-    }
-    return;
-  }
+  const int64_t taps = s.kh * s.kw;
+  int64_t ic = k0 / taps, kh = (k0 % taps) / s.kw, kw = k0 % s.kw;
   for (int64_t j = 0; j < nr; ++j) {
-    const T* src = b + j * cs;
-    for (int64_t k = 0; k < kc; ++k) dst[k * NR + j] = src[k * rs];
+    for (int64_t q = 0; q < nseg; ++q) {
+      const Segment& sg = seg[q];
+      const T* plane = xg + (sg.n * s.c + ic) * s.h * s.w;
+      gather_run(s, plane, sg.oh * s.sh - s.pt + kh * s.dh, sg.ow * s.sw - s.pl + kw * s.dw, sg.len,
+                 dst + sg.off * NR + j, NR);
+    }
+    if (++kw == s.kw) {
+      kw = 0;
+      if (++kh == s.kh) {
+        kh = 0;
+        ++ic;
+      }
+    }
   }
   for (int64_t k = 0; k < kc; ++k)
     for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
 }
 
-// C (mc x nc, ldc) (+)= A * B over kc pixels, with A and B given by strides.
+// ---- NHWC packing ---------------------------------------------------------------
+
+// A = im2col^T rows k0 .. k0 + mc (k = kh, kw, ic within the group) over the
+// block's pixels, as MR-row micro-panels [pixel][MR].
 template <class T>
-void gemm_tile(int64_t mc, int64_t nc, int64_t kc, const T* a, int64_t ars, int64_t acs, const T* b, int64_t brs,
-               int64_t bcs, T* c, int64_t ldc, bool accumulate, T* apack, T* bpack) {
-  using Bk = Blocking<T>;
-  const Epilogue<T> none{nullptr, false, Activation::None};
-  pack_a(mc, kc, a, ars, acs, apack);
-  for (int64_t jr = 0; jr < nc; jr += Bk::NR) {
-    const int nr = static_cast<int>(min64(Bk::NR, nc - jr));
-    pack_b_panel(kc, nr, b + jr * bcs, brs, bcs, bpack);
-    for (int64_t ir = 0; ir < mc; ir += Bk::MR)
-      micro_kernel<T>(kc, apack + ir * kc, bpack, c + ir * ldc + jr, ldc, static_cast<int>(min64(Bk::MR, mc - ir)),
-                      nr, accumulate, false, none, 0, 0);
+void pack_a_nhwc(const ConvShape& s, const T* xg, int64_t k0, int64_t mc, const Segment* seg, int64_t nseg,
+                 int64_t kc, T* dst) {
+  constexpr int MR = Blocking<T>::MR;
+  const int64_t IG = icg(s);
+  for (int64_t ip = 0; ip < mc; ip += MR) {
+    T* panel = dst + ip * kc;
+    const int64_t rows = min64(MR, mc - ip);
+    for (int64_t i = 0; i < rows; ++i) {
+      const int64_t k = k0 + ip + i, tap = k / IG, ic = k % IG, kh = tap / s.kw, kw = tap % s.kw;
+      for (int64_t q = 0; q < nseg; ++q) {
+        const Segment& sg = seg[q];
+        const int64_t ih = sg.oh * s.sh - s.pt + kh * s.dh;
+        T* out = panel + sg.off * MR + i;
+        if (ih < 0 || ih >= s.h) {
+          for (int64_t t = 0; t < sg.len; ++t) out[t * MR] = T(0);
+          continue;
+        }
+        const T* row = xg + (sg.n * s.h + ih) * s.w * s.c + ic;
+        const int64_t iw0 = sg.ow * s.sw - s.pl + kw * s.dw;
+        for (int64_t t = 0; t < sg.len; ++t) {
+          const int64_t iw = iw0 + t * s.sw;
+          out[t * MR] = (iw >= 0 && iw < s.w) ? row[iw * s.c] : T(0);
+        }
+      }
+    }
+    for (int64_t i = rows; i < MR; ++i)
+      for (int64_t k = 0; k < kc; ++k) panel[k * MR + i] = T(0);
+  }
+}
+
+// One B micro-panel: dY columns j0 .. j0 + nr (the group's output channels)
+// of pixels r0 .. r0 + kc, as [pixel][NR] (NHWC dY rows are pixels of all
+// images in order, C_out apart).
+template <class T>
+void pack_b_nhwc(const ConvShape& s, const T* dyg, int64_t r0, int64_t nr, int64_t kc, T* dst) {
+  constexpr int NR = Blocking<T>::NR;
+  for (int64_t k = 0; k < kc; ++k) {
+    const T* src = dyg + (r0 + k) * s.oc;
+    for (int64_t j = 0; j < nr; ++j) dst[k * NR + j] = src[j];
+    for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
   }
 }
 
@@ -214,49 +213,37 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
   using Bk = Blocking<T>;
   const GwPlan g = make_plan<T>(s, nt);
   char* ws = static_cast<char*>(workspace);
-  T* col = reinterpret_cast<T*>(ws);
-  T* dyc = reinterpret_cast<T*>(ws + g.off_dy);
   const int64_t row_blocks = ceil_div(g.M, g.mb), col_blocks = ceil_div(g.N, g.nb);
+  const Epilogue<T> none{nullptr, false, Activation::None};
+  const int64_t ldc = g.nchw ? g.Kg : s.oc;
 #pragma omp parallel num_threads(nt)
   {
-    T* apack = reinterpret_cast<T*>(ws + g.off_pack + thread_index() * g.pack_stride);
+    char* mine = ws + thread_index() * g.pack_stride;
+    Segment* seg = reinterpret_cast<Segment*>(mine);
+    T* apack = reinterpret_cast<T*>(mine + g.seg_bytes);
     T* bpack = apack + g.apack_elems;
-    for (int64_t r0 = 0; r0 < g.R; r0 += g.chunk) {
-      const int64_t rc = min64(g.chunk, g.R - r0);
-      if (g.nchw) {
 #pragma omp for schedule(static)
-        for (int64_t it = 0; it < g.Ktot + s.oc; ++it) {
-          if (it < g.Ktot)
-            build_col_row_nchw(s, g, x, it, r0, rc, col + it * rc);
+    for (int64_t u = 0; u < g.units; ++u) {
+      const int64_t jb = u % col_blocks, ib = (u / col_blocks) % row_blocks, grp = u / (col_blocks * row_blocks);
+      const int64_t i0 = ib * g.mb, j0 = jb * g.nb;
+      const int64_t mc = min64(g.mb, g.M - i0), nc = min64(g.nb, g.N - j0);
+      T* c = g.nchw ? dw + (grp * g.OCg + i0) * ldc + j0 : dw + i0 * ldc + grp * g.OCg + j0;
+      for (int64_t r0 = 0; r0 < g.R; r0 += Bk::KC) {
+        const int64_t kc = min64(Bk::KC, g.R - r0);
+        const int64_t nseg = make_segments(s, g, r0, kc, seg);
+        if (g.nchw)
+          pack_a_nchw(s, g, dy, grp * g.OCg + i0, mc, seg, nseg, kc, apack);
+        else
+          pack_a_nhwc(s, x + grp * icg(s), i0, mc, seg, nseg, kc, apack);
+        for (int64_t jr = 0; jr < nc; jr += Bk::NR) {
+          const int nr = static_cast<int>(min64(Bk::NR, nc - jr));
+          if (g.nchw)
+            pack_b_nchw(s, x + grp * icg(s) * s.h * s.w, j0 + jr, nr, seg, nseg, kc, bpack);
           else
-            copy_dy_row_nchw(s, g, dy, it - g.Ktot, r0, rc, dyc + (it - g.Ktot) * rc);
-        }
-      } else {
-#pragma omp for schedule(static)
-        for (int64_t j = 0; j < rc; ++j) build_col_pixel_nhwc(s, g, x, r0 + j, j, col);
-      }
-      // (the implicit barrier: the chunk is complete before anyone reads it)
-#pragma omp for schedule(static)
-      for (int64_t u = 0; u < g.units; ++u) {
-        const int64_t jb = u % col_blocks, ib = (u / col_blocks) % row_blocks, grp = u / (col_blocks * row_blocks);
-        const int64_t i0 = ib * g.mb, j0 = jb * g.nb;
-        const int64_t mc = min64(g.mb, g.M - i0), nc = min64(g.nb, g.N - j0);
-        for (int64_t k0 = 0; k0 < rc; k0 += Bk::KC) {
-          const int64_t kc = min64(Bk::KC, rc - k0);
-          const bool accumulate = r0 + k0 > 0;
-          if (g.nchw) {
-            // A = dY rows (output channels), B(k, j) = col[(grp*Kg + j) * rc + k].
-            const T* a = dyc + (grp * g.OCg + i0) * rc + k0;
-            const T* b = col + (grp * g.Kg + j0) * rc + k0;
-            T* c = dw + (grp * g.OCg + i0) * g.Kg + j0;
-            gemm_tile(mc, nc, kc, a, rc, int64_t(1), b, int64_t(1), rc, c, g.Kg, accumulate, apack, bpack);
-          } else {
-            // A(i, k) = col_g[k * Kg + i], B = dY rows (pixels), group's columns.
-            const T* a = col + (grp * g.chunk + k0) * g.Kg + i0;
-            const T* b = dy + (r0 + k0) * s.oc + grp * g.OCg + j0;
-            T* c = dw + i0 * s.oc + grp * g.OCg + j0;
-            gemm_tile(mc, nc, kc, a, int64_t(1), g.Kg, b, s.oc, int64_t(1), c, s.oc, accumulate, apack, bpack);
-          }
+            pack_b_nhwc(s, dy + grp * g.OCg + j0 + jr, r0, nr, kc, bpack);
+          for (int64_t ir = 0; ir < mc; ir += Bk::MR)
+            micro_kernel<T>(kc, apack + ir * kc, bpack, c + ir * ldc + jr, ldc,
+                            static_cast<int>(min64(Bk::MR, mc - ir)), nr, r0 > 0, false, none, 0, 0);
         }
       }
     }
