@@ -208,6 +208,32 @@ void grad_weight_entry(py::array x, py::array gy, py::array gw, const ShapeTuple
 }
 
 template <class T>
+void run_dw_grad_input(const ConvShape& s, const py::array& w, const py::array& gy, py::array& gx) {
+  validate_conv(s);  // before any size is trusted
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(w, "weight", dt, s.oc * s.kh * s.kw, false);
+  check_buffer(gy, "grad_out", dt, s.n * s.oc * s.oh * s.ow, false);
+  check_buffer(gx, "out", dt, s.n * s.c * s.h * s.w, true);
+  const T* wp = static_cast<const T*>(w.data());
+  const T* gyp = static_cast<const T*>(gy.data());
+  T* gxp = static_cast<T*>(gx.mutable_data());
+  const IsaKernels& k = active_kernels();
+  const int nt = get_num_threads();
+  py::gil_scoped_release release;
+  depthwise_grad_input<T>(k, s, wp, gyp, gxp, nt);
+}
+
+void dw_grad_input_entry(py::array w, py::array gy, py::array gx, const ShapeTuple& shape) {
+  const ConvShape s = make_shape(shape, 0, 0, false);
+  if (w.dtype().is(py::dtype::of<float>()))
+    run_dw_grad_input<float>(s, w, gy, gx);
+  else if (w.dtype().is(py::dtype::of<double>()))
+    run_dw_grad_input<double>(s, w, gy, gx);
+  else
+    throw py::type_error("conv2d_grad_input: only float32 and float64 are computed natively");
+}
+
+template <class T>
 void run_interleave(const PhaseLayout& p, const py::list& phases, py::array& dx) {
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(dx, "grad_x", dt, p.n * p.c * p.h * p.w, true);
@@ -371,6 +397,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("layout"), py::arg("activation"));
   m.def("conv2d_grad_weight", &grad_weight_entry, py::arg("x"), py::arg("grad_out"), py::arg("out"),
         py::arg("shape"), py::arg("layout"));
+  m.def("depthwise_grad_input", &dw_grad_input_entry, py::arg("weight"), py::arg("grad_out"), py::arg("out"),
+        py::arg("shape"));
   m.def("interleave_phases", &interleave_entry, py::arg("grad_x"), py::arg("phases"), py::arg("n"),
         py::arg("c"), py::arg("h"), py::arg("w"), py::arg("sh"), py::arg("sw"), py::arg("layout"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),

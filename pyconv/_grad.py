@@ -79,6 +79,13 @@ def _axis_phases(size: int, out_size: int, k: int, s: int, d: int, pad: int) -> 
     return phases
 
 
+def _tap_slice(taps: Tuple[int, ...]) -> slice:
+    """The evenly spaced, decreasing tap indices as a slice (a view, not a copy)."""
+    step = taps[0] - taps[1] if len(taps) > 1 else 1
+    stop = taps[-1] - step
+    return slice(taps[0], stop if stop >= 0 else None, -step)
+
+
 def _transposed_weight(w: np.ndarray, groups: int, layout: str) -> np.ndarray:
     """The weight of the transposed problem: input and output channels swapped
     within each group (not flipped: the phases pick taps in reverse order)."""
@@ -103,6 +110,12 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
         return out if geo.batched else out[0]
     oh, ow = (gy4.shape[2], gy4.shape[3]) if nchw else (gy4.shape[1], gy4.shape[2])
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
+    if nchw and geo.groups == geo.c and (oh, ow) == (geo.oh, geo.ow) and (sh > 1 or geo.oc > geo.c):
+        # Depthwise, strided or with a multiplier: its own kernel, one pass
+        # (the phases would be s*s small calls, or a grouped convolution).
+        dx = np.empty(x_shape, dtype=dtype)
+        _core.depthwise_grad_input(np.ascontiguousarray(w), np.ascontiguousarray(gy4), dx, geo.core_tuple())
+        return dx if geo.batched else dx[0]
     t, _, l, _ = geo.pads
     rows = _axis_phases(geo.h, oh, geo.kh, sh, dh, t)
     cols = _axis_phases(geo.w, ow, geo.kw, sw, dw, l)
@@ -115,12 +128,17 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
             if not pr.taps or not pc.taps:
                 phases.append(None)
                 continue
+            rt, ct = _tap_slice(pr.taps), _tap_slice(pc.taps)
             if nchw:
                 src = gy4[:, :, pr.lo:pr.hi, pc.lo:pc.hi]
-                sub = wt[:, :, list(pr.taps)][:, :, :, list(pc.taps)]
+                sub = wt[:, :, rt, ct]
             else:
                 src = gy4[:, pr.lo:pr.hi, pc.lo:pc.hi, :]
-                sub = wt[list(pr.taps)][:, list(pc.taps)]
+                sub = wt[rt, ct]
+            # One copy of the (strided, group-transposed) view: a big
+            # layer's weight is megabytes, and fancy indexing would copy it
+            # twice through a cache-hostile transpose.
+            sub = np.ascontiguousarray(sub)
             phases.append(_conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
                                   geo.groups, lay, None, "auto", dx if single else None))
     if not single or phases[0] is None:

@@ -944,3 +944,49 @@ def test_reference_rejects_the_same_calls(case, call, exc, fn):
         call()
     assert str(info.value).startswith(f"reference.{fn}: "), str(info.value)
     assert str(expected.value).startswith(f"{fn}: "), str(expected.value)
+
+
+# ---------------------------------------------------------------------------
+# kernel-specific paths added with the training work
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_small_weight_gradient_splits_its_reduction_deterministically(layout, rng):
+    """A weight gradient too small to share by tiles (LeNet's first layer:
+    6x25 values) has its pixel reduction cut into a fixed number of parts;
+    the parts depend on the shape only, so 1 and 2 threads agree bitwise, and
+    the parts' sum matches the reference."""
+    xs = (64, 1, 32, 32) if layout == "NCHW" else (64, 32, 32, 1)
+    ws = (6, 1, 5, 5) if layout == "NCHW" else (5, 5, 1, 6)
+    x = rng.standard_normal(xs).astype(np.float32)
+    gy = rng.standard_normal(pyconv.conv_output_shape(xs, ws, layout=layout)).astype(np.float32)
+    results = []
+    for threads in (1, 2, 1, 2):
+        with pyconv.num_threads(threads):
+            results.append(pyconv.conv2d_grad_weight(x, gy, ws, layout=layout))
+    for r in results[1:]:
+        assert np.array_equal(r, results[0])
+    ref = pyconv.reference.conv2d_grad_weight(x.astype(np.float64), gy.astype(np.float64), ws, layout=layout)
+    assert_close(results[0], ref, np.float32)
+
+
+@pytest.mark.parametrize("stride,multiplier", [(1, 2), (2, 1), (2, 2), (3, 1)])
+def test_depthwise_input_gradient_non_finite_weight(isa, rng, stride, multiplier):
+    """The depthwise input-gradient kernel (NCHW, stride > 1 or multiplier >
+    1) adds whole vectors of taps: lanes past an output row must not add
+    0 * w, which is NaN for an infinite w.  Non-finite weights give exactly
+    the reference's inf/NaN pattern.  (Stride 1 with multiplier 1 runs as a
+    forward convolution over zero-padded grad_out, where a non-finite tap
+    meeting the padding gives NaN as in the forward pass; README notes it.)"""
+    c, h, w = 3, 11, 13
+    wt = rng.standard_normal((c * multiplier, 1, 3, 3))
+    wt[0, 0, 1, 1] = np.inf
+    wt[-1, 0, 0, 2] = np.nan
+    xs = (2, c, h, w)
+    gy = rng.standard_normal(pyconv.conv_output_shape(xs, wt.shape, stride, 1, 1, c))
+    got = pyconv.conv2d_grad_input(gy, wt, xs, stride, 1, 1, c)
+    ref = pyconv.reference.conv2d_grad_input(gy, wt, xs, stride, 1, 1, c)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-10 * max(1, np.abs(ref[finite]).max()))

@@ -58,9 +58,18 @@ void require_algo(const ConvShape& s, Algo algo) {
 // whole team).  Results do not depend on the thread count, so this is free.
 constexpr int64_t kMinFlopsPerThread = int64_t(1) << 20;
 
+// Depthwise layers do ~2 FLOP per byte: their cost is memory traffic, so
+// they get a thread per kMinElemsPerThread elements of input and output
+// (128 KiB of float32) even when their FLOPs alone would not justify one.
+constexpr int64_t kMinElemsPerThread = int64_t(1) << 15;
+
 int useful_threads(const ConvShape& s, int nthreads) {
   const int64_t flops = 2 * s.n * s.oc * s.oh * s.ow * (s.c / s.groups) * s.kh * s.kw;
-  const int64_t useful = flops / kMinFlopsPerThread;
+  int64_t useful = flops / kMinFlopsPerThread;
+  if (s.groups == s.c) {
+    const int64_t elems = s.n * (s.c * s.h * s.w + s.oc * s.oh * s.ow);
+    useful = elems / kMinElemsPerThread > useful ? elems / kMinElemsPerThread : useful;
+  }
   return static_cast<int>(useful < 1 ? 1 : (useful < nthreads ? useful : nthreads));
 }
 
@@ -164,13 +173,30 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
     gk.run_f64(s, x, grad_y, grad_w, ws, nt);
 }
 
+template <class T>
+void depthwise_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
+                          int nthreads) {
+  validate(s);
+  require(s.groups == s.c && s.layout == Layout::NCHW, "the depthwise input gradient serves NCHW depthwise only");
+  const int nt = useful_threads(s, nthreads);
+  thread_local Workspace cache;
+  std::unique_ptr<void, FreeDeleter> oneoff;
+  const GradInputKernels& gk = *k.depthwise_grad_input;
+  void* ws = acquire_workspace(cache, oneoff, gk.workspace_bytes(s, sizeof(T), nt));
+  if constexpr (sizeof(T) == 4)
+    gk.run_f32(s, w, grad_y, grad_x, ws, nt);
+  else
+    gk.run_f64(s, w, grad_y, grad_x, ws, nt);
+}
+
 #define PYCONV_INSTANTIATE(T)                                                                          \
   template void pack_weight<T>(const IsaKernels&, const ConvShape&, const T*, T*, Algo, int);         \
   template void conv2d<T>(const IsaKernels&, const ConvShape&, const T*, const T*, const T*, const T*, \
                           T*, Algo, int);                                                              \
   template void separable_conv2d<T>(const IsaKernels&, const ConvShape&, const ConvShape&, const T*,  \
                                     const T*, const T*, const T*, T*, int);                  \
-  template void conv2d_grad_weight<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int);
+  template void conv2d_grad_weight<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int); \
+  template void depthwise_grad_input<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

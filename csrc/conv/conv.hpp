@@ -49,6 +49,11 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
                         int nthreads);
 void validate_conv(const ConvShape& s);
 
+// Input gradient of an NCHW depthwise convolution (groups == C_in).
+template <class T>
+void depthwise_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
+                          int nthreads);
+
 // An input-gradient grid split into stride phases (csrc/conv/phases.cpp):
 // phase (a, b), a < min(sh, h), b < min(sw, w), holds positions a + sh*u,
 // b + sw*v, an array of ceil((h-a)/sh) x ceil((w-b)/sw) pixels in `layout`.

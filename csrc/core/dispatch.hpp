@@ -76,6 +76,18 @@ struct GradWeightKernels {
   GradWeightFn<double> run_f64;
 };
 
+// Input gradient of an NCHW depthwise convolution (csrc/depthwise): grad_x
+// written whole from the weight (plain OIHW) and grad_y.
+template <class T>
+using GradInputFn = void (*)(const ConvShape& s, const T* w, const T* grad_y, T* grad_x, void* workspace,
+                             int nthreads);
+
+struct GradInputKernels {
+  int64_t (*workspace_bytes)(const ConvShape& s, int elem_bytes, int nthreads);
+  GradInputFn<float> run_f32;
+  GradInputFn<double> run_f64;
+};
+
 struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
@@ -85,6 +97,7 @@ struct IsaKernels {
   const SeparableKernels* separable;
   const GradWeightKernels* grad_weight;            // any convolution (packed GEMM)
   const GradWeightKernels* depthwise_grad_weight;  // groups == C_in, NCHW
+  const GradInputKernels* depthwise_grad_input;    // groups == C_in, NCHW
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -109,7 +122,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
 }  // namespace pyconv

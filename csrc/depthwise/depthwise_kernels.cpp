@@ -566,6 +566,105 @@ int64_t grad_weight_depthwise_workspace(const ConvShape& s, int elem_bytes, int 
   return dw_grad_scratch_offset(s) + nt * plane;
 }
 
+// ---- input gradient (NCHW) -------------------------------------------------
+//
+// dX[c] = sum over the plane's m filters, output pixels and taps of
+// dY[n, c*m + j, oh, ow] * w[tap], added at padded (oh*sh + kh*dh,
+// ow*sw + kw*dw).  Accumulated in a zero-padded per-thread plane split into
+// sw column phases (the forward's layout, where every tap of an output row
+// lands on one contiguous run), one vector read-modify-write per tap and
+// vector of output pixels, in a fixed order; then the phases are written
+// out interleaved and cropped to the input.  Serves any stride (the stride-1
+// case is also a forward depthwise convolution with the flipped kernel, but
+// this avoids the flip and handles multipliers > 1, where that convolution
+// would not be depthwise).
+
+// One filter's taps into the scratch.  The tap loop is outside the row loop:
+// taps kw and kw + sw land on the same phase one column apart, and
+// read-modify-writes of overlapping, misaligned vectors back to back would
+// stall on store forwarding; a whole pass over the rows lies between them.
+template <class T>
+void add_filter(const ConvShape& s, const Geometry& g, const T* wk, const T* dy, T* scratch) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t full = s.ow / N * N;
+  const int rest = static_cast<int>(s.ow - full);
+  for (int64_t kh = 0; kh < s.kh; ++kh)
+    for (int64_t kw = 0; kw < s.kw; ++kw) {
+      const int64_t col = kw * s.dw;
+      T* dst0 = scratch + ((col % s.sw) * g.hp + kh * s.dh) * g.wq + col / s.sw;
+      const typename V::R wv = V::set1(wk[kh * s.kw + kw]);
+      for (int64_t oh = 0; oh < s.oh; ++oh) {
+        T* dst = dst0 + oh * s.sh * g.wq;
+        const T* src = dy + oh * s.ow;
+        for (int64_t ow = 0; ow < full; ow += N)
+          V::store(dst + ow, V::fma(V::load(src + ow), wv, V::load(dst + ow)));
+        if (rest)  // masked: lanes past the row must not add 0 * w (NaN for an infinite w)
+          V::store_n(dst + full, V::fma(V::load_n(src + full, rest), wv, V::load_n(dst + full, rest)), rest);
+      }
+    }
+}
+
+// Input row ih of the plane from the phase scratch.
+template <class T>
+void write_row(const ConvShape& s, const Geometry& g, const T* scratch, int64_t ih, T* dst) {
+  const int64_t r = ih + s.pt;
+  if (s.sw == 1) {
+    const T* src = scratch + r * g.wq + s.pl;
+    for (int64_t iw = 0; iw < s.w; ++iw) dst[iw] = src[iw];
+    return;
+  }
+  if (s.sw == 2) {  // column iw = 2v + b is phase (b + pl) % 2 at v + (b + pl) / 2
+    using V = Vec<T>;
+    const T* a = scratch + ((s.pl % 2) * g.hp + r) * g.wq + s.pl / 2;
+    const T* b = scratch + (((s.pl + 1) % 2) * g.hp + r) * g.wq + (s.pl + 1) / 2;
+    int64_t v = 0;
+    for (; 2 * (v + V::N) <= s.w; v += V::N) V::store_interleaved(dst + 2 * v, V::load(a + v), V::load(b + v));
+    for (; 2 * v < s.w; ++v) {
+      dst[2 * v] = a[v];
+      if (2 * v + 1 < s.w) dst[2 * v + 1] = b[v];
+    }
+    return;
+  }
+  int64_t f = s.pl % s.sw, q = s.pl / s.sw;  // phase and column of input column 0, then stepped
+  for (int64_t iw = 0; iw < s.w; ++iw) {
+    dst[iw] = scratch[(f * g.hp + r) * g.wq + q];
+    if (++f == s.sw) {
+      f = 0;
+      ++q;
+    }
+  }
+}
+
+template <class T>
+void grad_input_depthwise(const ConvShape& s, const T* w, const T* dy, T* dx, void* workspace, int nt) {
+  const Geometry g = make_geometry<T>(s, 1, true);
+  const int64_t plane = s.sw * g.hp * g.wq, taps = s.kh * s.kw, out_plane = s.oh * s.ow;
+  const int64_t stride = round_up(plane * static_cast<int64_t>(sizeof(T)), kAlign);
+  char* ws = static_cast<char*>(workspace);
+#pragma omp parallel num_threads(nt)
+  {
+    T* scratch = reinterpret_cast<T*>(ws + thread_index() * stride);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < s.n * s.c; ++p) {
+      const int64_t n = p / s.c, c = p % s.c;
+      for (int64_t i = 0; i < plane; ++i) scratch[i] = T(0);
+      for (int64_t j = 0; j < g.m; ++j) {
+        const int64_t oc = c * g.m + j;
+        add_filter(s, g, w + oc * taps, dy + (n * s.oc + oc) * out_plane, scratch);
+      }
+      T* out = dx + p * s.h * s.w;
+      for (int64_t ih = 0; ih < s.h; ++ih) write_row(s, g, scratch, ih, out + ih * s.w);
+    }
+  }
+}
+
+int64_t grad_input_depthwise_workspace(const ConvShape& s, int elem_bytes, int nt) {
+  const int64_t plane = elem_bytes == 4 ? make_geometry<float>(s, 1, true).plane_elems
+                                        : make_geometry<double>(s, 1, true).plane_elems;
+  return nt * round_up(plane * elem_bytes, kAlign);
+}
+
 }  // namespace
 
 // ---- bands (fused separable convolution) -----------------------------------
@@ -613,6 +712,9 @@ template void depthwise_band<float>(const ConvShape&, const float*, const float*
                                     float*, void*);
 template void depthwise_band<double>(const ConvShape&, const double*, const double*, int64_t, int64_t, int64_t,
                                      double*, void*);
+
+const GradInputKernels kDepthwiseGradInput = {&grad_input_depthwise_workspace, &grad_input_depthwise<float>,
+                                              &grad_input_depthwise<double>};
 
 const GradWeightKernels kDepthwiseGradWeight = {&grad_weight_depthwise_workspace, &grad_weight_depthwise<float>,
                                                 &grad_weight_depthwise<double>};

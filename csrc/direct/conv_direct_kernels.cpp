@@ -410,7 +410,7 @@ const AlgoKernels kDirect = {
 };
 
 const IsaKernels kKernels = {PYCONV_ISA_NAME, &kDirect, &kGemm, &kDepthwise, &kPool, &kSeparable, &kGradWeight,
-                             &kDepthwiseGradWeight, &peak_flops};
+                             &kDepthwiseGradWeight, &kDepthwiseGradInput, &peak_flops};
 
 }  // namespace PYCONV_ISA_NS
 }  // namespace pyconv

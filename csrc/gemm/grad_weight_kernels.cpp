@@ -14,9 +14,13 @@
 // with constant strides.  The extra memory is the per-thread packing
 // buffers, whatever the batch.
 //
-// Determinism: threads split dW's rows and columns only; each dW element
+// Determinism: threads split dW's rows and columns; each dW element
 // accumulates the KC blocks of r in order on one thread, and KC does not
-// depend on the thread count, so results are bitwise identical for any
+// depend on the thread count.  A small dW (LeNet's 6x25, a 3->32 1x1 layer)
+// has too few tiles to share, so its reduction is also cut into `parts`:
+// KC-aligned ranges of r whose partial sums go to separate buffers and are
+// then added in part order.  The number of parts depends on the shape only,
+// never on the thread count, so results stay bitwise identical for any
 // thread count.
 #include <cstdint>
 
@@ -35,10 +39,19 @@ struct GwPlan {
   int64_t Kg, OCg;       // reduction per group (icg*kh*kw), outputs per group
   int64_t M, N;          // the per-group GEMM: NCHW M = OCg, N = Kg; NHWC M = Kg, N = OCg
   int64_t mb, nb;        // thread tile
-  int64_t units;
+  int64_t units, tiles;
+  int64_t parts, part_len;  // reduction split (see above)
+  int64_t dw_elems;         // all groups' dW
   int64_t apack_elems, bpack_elems, seg_bytes;
   int64_t pack_stride, total;
 };
+
+// A dW with fewer tiles than this (at full block sizes) also splits its
+// reduction, into at most kMaxParts parts of at least kMinPartBlocks KC
+// blocks each.
+constexpr int64_t kSplitBelowTiles = 4;
+constexpr int64_t kMaxParts = 8;
+constexpr int64_t kMinPartBlocks = 4;
 
 // A run of pixels r0 + off .. r0 + off + len - 1 on one output row.
 struct Segment {
@@ -57,15 +70,24 @@ GwPlan make_plan(const ConvShape& s, int nt) {
   g.OCg = ocg(s);
   g.M = g.nchw ? g.OCg : g.Kg;
   g.N = g.nchw ? g.Kg : g.OCg;
-  g.mb = min64(round_up(g.M, Bk::MR), Bk::MC);
+  // Row blocks of equal size (256 rows: two of 128, not 192 + 64), so that
+  // the units the threads share are alike.
+  g.mb = balanced_block(g.M, Bk::MC, Bk::MR, 1, 1);
   const int64_t row_blocks = ceil_div(g.M, g.mb);
   g.nb = balanced_block(g.N, Bk::NC, Bk::NR, s.groups * row_blocks, nt);
-  g.units = s.groups * row_blocks * ceil_div(g.N, g.nb);
+  g.tiles = s.groups * row_blocks * ceil_div(g.N, g.nb);
+  const int64_t full_tiles = s.groups * ceil_div(g.M, Bk::MC) * ceil_div(g.N, Bk::NC);  // thread-count free
+  const int64_t blocks = ceil_div(g.R, Bk::KC);
+  g.parts = full_tiles < kSplitBelowTiles ? max64(1, min64(kMaxParts, blocks / kMinPartBlocks)) : 1;
+  g.part_len = ceil_div(blocks, g.parts) * Bk::KC;
+  g.parts = ceil_div(g.R, g.part_len);
+  g.units = g.parts * g.tiles;
+  g.dw_elems = s.oc * icg(s) * s.kh * s.kw;
   g.apack_elems = g.mb * Bk::KC;
   g.bpack_elems = Bk::KC * Bk::NR;
   g.seg_bytes = round_up(Bk::KC * static_cast<int64_t>(sizeof(Segment)), kAlign);
   g.pack_stride = round_up((g.apack_elems + g.bpack_elems) * e, kAlign) + g.seg_bytes;
-  g.total = nt * g.pack_stride;
+  g.total = round_up((g.parts - 1) * g.dw_elems * e, kAlign) + nt * g.pack_stride;
   return g;
 }
 
@@ -216,20 +238,25 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
   const int64_t row_blocks = ceil_div(g.M, g.mb), col_blocks = ceil_div(g.N, g.nb);
   const Epilogue<T> none{nullptr, false, Activation::None};
   const int64_t ldc = g.nchw ? g.Kg : s.oc;
+  T* partial = reinterpret_cast<T*>(ws);  // parts 1.. (part 0 is dw itself)
+  char* packs = ws + round_up((g.parts - 1) * g.dw_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 #pragma omp parallel num_threads(nt)
   {
-    char* mine = ws + thread_index() * g.pack_stride;
+    char* mine = packs + thread_index() * g.pack_stride;
     Segment* seg = reinterpret_cast<Segment*>(mine);
     T* apack = reinterpret_cast<T*>(mine + g.seg_bytes);
     T* bpack = apack + g.apack_elems;
 #pragma omp for schedule(static)
     for (int64_t u = 0; u < g.units; ++u) {
-      const int64_t jb = u % col_blocks, ib = (u / col_blocks) % row_blocks, grp = u / (col_blocks * row_blocks);
+      const int64_t t = u % g.tiles, part = u / g.tiles;
+      const int64_t jb = t % col_blocks, ib = (t / col_blocks) % row_blocks, grp = t / (col_blocks * row_blocks);
       const int64_t i0 = ib * g.mb, j0 = jb * g.nb;
       const int64_t mc = min64(g.mb, g.M - i0), nc = min64(g.nb, g.N - j0);
-      T* c = g.nchw ? dw + (grp * g.OCg + i0) * ldc + j0 : dw + i0 * ldc + grp * g.OCg + j0;
-      for (int64_t r0 = 0; r0 < g.R; r0 += Bk::KC) {
-        const int64_t kc = min64(Bk::KC, g.R - r0);
+      T* base = part == 0 ? dw : partial + (part - 1) * g.dw_elems;
+      T* c = g.nchw ? base + (grp * g.OCg + i0) * ldc + j0 : base + i0 * ldc + grp * g.OCg + j0;
+      const int64_t r_begin = part * g.part_len, r_end = min64(g.R, r_begin + g.part_len);
+      for (int64_t r0 = r_begin; r0 < r_end; r0 += Bk::KC) {
+        const int64_t kc = min64(Bk::KC, r_end - r0);
         const int64_t nseg = make_segments(s, g, r0, kc, seg);
         if (g.nchw)
           pack_a_nchw(s, g, dy, grp * g.OCg + i0, mc, seg, nseg, kc, apack);
@@ -243,8 +270,17 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
             pack_b_nhwc(s, dy + grp * g.OCg + j0 + jr, r0, nr, kc, bpack);
           for (int64_t ir = 0; ir < mc; ir += Bk::MR)
             micro_kernel<T>(kc, apack + ir * kc, bpack, c + ir * ldc + jr, ldc,
-                            static_cast<int>(min64(Bk::MR, mc - ir)), nr, r0 > 0, false, none, 0, 0);
+                            static_cast<int>(min64(Bk::MR, mc - ir)), nr, r0 > r_begin, false, none, 0, 0);
         }
+      }
+    }
+    if (g.parts > 1) {
+      // (the implicit barrier of the loop above: every part is complete)
+#pragma omp for schedule(static)
+      for (int64_t i = 0; i < g.dw_elems; ++i) {
+        T sum = dw[i];
+        for (int64_t p = 1; p < g.parts; ++p) sum += partial[(p - 1) * g.dw_elems + i];
+        dw[i] = sum;
       }
     }
   }
