@@ -50,6 +50,10 @@ void check_buffer(const py::array& a, const char* name, const py::dtype& dt, int
   if (!(a.flags() & py::array::c_style))
     throw std::invalid_argument(std::string("conv2d: ") + name + " must be C-contiguous");
   if (a.size() != expected) throw std::invalid_argument(std::string("conv2d: ") + name + " has the wrong size");
+  // Typed loads and stores of an unaligned buffer are undefined behaviour
+  // (UBSan reports them); the Python layer copies unaligned views first.
+  if (!(a.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+    throw std::invalid_argument(std::string("conv2d: ") + name + " is not aligned to its element size");
   if (writable && !a.writeable()) throw std::invalid_argument(std::string("conv2d: ") + name + " is read-only");
 }
 

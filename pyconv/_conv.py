@@ -12,6 +12,7 @@ import numpy as np
 from . import _core
 from ._prepack import PackedWeight
 from ._normalize import (
+    kernel_array,
     ConvGeometry,
     activation_code,
     as_array,
@@ -203,12 +204,18 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
         y = np.empty(geo.out_shape, dtype=dtype)
     if geo.n == 0:
         return y
-    xc = np.ascontiguousarray(xa, dtype=dtype)
-    wc = np.ascontiguousarray(wa, dtype=dtype)
-    bc = None if ba is None else np.ascontiguousarray(ba, dtype=dtype)
+    xc = kernel_array(xa, dtype=dtype)
+    wc = kernel_array(wa, dtype=dtype)
+    bc = None if ba is None else kernel_array(ba, dtype=dtype)
     packed = None if packed_weight is None else packed_weight.packed(dtype, geo.c, kernel)
     start = time.perf_counter() if _VERBOSE else 0.0
+    target = y
+    if not y.flags.aligned:  # an unaligned out= view: compute aside, then copy
+        y = np.empty(geo.out_shape, dtype=dtype)
     _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel, packed)
+    if y is not target:
+        np.copyto(target, y)
+        y = target
     if _VERBOSE:
         ms = (time.perf_counter() - start) * 1e3
         print(f"pyconv_verbose,{fn},{geo.problem_string()} g{geo.groups} "

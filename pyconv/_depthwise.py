@@ -9,6 +9,7 @@ import numpy as np
 from . import _core
 from ._conv import _conv2d
 from ._normalize import (
+    kernel_array,
     activation_code,
     as_array,
     conv_geometry,
@@ -77,7 +78,7 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
         return y
     # One fused pass: the depthwise output is made band by band in cache and
     # consumed there by the 1x1 GEMM (csrc/separable).
-    _core.separable_conv2d(np.ascontiguousarray(xa), np.ascontiguousarray(dw), np.ascontiguousarray(pw),
-                           None if ba is None else np.ascontiguousarray(ba), y, dw_geo.core_tuple(),
+    _core.separable_conv2d(kernel_array(xa), kernel_array(dw), kernel_array(pw),
+                           None if ba is None else kernel_array(ba), y, dw_geo.core_tuple(),
                            pw_geo.core_tuple(), 0 if lay == "NCHW" else 1, act)
     return y

@@ -22,6 +22,7 @@ import numpy as np
 from . import _core
 from ._conv import _conv2d
 from ._normalize import (
+    kernel_array,
     ConvGeometry,
     as_array,
     conv_geometry,
@@ -114,7 +115,7 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
         # Depthwise, strided or with a multiplier: its own kernel, one pass
         # (the phases would be s*s small calls, or a grouped convolution).
         dx = np.empty(x_shape, dtype=dtype)
-        _core.depthwise_grad_input(np.ascontiguousarray(w), np.ascontiguousarray(gy4), dx, geo.core_tuple())
+        _core.depthwise_grad_input(kernel_array(w), kernel_array(gy4), dx, geo.core_tuple())
         return dx if geo.batched else dx[0]
     t, _, l, _ = geo.pads
     rows = _axis_phases(geo.h, oh, geo.kh, sh, dh, t)
@@ -138,7 +139,7 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
             # One copy of the (strided, group-transposed) view: a big
             # layer's weight is megabytes, and fancy indexing would copy it
             # twice through a cache-hostile transpose.
-            sub = np.ascontiguousarray(sub)
+            sub = kernel_array(sub)
             phases.append(_conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
                                   geo.groups, lay, None, "auto", dx if single else None))
     if not single or phases[0] is None:
@@ -244,14 +245,14 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
         # the depthwise kernel reduces NCHW planes, so bring both operands there.
         x4 = xa if geo.batched else xa[None]
         g4 = gy if geo.batched else gy[None]
-        xc = np.ascontiguousarray(x4.transpose(0, 3, 1, 2), dtype=dtype)
-        gyc = np.ascontiguousarray(g4.transpose(0, 3, 1, 2), dtype=dtype)
+        xc = kernel_array(x4.transpose(0, 3, 1, 2), dtype=dtype)
+        gyc = kernel_array(g4.transpose(0, 3, 1, 2), dtype=dtype)
         oihw = np.empty((geo.oc, 1, geo.kh, geo.kw), dtype=dtype)
         _core.conv2d_grad_weight(xc, gyc, oihw, geo.core_tuple(), 0)
         dw[...] = oihw.transpose(2, 3, 1, 0)
         return dw
-    xc = np.ascontiguousarray(xa, dtype=dtype)
-    gyc = np.ascontiguousarray(gy, dtype=dtype)
+    xc = kernel_array(xa, dtype=dtype)
+    gyc = kernel_array(gy, dtype=dtype)
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
     return dw
 

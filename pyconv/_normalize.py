@@ -20,6 +20,7 @@ __all__ = [
     "depthwise_groups",
     "float_dtype",
     "grad_out_check",
+    "kernel_array",
     "transpose_geometry",
     "pointwise_check",
     "separable_operands",
@@ -205,6 +206,16 @@ def result_dtype(*arrays: Optional[np.ndarray]) -> np.dtype:
     if not floats or any(d.itemsize >= 8 for d in floats):
         return np.dtype(np.float64)
     return np.dtype(np.float32)
+
+
+def kernel_array(a: np.ndarray, dtype: Any = None) -> np.ndarray:
+    """``a`` as the C++ kernels take it: C-contiguous, native byte order,
+    element-aligned (an unaligned view, e.g. carved from a byte buffer, is
+    copied once: the kernels' typed loads and stores require alignment)."""
+    r = np.ascontiguousarray(a, dtype=dtype)
+    if not r.flags.aligned or not r.dtype.isnative:
+        r = np.array(r, dtype=r.dtype.newbyteorder("="), order="C", copy=True)
+    return r
 
 
 def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,

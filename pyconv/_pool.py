@@ -11,6 +11,7 @@ import numpy as np
 from . import _core
 from ._conv import _VERBOSE
 from ._normalize import (
+    kernel_array,
     PoolGeometry,
     as_array,
     count_include_pad_flag,
@@ -39,7 +40,7 @@ def _run_forward(fn: str, xa: np.ndarray, geo: PoolGeometry, op: int, count_incl
     idx = np.empty(geo.out_shape, dtype=np.int64) if want_indices else None
     if geo.n == 0:
         return y, idx
-    xc = np.ascontiguousarray(xa, dtype=dtype)
+    xc = kernel_array(xa, dtype=dtype)
     start = time.perf_counter() if _VERBOSE else 0.0
     _core.pool_forward(xc, y, idx, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1, op, count_include_pad)
     if _VERBOSE:
@@ -235,7 +236,7 @@ def max_pool2d_grad(grad_out: Any, x: Any, kernel_size: Any, stride: Any = None,
     gx = np.empty(geo.in_shape, dtype=dtype)
     if geo.n == 0:
         return gx
-    _core.pool_backward(np.ascontiguousarray(xa, dtype=dtype), np.ascontiguousarray(ga, dtype=dtype), gx,
+    _core.pool_backward(kernel_array(xa, dtype=dtype), kernel_array(ga, dtype=dtype), gx,
                         geo.core_tuple(), 0 if lay == "NCHW" else 1, _MAX, False)
     return gx
 
@@ -264,6 +265,6 @@ def avg_pool2d_grad(grad_out: Any, input_shape: Any, kernel_size: Any, stride: A
     gx = np.empty(geo.in_shape, dtype=dtype)
     if geo.n == 0:
         return gx
-    _core.pool_backward(None, np.ascontiguousarray(ga, dtype=dtype), gx, geo.core_tuple(),
+    _core.pool_backward(None, kernel_array(ga, dtype=dtype), gx, geo.core_tuple(),
                         0 if lay == "NCHW" else 1, _AVG, cip)
     return gx

@@ -8,7 +8,7 @@ from typing import Any, Dict, Tuple
 import numpy as np
 
 from . import _core
-from ._normalize import _int as int_arg
+from ._normalize import kernel_array, _int as int_arg
 from ._normalize import as_array, layout_name
 
 __all__ = ["PackedWeight", "prepack"]
@@ -69,7 +69,7 @@ class PackedWeight:
             with self._lock:
                 pack = self._packs.get(key)
                 if pack is None:
-                    w = np.ascontiguousarray(self.weight, dtype=dtype)
+                    w = kernel_array(self.weight, dtype=dtype)
                     if self.layout == "NCHW":
                         oc, _, kh, kw = w.shape
                     else:
