@@ -22,6 +22,7 @@ import numpy as np
 from . import _core
 from ._conv import _conv2d
 from ._normalize import (
+    MAX_BYTES,
     kernel_array,
     ConvGeometry,
     as_array,
@@ -270,6 +271,8 @@ def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
     gy = as_array(fn, "grad_out", grad_out)
     if gy.ndim not in (3, 4):
         raise ValueError(f"{fn}: grad_out must be 4-D (batched) or 3-D, got shape {gy.shape}")
+    if gy.size * 8 >= MAX_BYTES:
+        raise ValueError(f"{fn}: grad_out is too large ({gy.size} elements overflow 64-bit sizes)")
     dtype = result_dtype(gy)
     channel_axis = gy.ndim - 3 if lay == "NCHW" else gy.ndim - 1
     axes = tuple(i for i in range(gy.ndim) if i != channel_axis)

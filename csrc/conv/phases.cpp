@@ -47,6 +47,10 @@ void interleave_row(T* dst, const T* const* src, int64_t w, int64_t sw) {
 template <class T>
 void interleave_phases(const PhaseLayout& p, const T* const* phases, T* dx, int nthreads) {
   const int64_t pw = p.sw < p.w ? p.sw : p.w;
+  // A memory-bound copy: a thread per 64K elements at most (waking a
+  // second thread costs more than copying a small gradient).
+  const int64_t useful = p.n * p.c * p.h * p.w >> 16;
+  if (useful < nthreads) nthreads = useful < 1 ? 1 : static_cast<int>(useful);
   if (p.layout == Layout::NCHW) {
     const int64_t planes = p.n * p.c;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
