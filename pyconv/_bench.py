@@ -39,7 +39,6 @@ from ._prepack import prepack
 from ._conv import plan as conv_plan
 from ._runtime import peak_gflops, set_num_threads
 from ._pool import avg_pool2d, avg_pool2d_grad, global_avg_pool2d, max_pool2d, max_pool2d_grad
-from ._grad import conv2d_grad_input, conv2d_grad_weight
 from ._suite import ConvShape, PoolShape, StepShape, make_inputs, make_pool_inputs, make_step_inputs
 from .autograd import conv2d_vjp
 

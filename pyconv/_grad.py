@@ -31,6 +31,7 @@ from ._normalize import (
     layout_name,
     result_dtype,
     transpose_geometry,
+    transpose_operands,
 )
 
 __all__ = ["conv2d_grad_bias", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d"]
@@ -320,20 +321,19 @@ def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, pad
            [1., 1., 1., 1.],
            [1., 1., 1., 1.]], dtype=float32)
     """
-    fn = "conv_transpose2d"
-    lay = layout_name(fn, layout)
-    xa = as_array(fn, "x", x)
-    wa = as_array(fn, "weight", weight)
-    ba = None if bias is None else as_array(fn, "bias", bias)
-    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
-                             lay, output_size)
-    if ba is not None and ba.shape != (geo.c,):
-        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
-    dtype = result_dtype(xa, wa, ba)
-    y = _grad_input(fn, xa.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
+    return _conv_transpose2d("conv_transpose2d", x, weight, bias, stride, padding, output_padding, dilation,
+                             groups, layout, output_size)[0]
+
+
+def _conv_transpose2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, output_padding: Any,
+                      dilation: Any, groups: Any, layout: Any, output_size: Any) -> Tuple[Any, ...]:
+    """conv_transpose2d's body: (y, then transpose_operands' checked operands)."""
+    lay, xa, wa, ba, geo, dtype = transpose_operands(fn, x, weight, bias, stride, padding, output_padding,
+                                                     dilation, groups, layout, output_size)
+    y = _grad_input(fn, xa, wa, geo, dtype)
     if ba is not None:
-        y += ba.astype(dtype, copy=False).reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
-    return y
+        y += ba.reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
+    return y, lay, xa, wa, ba, geo, dtype
 
 
 def transpose_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,

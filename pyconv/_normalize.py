@@ -22,6 +22,7 @@ __all__ = [
     "grad_out_check",
     "kernel_array",
     "transpose_geometry",
+    "transpose_operands",
     "pointwise_check",
     "separable_operands",
     "activation_code",
@@ -536,6 +537,28 @@ def transpose_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding
     if not batched:
         conv_in = conv_in[1:]
     return conv_geometry(fn, conv_in, ws, st, ((t, bt), (l, r)), dl, g, layout)
+
+
+def transpose_operands(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any,
+                       output_padding: Any, dilation: Any, groups: Any, layout: Any,
+                       output_size: Any) -> Tuple[Any, ...]:
+    """Checked operands of a conv_transpose2d call.
+
+    Returns (layout, x, weight, bias or None, geometry, dtype): the arrays
+    cast to the dtype conv2d's rule gives for all three, and the geometry of
+    the conv2d whose input gradient the call is (:func:`transpose_geometry`).
+    """
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    wa = as_array(fn, "weight", weight)
+    ba = None if bias is None else as_array(fn, "bias", bias)
+    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
+                             lay, output_size)
+    if ba is not None and ba.shape != (geo.c,):
+        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
+    dtype = result_dtype(xa, wa, ba)
+    cast = [None if a is None else a.astype(dtype, copy=False) for a in (xa, wa, ba)]
+    return (lay, *cast, geo, dtype)
 
 
 # ---- pooling -----------------------------------------------------------------

@@ -38,14 +38,12 @@ from typing import Any, Callable, Optional, Tuple
 import numpy as np
 
 from ._conv import _conv2d
-from ._grad import _grad_input, _grad_weight, conv2d_grad_bias
+from ._grad import _conv_transpose2d, _grad_input, _grad_weight, conv2d_grad_bias
 from ._normalize import (
     as_array,
     conv_geometry,
     grad_out_check,
     layout_name,
-    result_dtype,
-    transpose_geometry,
 )
 from ._pool import avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad
 
@@ -107,19 +105,11 @@ def conv_transpose2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1,
     gradients are that conv2d (for x) and that conv2d's weight gradient with
     the roles of input and grad_out exchanged (for the weight).
     """
-    fn = "conv_transpose2d_vjp"
-    lay = layout_name(fn, layout)
-    xa = as_array(fn, "x", x)
-    wa = as_array(fn, "weight", weight)
-    ba = None if bias is None else as_array(fn, "bias", bias)
-    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
-                             lay, output_size)
-    if ba is not None and ba.shape != (geo.c,):
-        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
-    dtype = result_dtype(xa, wa, ba)
-    y = _grad_input(fn, xa.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
-    if ba is not None:
-        y += ba.astype(dtype, copy=False).reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
+    y, lay, xd, wd, ba, geo, dtype = _conv_transpose2d("conv_transpose2d_vjp", x, weight, bias, stride, padding,
+                                                       output_padding, dilation, groups, layout, output_size)
+    xa = as_array("conv_transpose2d_vjp", "x", x)  # the primal, for the gradients' dtypes
+    wa = as_array("conv_transpose2d_vjp", "weight", weight)
+    bp = None if bias is None else as_array("conv_transpose2d_vjp", "bias", bias)
     nchw = lay == "NCHW"
     spatial = (xa.ndim - 2, xa.ndim - 1) if nchw else (xa.ndim - 3, xa.ndim - 2)
     x_hw = (xa.shape[spatial[0]], xa.shape[spatial[1]])
@@ -130,20 +120,20 @@ def conv_transpose2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1,
         # The conv2d this transposes: its output can be larger than x (when
         # output_padding >= stride); x's gradient is the part x covers, and
         # the weight gradient sees x padded with zeros to that size.
-        full = _conv2d(pb, gy, wa.astype(dtype, copy=False), None, geo.stride, _pairs(geo.pads),
+        full = _conv2d(pb, gy, wd, None, geo.stride, _pairs(geo.pads),
                        geo.dilation, geo.groups, lay, None, "auto", None)
         gx = full
-        xd = xa.astype(dtype, copy=False)
+        xp = xd
         if (geo.oh, geo.ow) != x_hw:
             crop = [slice(None)] * full.ndim
             crop[spatial[0]], crop[spatial[1]] = slice(0, x_hw[0]), slice(0, x_hw[1])
             gx = np.ascontiguousarray(full[tuple(crop)])
-            widths = [(0, 0)] * xd.ndim
+            widths = [(0, 0)] * xp.ndim
             widths[spatial[0]] = (0, geo.oh - x_hw[0])
             widths[spatial[1]] = (0, geo.ow - x_hw[1])
-            xd = np.pad(xd, widths)
-        gw = _grad_weight(gy, xd, geo, dtype)
-        gb = None if ba is None else _like(conv2d_grad_bias(gy, layout=lay), ba)
+            xp = np.pad(xp, widths)
+        gw = _grad_weight(gy, xp, geo, dtype)
+        gb = None if bp is None else _like(conv2d_grad_bias(gy, layout=lay), bp)
         return _like(gx, xa), _like(gw, wa), gb
 
     return y, pullback

@@ -20,7 +20,7 @@ from .._normalize import (
     grad_out_check,
     layout_name,
     result_dtype,
-    transpose_geometry,
+    transpose_operands,
 )
 
 __all__ = ["conv2d_grad_bias", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d"]
@@ -133,14 +133,8 @@ def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, pad
     """Reference transposed convolution: the input gradient of the conv2d
     whose output has x's shape, plus the bias."""
     fn = "reference.conv_transpose2d"
-    lay = layout_name(fn, layout)
-    xa = as_array(fn, "x", x)
-    wa = as_array(fn, "weight", weight)
-    ba = None if bias is None else as_array(fn, "bias", bias)
-    geo = transpose_geometry(fn, xa.shape, wa.shape, stride, padding, output_padding, dilation, groups,
-                             lay, output_size)
-    if ba is not None and ba.shape != (geo.c,):
-        raise ValueError(f"{fn}: bias must have shape ({geo.c},) to match the weight, got {ba.shape}")
+    lay, xa, wa, ba, geo, dtype = transpose_operands(fn, x, weight, bias, stride, padding, output_padding,
+                                                     dilation, groups, layout, output_size)
     # x is the conv2d's output; when output_padding >= stride that output is
     # larger than x, and the rows/columns x lacks contribute nothing.
     extra_h = geo.oh - (xa.shape[-2] if lay == "NCHW" else xa.shape[-3])
@@ -151,9 +145,6 @@ def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, pad
         widths[hw[0]], widths[hw[1]] = (0, extra_h), (0, extra_w)
         xa = np.pad(xa, widths)
     y = _grad_input(fn, xa, wa, geo)
-    dtype = result_dtype(xa, wa, ba)
-    y = y.astype(dtype, copy=False)
     if ba is not None:
-        shape = (-1, 1, 1) if lay == "NCHW" else (-1,)
-        y += ba.astype(dtype, copy=False).reshape(shape)
+        y += ba.reshape((-1, 1, 1) if lay == "NCHW" else (-1,))
     return y
