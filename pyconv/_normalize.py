@@ -387,7 +387,9 @@ def _conv_geometry(fn: str, x_shape: Any, w_shape: Any, stride: Any, padding: An
         )
     oh, ow = (hp - ekh) // st[0] + 1, (wp - ekw) // st[1] + 1
     # Every buffer the kernels may create: input padded, output, weights.
-    for what, count in (("input", n * c * hp * wp), ("output", n * oc * oh * ow),
+    # An empty batch still allocates per-image buffers: check one image at least.
+    nb = max(n, 1)
+    for what, count in (("input", nb * c * hp * wp), ("output", nb * oc * oh * ow),
                         ("weight", oc * wc * kh * kw)):
         if count * 8 >= MAX_BYTES:
             raise ValueError(f"{fn}: the {what} is too large ({count} elements overflow 64-bit sizes)")
@@ -633,17 +635,57 @@ def _pool_axis(fn: str, axis: str, size: int, k: int, s: int, d: int, before: in
     return out
 
 
+def _floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """sum(floor((a*i + b) / m) for i in range(n)) in O(log) steps (n >= 0, m >= 1).
+
+    Euclid-like reduction: whole multiples of m in a and b are summed in
+    closed form, then the remaining lattice count is re-expressed with the
+    roles of a and m swapped.
+    """
+    total = 0
+    while n > 0:
+        qa, a = divmod(a, m)
+        qb, b = divmod(b, m)
+        total += qa * (n * (n - 1) // 2) + qb * n
+        top = a * n + b  # 0 <= a, b < m now
+        if top < m:
+            break
+        n, b, m, a = top // m, top % m, a, m
+    return total
+
+
 def _check_middle_windows(fn: str, axis: str, size: int, out: int, k: int, s: int, d: int, before: int) -> None:
     """Windows strictly between the first and the last can only miss the input
-    when the dilation skips over it; check them all in that (rare) case."""
-    if d == 1 or out <= 2:
+    when the dilation skips over it.
+
+    The first and the last windows are checked by :func:`_pool_axis`.  A
+    middle window starting at p >= 0 hits the input at p (p is below the last
+    window's start, which is inside the input).  One starting at p < 0 first
+    reaches a cell >= 0 at ``p mod d`` (its last tap is past 0, as the first
+    window's is), so it misses exactly when ``p mod d >= size``, which needs
+    d > size.  Whether some p = o*s - before (o = 1, 2, ...) does that is
+    counted in closed form: ``floor(p/d) - floor((p - size)/d)`` is 1 for a
+    hit and 0 for a miss, and both sums are floor sums.  No memory, O(log)
+    time, whatever the sizes.
+    """
+    if d <= size or out <= 2 or before <= 0:
         return
-    starts = np.arange(1, out - 1, dtype=np.int64) * s - before
-    taps = starts[:, None] + np.arange(k, dtype=np.int64)[None, :] * d
-    hit = ((taps >= 0) & (taps < size)).any(axis=1)
-    if not hit.all():
-        o = int(np.argmin(hit)) + 1
-        raise ValueError(f"{fn}: the {axis} window of output {o} covers padding only")
+    windows = min(out - 2, -(-before // s) - 1)  # o = 1 .. windows start before the input
+
+    def misses(count: int) -> int:  # misses among o = 1 .. count
+        hits = _floor_sum(count, d, s, s - before) - _floor_sum(count, d, s, s - before - size)
+        return count - hits
+
+    if windows <= 0 or misses(windows) == 0:
+        return
+    lo, hi = 1, windows  # the first o with misses(o) > 0
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if misses(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    raise ValueError(f"{fn}: the {axis} window of output {lo} covers padding only")
 
 
 @functools.lru_cache(maxsize=512)
@@ -681,6 +723,8 @@ def _pool_geometry(fn: str, x_shape: Any, kernel_size: Any, stride: Any, padding
     k = pair(fn, "kernel_size", kernel_size)
     st = k if stride is None else pair(fn, "stride", stride)
     dl = pair(fn, "dilation", dilation)
+    # A one-tap window ignores its dilation (and any size of it must work).
+    dl = (1 if k[0] == 1 else dl[0], 1 if k[1] == 1 else dl[1])
     spec = padding_spec(fn, padding)
     numeric = not isinstance(spec, str)
     if not numeric and ceil_mode:
@@ -695,7 +739,7 @@ def _pool_geometry(fn: str, x_shape: Any, kernel_size: Any, stride: Any, padding
                     f"(at most {kk // 2}, as PyTorch), got padding={padding!r}"
                 )
     t, b, l, r = pads
-    for what, count in (("input", n * c * (h + t + b) * (w + l + r)),):
+    for what, count in (("input", max(n, 1) * c * (h + t + b) * (w + l + r)),):
         if count * 8 >= MAX_BYTES:
             raise ValueError(f"{fn}: the {what} is too large ({count} elements overflow 64-bit sizes)")
     if k[0] * k[1] * 8 >= MAX_BYTES:

@@ -38,7 +38,7 @@ plus a fifth of that per family in the subprocess test):
 
 When the module ends it prints the number of cases executed per op and
 outcome (``ok``: compared with the reference; ``error``: both raised;
-``known_bug_*``: see below) and notes on anything filtered.
+see below) and notes on anything filtered.
 
 A failing example is printed by hypothesis as ``Case(...)``; replay it from
 the repository root with
@@ -47,9 +47,10 @@ the repository root with
 script (what ``test_fuzz_in_subprocess`` does, so a segfault fails a test
 instead of killing pytest).
 
-pyconv bugs this fuzzer found are pinned by strict xfail tests below and
-filtered (counted, never hidden) in the fuzz loop: ``known_empty_batch_overflow``,
-``known_pool_dilation_blowup``, ``known_pool_huge_dilation``.  Where
+The three pyconv bugs this fuzzer found (an empty batch skipping the size
+checks, dilated pooling geometry using memory in the input size, a huge
+dilation of a one-tap pooling window) are fixed; the regression tests at the
+end pin them.  Where
 pyconv.reference, not pyconv, departs from DESIGN.md the oracle says so:
 ``precedence``, ``stricter`` and the float64 copies in ``reference_call``.
 """
@@ -1073,61 +1074,6 @@ def stricter(case: Case, args: List[Any], kwargs: Dict[str, Any]) -> List[type]:
     return found
 
 
-def known_empty_batch_overflow(case: Case, args: List[Any], exc: BaseException) -> bool:
-    """KNOWN PYCONV BUG, filtered here and pinned by the strict xfail test
-    ``test_empty_batch_overflow_names_the_function``: with an empty batch
-    (N = 0) the int64 size checks multiply by N and pass, however large one
-    image is (e.g. padding=2**40: 2**82 elements per image); the op then
-    fails in ``np.empty`` with NumPy's own ValueError ("array is too big",
-    "Maximum allowed dimension exceeded"),
-    which does not name the function (DESIGN.md: sizes that overflow raise a
-    ValueError naming the function).  The class is right, so only this exact
-    message with an empty batch is let through."""
-    x = np_view(args[0]) if args else None
-    numpy_says = ("array is too big", "Maximum allowed dimension exceeded")
-    return (type(exc) is ValueError and str(exc).startswith(numpy_says)
-            and x is not None and x.ndim == 4 and x.shape[0] == 0)
-
-
-def known_pool_dilation_blowup(case: Case, args: List[Any], kwargs: Dict[str, Any]) -> bool:
-    """KNOWN PYCONV BUG, not run here and pinned by the strict xfail test
-    ``test_pool_shape_with_dilation_needs_no_memory``: with dilation > 1 the
-    pooling geometry (shared by pool_output_shape, max_pool2d and its
-    gradient, and by the reference) checks the middle windows with arrays of
-    (output size x kernel) int64s: an input 2**26 high takes 10 s and 1.8 GB
-    in pool_output_shape, 2**31 would take tens of GB, and 2**40 raises
-    MemoryError from a shape function.  Such calls are skipped (counted)."""
-    if case.op not in ("pool_output_shape", "max_pool2d", "max_pool2d_grad"):
-        return False
-    dil = kwargs.get("dilation", 1)
-    parts = list(dil) if isinstance(dil, (tuple, list, np.ndarray)) else [dil]
-    if all(_int_or_none(d) in (None, 0, 1) or _int_or_none(d) < 1 for d in parts):
-        return False
-    shape = _shape_ints(args[0] if case.op != "max_pool2d_grad" else np_view(args[1]).shape)
-    return shape is not None and any(v > 2**20 for v in shape[-3:])
-
-
-def known_pool_huge_dilation(case: Case, kwargs: Dict[str, Any]) -> bool:
-    """KNOWN PYCONV BUG, not run here and pinned by the strict xfail test
-    ``test_pool_huge_dilation``: max pooling with a valid but huge dilation
-    (kernel_size 1, so any dilation fits) fails instead of returning x:
-
-    * 2**61 <= dilation < 2**63: ValueError "pool: size overflows 64-bit
-      arithmetic" from the C++ core (PoolGeometry.core_tuple passes the
-      dilation unclamped, unlike ConvGeometry.core_tuple; the message names
-      neither max_pool2d nor dilation), while the reference returns;
-    * dilation >= 2**63 with more than two outputs along the axis:
-      OverflowError from the shared geometry's middle-window check (also in
-      pool_output_shape and the reference);
-    * dilation >= 2**63 otherwise: TypeError "pool_forward(): incompatible
-      function arguments" from the binding layer."""
-    if case.op not in ("pool_output_shape", "max_pool2d", "max_pool2d_grad"):
-        return False
-    dil = kwargs.get("dilation", 1)
-    parts = list(dil) if isinstance(dil, (tuple, list, np.ndarray)) else [dil]
-    return any((_int_or_none(d) or 0) >= 2**61 for d in parts)
-
-
 def _fail(case: Case, msg: str) -> None:
     raise AssertionError(f"{case.op}: {msg}\n{case!r}")
 
@@ -1138,12 +1084,6 @@ def run_case(case: Case) -> str:
     pyconv.set_num_threads(case.threads)
     args = [build(a) for a in case.args]
     kwargs = {k: build(v) for k, v in case.kwargs.items()}
-    if known_pool_dilation_blowup(case, args, kwargs):
-        NOTES[f"{case.op}: known bug, dilated pool geometry on a huge input: not run"] += 1
-        return "known_bug_pool_dilation"
-    if known_pool_huge_dilation(case, kwargs):
-        NOTES[f"{case.op}: known bug, pooling dilation >= 2**61: not run"] += 1
-        return "known_bug_pool_huge_dilation"
     oracle = ORACLES.get(case.op, reference_call)
     expected = oracle(case, args, kwargs)
 
@@ -1197,11 +1137,6 @@ def run_case(case: Case) -> str:
         cls = kind_of(exc)
         if cls is None:
             _fail(case, f"raised {describe(exc)}: only ValueError, TypeError or MemoryError are allowed")
-        if known_empty_batch_overflow(case, args, exc):
-            # KNOWN PYCONV BUG (test_empty_batch_overflow_names_the_function,
-            # xfail): right class, NumPy's message; counted, not failed.
-            NOTES[f"{case.op}: known bug, empty batch: {str(exc)[:50]}"] += 1
-            return "known_bug_empty_batch"
         if cls in (ValueError, TypeError) and f"{case.op}:" not in str(exc):
             _fail(case, f"error message does not name the function: {describe(exc)}")
         if out_before is not None:
@@ -1346,12 +1281,10 @@ def test_fuzz_shape_functions(case):
     run_and_count(case)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="pyconv bug found by this fuzzer: an empty batch (N=0) skips the int64 "
-                          "size checks, so a huge padding ends in NumPy's 'array is too big' "
-                          "ValueError, which does not name the function")
 @pytest.mark.parametrize("op", ["conv2d", "separable_conv2d", "conv_output_shape"])
 def test_empty_batch_overflow_names_the_function(op):
+    """Found by this fuzzer: an empty batch (N=0) skipped the int64 size
+    checks, so a huge padding ended in NumPy's 'array is too big'."""
     x = np.ones((0, 1, 1, 1), np.float32)
     w = np.ones((1, 1, 1, 1), np.float32)
     call = {"conv2d": lambda: pyconv.conv2d(x, w, padding=2**40),
@@ -1365,20 +1298,17 @@ def test_empty_batch_overflow_names_the_function(op):
         raise AssertionError(f"{op} returned {result!r} for 2**82-element images")
 
 
-@pytest.mark.xfail(strict=True, raises=MemoryError,
-                   reason="pyconv bug found by this fuzzer: with dilation > 1 the pooling geometry "
-                          "checks every middle window with (output size x kernel) arrays, so "
-                          "pool_output_shape of a huge input allocates O(H) memory (MemoryError "
-                          "at H = 2**40; 10 s and 1.8 GB at H = 2**26)")
 def test_pool_shape_with_dilation_needs_no_memory():
+    """Found by this fuzzer: with dilation > 1 the pooling geometry checked
+    every middle window with (output size x kernel) arrays (MemoryError at
+    H = 2**40; 10 s and 1.8 GB at H = 2**26).  Now a closed-form count."""
     h = 2**40
     assert pyconv.pool_output_shape((1, 1, h, 4), 2, stride=1, dilation=2) == (1, 1, h - 2, 2)
+    # A middle window that falls between the input's cells is still found.
+    with pytest.raises(ValueError, match="window of output 1 covers padding only"):
+        pyconv.pool_output_shape((1, 1, 2**40, 3), (1, 2), stride=1, padding="same", dilation=(1, 4))
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="pyconv bug found by this fuzzer: max pooling with kernel_size=1 and a "
-                          "dilation >= 2**61 raises ValueError('pool: size overflows ...'), "
-                          "OverflowError or the binding's TypeError instead of returning x")
 @pytest.mark.parametrize("op, shape, dilation", [
     ("max_pool2d", (1, 1, 1), 2**62),        # ValueError: pool: size overflows 64-bit arithmetic
     ("max_pool2d", (1, 1, 3), 2**63),        # OverflowError: Python int too large to convert to C long
@@ -1388,6 +1318,8 @@ def test_pool_shape_with_dilation_needs_no_memory():
 ], ids=["max_pool2d-2^62", "max_pool2d-2^63", "max_pool2d-2^64", "max_pool2d_grad-2^61",
         "pool_output_shape-2^63"])
 def test_pool_huge_dilation(op, shape, dilation):
+    """Found by this fuzzer: a one-tap window with a dilation >= 2**61 raised
+    (C++ size overflow, OverflowError, the binding's TypeError)."""
     x = np.arange(math.prod(shape), dtype=np.float32).reshape(shape)
     try:
         if op == "max_pool2d":

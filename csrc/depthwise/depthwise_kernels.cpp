@@ -412,20 +412,15 @@ void depthwise_nchw_via_nhwc(const ConvShape& s, const Geometry& g, const T* x, 
   int64_t ow_lo, ow_hi;
   interior_columns(t, ow_lo, ow_hi);
   const int64_t stride = round_up(g.t_image_elems * int64_t(sizeof(T)), kAlign);
-  constexpr int64_t B = 16;  // channels per transpose block
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t n = 0; n < s.n; ++n) {
     T* xt = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * stride);
     T* yt = xt + in_plane * s.c;
     const T* xn = x + n * s.c * in_plane;
-    for (int64_t c0 = 0; c0 < s.c; c0 += B)
-      for (int64_t p = 0; p < in_plane; ++p)
-        for (int64_t c = c0; c < min64(s.c, c0 + B); ++c) xt[p * s.c + c] = xn[c * in_plane + p];
+    transpose_copy(xn, in_plane, xt, s.c, s.c, in_plane);
     for (int64_t oh = 0; oh < s.oh; ++oh) row_all_channels_nhwc(t, gt, xt, tw, tb, ow_lo, ow_hi, oh, yt + oh * s.ow * s.oc);
     T* yn = y + n * s.oc * out_plane;
-    for (int64_t c0 = 0; c0 < s.oc; c0 += B)
-      for (int64_t p = 0; p < out_plane; ++p)
-        for (int64_t c = c0; c < min64(s.oc, c0 + B); ++c) yn[c * out_plane + p] = yt[p * s.oc + c];
+    transpose_copy(yt, s.oc, yn, out_plane, out_plane, s.oc);
   }
 }
 

@@ -96,6 +96,8 @@ template <class T>
 void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
   const int64_t C = s.c, W = s.w, H = s.h, row = p.wp * C;
   const int64_t rows = s.n * p.hp;
+  const bool nchw = s.layout == Layout::NCHW;
+  // Padding cells (and, for NHWC, the copy of each row).
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / p.hp, h = r % p.hp - s.pt;
@@ -106,24 +108,26 @@ void pack_input(const ConvShape& s, const Plan& p, const T* x, T* xp, int nt) {
     }
     for (int64_t i = 0; i < s.pl * C; ++i) dst[i] = T(0);
     for (int64_t i = (s.pl + W) * C; i < row; ++i) dst[i] = T(0);
-    T* d = dst + s.pl * C;
-    if (s.layout == Layout::NHWC) {
+    if (!nchw) {
       const T* src = x + (n * H + h) * W * C;
+      T* d = dst + s.pl * C;
       for (int64_t i = 0; i < W * C; ++i) d[i] = src[i];
-    } else {
-      // (C, W) slice of plane row h -> (W, C) in 16x16 blocks.  Channels go
-      // innermost so the NHWC side is the contiguous one: its stride C is
-      // often a power of two, and 16 lines C*sizeof(T) apart would all fall
-      // in one L1 set.
-      const T* src = x + n * C * H * W + h * W;
-      const int64_t plane = H * W;
-      for (int64_t c0 = 0; c0 < C; c0 += 16)
-        for (int64_t w0 = 0; w0 < W; w0 += 16) {
-          const int64_t c1 = min64(c0 + 16, C), w1 = min64(w0 + 16, W);
-          for (int64_t w = w0; w < w1; ++w)
-            for (int64_t c = c0; c < c1; ++c) d[w * C + c] = src[c * plane + w];
-        }
     }
+  }
+  if (!nchw) return;
+  // NCHW: 16 channel planes at a time, row by row.  The reads are 16
+  // sequential streams the prefetcher follows, and each pixel gets a whole
+  // 64-byte line of channels.  (Row by row across all C planes instead, a
+  // row of the output touched C planes at once: every load missed.)
+  constexpr int64_t CB = 16;
+  const int64_t blocks = ceil_div(C, CB);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < s.n * blocks; ++it) {
+    const int64_t n = it / blocks, c0 = (it % blocks) * CB;
+    const T* src = x + (n * C + c0) * H * W;
+    for (int64_t h = 0; h < H; ++h)
+      transpose_copy(src + h * W, H * W, xp + ((n * p.hp + h + s.pt) * p.wp + s.pl) * C + c0, C,
+                     min64(CB, C - c0), W);
   }
 }
 
@@ -316,23 +320,33 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
   const int64_t C = s.c, IG = icg(s), OG = ocg(s), OB = p.ob, BW = p.bw;
   const Steps st = make_steps(s, p);
   const int64_t wblock = s.kh * s.kw * IG * BW;
-  // Output rows are the unit of work; oh varies fastest so that consecutive
-  // rows of one thread share the weight block and overlapping input rows.
-  const int64_t items = s.n * s.groups * OB * s.oh;
+  // A 1x1 stride-1 layer without padding maps output pixel q to input pixel
+  // q, so an image is one long row of pixels: it is cut into runs of whole
+  // tiles (one partial tile per image instead of one per row: a 14-pixel
+  // row would be 6 + 6 + 2).
+  const bool flat = s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && p.hp == s.h && p.wp == s.w;
+  const int64_t pixels = flat ? s.oh * s.ow : s.ow;  // per unit of work
+  const int64_t run = flat ? min64(pixels, 8 * kTileW) : s.ow;
+  const int64_t runs = flat ? ceil_div(pixels, run) : s.oh;
+  // Output rows (runs) are the unit of work; they vary fastest so that
+  // consecutive units of one thread share the weight block and overlapping
+  // input rows.
+  const int64_t items = s.n * s.groups * OB * runs;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t oh = it % s.oh;
-    const int64_t rest = it / s.oh;
+    const int64_t r = it % runs;
+    const int64_t rest = it / runs;
     const int64_t ob = rest % OB, g = (rest / OB) % s.groups, n = rest / (OB * s.groups);
+    const int64_t oh = flat ? 0 : r, q0 = flat ? r * run : 0, q1 = flat ? min64(q0 + run, pixels) : s.ow;
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C + g * IG;
     const T* wblk = wp + (g * OB + ob) * wblock;
     const T* bblk = bp + (g * OB + ob) * BW;
     T* yrow = y + out_offset(s, n, oh, g * OG + ob * BW);
     const int64_t valid = min64(BW, OG - ob * BW);
-    int64_t ow = 0;
-    for (; ow + kTileW <= s.ow; ow += kTileW)
-      tiles[kTileW](s, st, xrow + ow * st.px, wblk, bblk, yrow + ow * st.ypx, valid);
-    if (ow < s.ow) tiles[s.ow - ow](s, st, xrow + ow * st.px, wblk, bblk, yrow + ow * st.ypx, valid);
+    int64_t q = q0;
+    for (; q + kTileW <= q1; q += kTileW)
+      tiles[kTileW](s, st, xrow + q * st.px, wblk, bblk, yrow + q * st.ypx, valid);
+    if (q < q1) tiles[q1 - q](s, st, xrow + q * st.px, wblk, bblk, yrow + q * st.ypx, valid);
   }
 }
 
