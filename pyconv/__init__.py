@@ -45,9 +45,11 @@ from ._runtime import (
 )
 from ._runtime import _apply_env_isa
 from . import reference
+from . import _threadpool
 
 _apply_env_isa()
 del _apply_env_isa
+_threadpool.install()  # threadpoolctl sees and limits pyconv's pool
 
 __all__ = [
     "PackedWeight",

@@ -15,6 +15,8 @@ import math
 import os
 import platform
 import sys
+
+import numpy as np
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import _bench
@@ -86,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", metavar="FILE", default=None,
                        help="also write every number, the configuration, date and machine")
     bench.add_argument("--plot", metavar="FILE", default=None,
-                       help="also draw GFLOP/s per shape and library (needs matplotlib)")
+                       help="also draw the speed-ups over NumPy and the peers and the %% of peak per shape (needs matplotlib)")
     bench.add_argument("--list", action="store_true", help="list the shape suite and exit")
     # So that bench's own errors print bench's usage, not the top level's.
     bench.set_defaults(command_parser=bench)
@@ -397,32 +399,66 @@ def report_json(rows: Sequence[ShapeResult], opts: BenchOptions, libraries: Sequ
     }
 
 
+def _best_torch(r: ShapeResult) -> Optional[str]:
+    """The faster of torch NCHW / channels_last on this row (when it matched)."""
+    timed = [(r.ms(lib), lib) for lib in ("torch", "torch_cl")
+             if lib in r.results and r.results[lib].ok and r.results[lib].match]
+    return min(timed)[1] if timed else None
+
+
 def write_plot(path: str, rows: Sequence[ShapeResult], libraries: Sequence[str], title: str) -> None:
-    """Horizontal grouped bars of GFLOP/s (log scale: NumPy and pyconv differ 100x)."""
+    """Three panels, one bar group per shape: pyconv's speed-up over NumPy,
+    its speed-up over PyTorch (the faster layout) and over the best peer
+    (log scales, 1x marked), and its % of the machine's FMA peak (convolution
+    rows) or of copy bandwidth (pooling rows)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
 
-    # pooling has no FLOP rate; training steps would double every layer's bar
-    rows = [r for r in rows if not isinstance(r.shape, (PoolShape, StepShape))]
-    libs = ["pyconv", *libraries]
-    height = 0.8 / len(libs)
-    fig, ax = plt.subplots(figsize=(9, 0.15 * len(libs) * len(rows) + 1.5))
-    for j, lib in enumerate(libs):
-        ys = [i + j * height for i in range(len(rows))]
-        ms = [r.ms(lib) for r in rows]
-        xs = [r.shape.gflop / (m * 1e-3) if m else 0.0 for r, m in zip(rows, ms)]
-        ax.barh(ys, xs, height=height, label=LIBRARIES[lib])
-    ax.set_yticks([i + 0.4 - height / 2 for i in range(len(rows))])
-    ax.set_yticklabels([r.shape.name for r in rows])
-    ax.invert_yaxis()
-    ax.set_xscale("log")
-    ax.set_xlabel("GFLOP/s (higher is better)")
-    ax.set_title(title, fontsize=9)
-    ax.legend(loc="lower right", fontsize=8)
+    names = [r.shape.name for r in rows]
+    ys = list(range(len(rows)))
+
+    def ratios(peer_of: Any) -> List[float]:
+        out = []
+        for r in rows:
+            value = r.speedup_over(peer_of(r))
+            out.append(value if value else float("nan"))
+        return out
+
+    panels: List[Tuple[str, List[Tuple[str, List[float]]], bool]] = []
+    if "numpy" in libraries:
+        panels.append(("speed-up over NumPy (pyconv.reference)", [("NumPy", ratios(lambda r: "numpy"))], True))
+    peers = [("PyTorch (faster layout)", ratios(_best_torch)), ("best peer", ratios(lambda r: r.best_peer()))]
+    if any(v == v for _, vs in peers for v in vs):  # any number at all (NaN != NaN)
+        panels.append(("speed-up over the peers (> 1: pyconv faster)", peers, True))
+    usage = [r.percent_of_peak() if not isinstance(r.shape, PoolShape) else r.percent_of_bandwidth()
+             for r in rows]
+    panels.append(("% of FMA peak (conv) / copy bandwidth (pool)",
+                   [("pyconv", [u if u is not None else float("nan") for u in usage])], False))
+
+    fig, axes = plt.subplots(1, len(panels), sharey=True,
+                             figsize=(4.2 * len(panels) + 1.5, 0.28 * len(rows) + 1.6))
+    axes = list(np.atleast_1d(axes))
+    for ax, (label, series, log) in zip(axes, panels):
+        height = 0.8 / len(series)
+        for j, (name, values) in enumerate(series):
+            ax.barh([y + j * height for y in ys], values, height=height, label=name)
+        if log:
+            ax.set_xscale("log")
+            ax.axvline(1.0, color="black", linewidth=0.8)
+        else:
+            ax.set_xlim(0, 100)
+        ax.set_xlabel(label, fontsize=8)
+        ax.grid(axis="x", which="both", alpha=0.3)
+        if len(series) > 1:
+            ax.legend(loc="lower right", fontsize=7)
+    axes[0].set_yticks([y + 0.4 - 0.4 / max(1, len(panels[0][1])) for y in ys])
+    axes[0].set_yticklabels(names, fontsize=7)
+    axes[0].invert_yaxis()
+    fig.suptitle(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -478,7 +514,8 @@ def bench(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             json.dump(report_json(rows, opts, libraries, notes, versions), f, indent=2)
             f.write("\n")
     if args.plot:
-        write_plot(args.plot, rows, libraries, header[0])
+        measured = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+        write_plot(args.plot, rows, libraries, f"{header[0]} | {measured}")
     # pyconv disagreeing with its own oracle is a bug worth a failing exit
     # status (a peer disagreeing is only reported: it may be the peer).
     return 1 if pyconv_wrong else 0

@@ -177,9 +177,11 @@ def as_array(fn: str, name: str, value: Any) -> np.ndarray:
         try:
             arr = np.from_dlpack(value)
         except (BufferError, RuntimeError, TypeError, ValueError) as exc:
-            try:
+            try:  # the array interface may still work (it may copy)
                 arr = np.asarray(value)
             except Exception:
+                arr = None
+            if arr is None or arr.dtype.kind == "O":  # e.g. a GPU tensor
                 raise TypeError(
                     f"{fn}: {name} could not be read as a CPU array through DLPack ({exc})"
                 ) from None

@@ -51,3 +51,15 @@ int openmp_version() {
 }
 
 }  // namespace pyconv
+
+// C entry points for threadpoolctl (pyconv/_threadpool.py finds this module
+// by these symbols and controls the thread count through them, as it does
+// for OpenBLAS or libgomp).  Exported despite the module's hidden default.
+extern "C" __attribute__((visibility("default"))) int pyconv_get_num_threads() {
+  return pyconv::get_num_threads();
+}
+
+extern "C" __attribute__((visibility("default"))) void pyconv_set_num_threads(int n) {
+  constexpr int kMaxThreads = 4096;  // as pyconv.set_num_threads
+  pyconv::set_num_threads(n < 1 ? 1 : (n > kMaxThreads ? kMaxThreads : n));
+}
