@@ -197,6 +197,12 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     if ba is not None and ba.shape != (geo.oc,):
         raise ValueError(f"{fn}: bias must have shape ({geo.oc},) to match the weight, got {ba.shape}")
     kernel = _choose_algo(fn, algo, geo)
+    if kernel == "depthwise" and any(geo.pads) and not np.isfinite(wa).all():
+        # The depthwise kernel skips taps over the zero padding; a non-finite
+        # tap there must still give 0 * inf = NaN, as every other path and the
+        # reference do, so such weights (a diverged model) take the direct
+        # kernel, which multiplies the padding.  Depthwise weights are small.
+        kernel = "direct"
     dtype = result_dtype(xa, wa, ba)
     if out is not None:
         y = check_out(fn, out, geo.out_shape, dtype, [a for a in (xa, wa, ba) if a is not None])

@@ -76,6 +76,12 @@ def separable_conv2d(x: Any, depthwise_weight: Any, pointwise_weight: Any, bias:
     y = np.empty(pw_geo.out_shape, dtype=xa.dtype)
     if dw_geo.n == 0:
         return y
+    if any(dw_geo.pads) and not np.isfinite(dw).all():
+        # A non-finite depthwise tap over the zero padding must give NaN
+        # (0 * inf), which the fused kernel's border handling skips: compose
+        # the two steps, the first on the direct kernel (see conv2d).
+        mid = _conv2d(fn, xa, dw, None, stride, padding, dilation, groups, lay, None, "direct", None)
+        return _conv2d(fn, mid, pw, ba, 1, 0, 1, 1, lay, activation, "auto", y)
     # One fused pass: the depthwise output is made band by band in cache and
     # consumed there by the 1x1 GEMM (csrc/separable).
     _core.separable_conv2d(kernel_array(xa), kernel_array(dw), kernel_array(pw),

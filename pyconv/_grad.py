@@ -21,6 +21,7 @@ import numpy as np
 
 from . import _core
 from ._conv import _conv2d
+from .reference._grad import _grad_input as _reference_grad_input
 from ._normalize import (
     MAX_BYTES,
     kernel_array,
@@ -111,6 +112,12 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     if geo.n == 0:
         out = np.zeros(x_shape, dtype=dtype)
         return out if geo.batched else out[0]
+    if not np.isfinite(w).all():
+        # The phase convolutions pad grad_out with zeros: a non-finite weight
+        # tap meeting that padding would make 0 * inf = NaN where the true
+        # gradient has no such product.  Only then (a diverged model), the
+        # exact sum of the valid products by the reference algorithm.
+        return _reference_grad_input(fn, gy, w, geo).astype(dtype, copy=False)
     oh, ow = (gy4.shape[2], gy4.shape[3]) if nchw else (gy4.shape[1], gy4.shape[2])
     (sh, sw), (dh, dw) = geo.stride, geo.dilation
     if nchw and geo.groups == geo.c and (oh, ow) == (geo.oh, geo.ow) and (sh > 1 or geo.oc > geo.c):

@@ -1379,21 +1379,12 @@ WEIGHT_OPS = ["conv2d[direct]", "conv2d[im2col]", "conv2d[pointwise]", "conv2d[d
               "conv_transpose2d", "conv_transpose2d[stride2]", "conv2d_vjp grad_x", "bias"]
 
 _BOTH = ("NCHW", "NHWC")
-_KNOWN_WEIGHT_BUGS = {  # op -> (layouts where it fails, why)
-    "conv2d[depthwise]": (_BOTH, "the depthwise kernels skip padded taps (NHWC always, NCHW on its vectorised "
-                                 "path): a non-finite weight tap over the zero padding gives a finite output "
-                                 "where the reference, algo='direct' and algo='im2col' give NaN (0 * inf)"),
-    "depthwise_conv2d": (_BOTH, "as conv2d[depthwise]: algo='auto' picks the depthwise kernel"),
-    "separable_conv2d[depthwise weight]": (("NHWC",), "the fused NHWC depthwise step skips padded taps"),
-    "conv2d_grad_input": (_BOTH, "grad_input convolves grad_out padded with zeros, so a non-finite weight tap "
-                                 "that meets that padding puts NaN where the reference's (and PyTorch's) "
-                                 "gradient is finite"),
-    "conv2d_grad_input[stride2]": (_BOTH, "as conv2d_grad_input (the phase convolutions pad grad_out)"),
-    "conv2d_grad_input[depthwise,stride2]": (("NHWC",), "as conv2d_grad_input (NHWC goes through the phases; "
-                                                        "NCHW has its own kernel, which is right)"),
-    "conv_transpose2d": (_BOTH, "conv_transpose2d runs grad_input: the same spurious NaN"),
-    "conv2d_vjp grad_x": (_BOTH, "the pullback's grad_x is grad_input: the same spurious NaN"),
-}
+# Both kinds of disagreement were real bugs, now fixed: the depthwise kernels
+# skipped padded taps (finite where the reference has NaN), and grad_input
+# convolved zero-padded grad_out (NaN where the reference is finite).
+# Non-finite weights now route those two paths to an exact one (the direct
+# kernel; the reference algorithm for grad_input).
+_KNOWN_WEIGHT_BUGS: Dict[str, Tuple[Tuple[str, ...], str]] = {}  # op -> (layouts where it fails, why)
 
 
 def _weight_params():
