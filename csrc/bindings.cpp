@@ -69,7 +69,7 @@ template <class T>
 void run_conv(const ConvShape& s, const py::array& x, const py::array& w, const py::object& bias,
               const py::object& packed, py::array& y, Algo algo) {
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   workspace_bytes(k, s, sizeof(T), algo, nt);  // validates the shape before any size is trusted
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
@@ -110,7 +110,7 @@ int64_t workspace_entry(const ShapeTuple& shape, int layout, bool has_bias, cons
                         int elem_bytes) {
   if (elem_bytes != 4 && elem_bytes != 8) throw std::invalid_argument("conv2d: elem_bytes must be 4 or 8");
   return workspace_bytes(active_kernels(), make_shape(shape, layout, 0, has_bias), elem_bytes, parse_algo(algo),
-                         get_num_threads());
+                         kernel_threads());
 }
 
 // The weight-related part of a ConvShape (the rest is never read by packing).
@@ -127,7 +127,7 @@ py::array pack_typed(const py::array& w, const ConvShape& s, Algo algo) {
   py::array_t<T> out(bytes / int64_t(sizeof(T)));
   const T* src = static_cast<const T*>(w.data());
   T* dst = out.mutable_data();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   {
     py::gil_scoped_release release;
     pack_weight<T>(k, s, src, dst, algo, nt);
@@ -166,7 +166,7 @@ void run_separable(const ConvShape& dw, const ConvShape& pw, const py::array& x,
   const T* pwp = static_cast<const T*>(pww.data());
   T* yp = static_cast<T*>(y.mutable_data());
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   separable_conv2d<T>(k, dw, pw, xp, dwp, pwp, bp, yp, nt);
 }
@@ -196,7 +196,7 @@ void run_grad_weight(const ConvShape& s, const py::array& x, const py::array& gy
   const T* gyp = static_cast<const T*>(gy.data());
   T* gwp = static_cast<T*>(gw.mutable_data());
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   conv2d_grad_weight<T>(k, s, xp, gyp, gwp, nt);
 }
@@ -222,7 +222,7 @@ void run_dw_grad_input(const ConvShape& s, const py::array& w, const py::array& 
   const T* gyp = static_cast<const T*>(gy.data());
   T* gxp = static_cast<T*>(gx.mutable_data());
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   depthwise_grad_input<T>(k, s, wp, gyp, gxp, nt);
 }
@@ -260,7 +260,7 @@ void run_interleave(const PhaseLayout& p, const py::list& phases, py::array& dx)
       keep.push_back(arr);
     }
   T* out = static_cast<T*>(dx.mutable_data());
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   interleave_phases<T>(p, ptrs.data(), out, nt);
 }
@@ -315,7 +315,7 @@ void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, cons
   const T* xp = static_cast<const T*>(x.data());
   T* yp = static_cast<T*>(y.mutable_data());
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   pool_forward<T>(k, s, xp, yp, ip, nt);
 }
@@ -346,7 +346,7 @@ void run_pool_backward(const PoolShape& s, const py::object& x, const py::array&
   const T* gyp = static_cast<const T*>(gy.data());
   T* gxp = static_cast<T*>(gx.mutable_data());
   const IsaKernels& k = active_kernels();
-  const int nt = get_num_threads();
+  const int nt = kernel_threads();
   py::gil_scoped_release release;
   pool_backward<T>(k, s, xp, gyp, gxp, nt);
 }

@@ -1685,6 +1685,16 @@ def _run_fenv_child() -> int:
 
     faulthandler.enable()
     pyconv.set_num_threads(2)
+    # Big enough for 2 threads; values where rounding matters.
+    gen = np.random.default_rng(7)
+    xr = gen.standard_normal((4, 16, 32, 32)).astype(np.float32)
+    wr = gen.standard_normal((32, 16, 3, 3)).astype(np.float32)
+
+    def rounded(threads: int) -> np.ndarray:
+        with pyconv.num_threads(threads):
+            return pyconv.conv2d(xr, wr, padding=1)
+
+    nearest = rounded(2)
     for label, mode in _FENV_CHILD_MODES.items():
         if mode == "ftz_daz":
             _set_mxcsr_bits(MXCSR_FTZ | MXCSR_DAZ)
@@ -1697,8 +1707,12 @@ def _run_fenv_child() -> int:
             now = _fp_state()
             if now != before:
                 bad.append(f"{name}: {before} -> {now}")
+        one, two = rounded(1), rounded(2)
         print(json.dumps({"mode": label, "state": repr(before), "calls": len(CALLS), "bad": bad[:5],
-                          "rounding": _LIBM.fegetround(), "mxcsr": hex(_mxcsr())}), flush=True)
+                          "rounding": _LIBM.fegetround(), "mxcsr": hex(_mxcsr()),
+                          "threads_agree": one.tobytes() == two.tobytes(),
+                          "ge_nearest": bool((one >= nearest).all()), "le_nearest": bool((one <= nearest).all()),
+                          "differs": bool((one != nearest).any())}), flush=True)
         # back to the default before the next mode
         _LIBM.fesetround(FE_TONEAREST)
         raw = bytearray(_fenv_raw())
@@ -1725,6 +1739,14 @@ def test_caller_rounding_mode_and_ftz_survive_calls(tmp_path):
         assert not r["bad"], f"{label}: " + "\n".join(r["bad"])
     assert modes["FE_UPWARD"]["rounding"] == FE_UPWARD
     assert modes["FE_TOWARDZERO"]["rounding"] == FE_TOWARDZERO
+    # The caller's rounding is what the kernels compute with (all of them:
+    # such calls run on the caller's thread, so 1 and 2 threads agree) ...
+    for label, r in modes.items():
+        assert r["threads_agree"], f"{label}: 1 and 2 threads differ"
+    # ... every rounding up (down) makes each sum at least (at most) the
+    # round-to-nearest one, term by term in the same order.
+    assert modes["FE_UPWARD"]["ge_nearest"] and modes["FE_UPWARD"]["differs"]
+    assert modes["FE_DOWNWARD"]["le_nearest"] and modes["FE_DOWNWARD"]["differs"]
     assert int(modes["FTZ|DAZ"]["mxcsr"], 16) & (MXCSR_FTZ | MXCSR_DAZ) == MXCSR_FTZ | MXCSR_DAZ
 
 

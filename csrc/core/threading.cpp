@@ -1,11 +1,15 @@
 #include "core/threading.hpp"
 
 #include <atomic>
+#include <cfenv>
 #include <cstdlib>
 #include <thread>
 
 #ifdef _OPENMP
 #include <omp.h>
+#endif
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
 #endif
 
 namespace pyconv {
@@ -33,6 +37,22 @@ std::atomic<int>& threads_slot() {
 
 int get_num_threads() { return threads_slot().load(std::memory_order_relaxed); }
 void set_num_threads(int n) { threads_slot().store(n < 1 ? 1 : n, std::memory_order_relaxed); }
+
+namespace {
+bool default_fp_environment() {
+#if defined(__x86_64__) || defined(__i386__)
+  // MXCSR rounding control (bits 13-14), FTZ (15), DAZ (6); the exception
+  // masks and flags do not change results.
+  if ((_mm_getcsr() & 0xE040u) != 0) return false;
+#endif
+  return std::fegetround() == FE_TONEAREST;
+}
+}  // namespace
+
+int kernel_threads() {
+  const int n = get_num_threads();
+  return n > 1 && !default_fp_environment() ? 1 : n;
+}
 
 bool have_openmp() {
 #ifdef _OPENMP
