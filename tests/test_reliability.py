@@ -774,7 +774,7 @@ def _gil_factories() -> Dict[str, Callable[[int], Tuple[Callable[[], Any], int]]
 
     w = arr(64, 64, 3, 3)
     wd = arr(64, 1, 9, 9)
-    pw = arr(256, 64, 1, 1)
+    pw = arr(64, 64, 1, 1)  # 64 outputs: y as large as x, so a long call fits the memory cap
 
     def conv(algo):
         def make(n):
@@ -788,7 +788,7 @@ def _gil_factories() -> Dict[str, Callable[[int], Tuple[Callable[[], Any], int]]
 
     def separable(n):
         x = arr(n, 64, 32, 32)
-        return (lambda: pyconv.separable_conv2d(x, wd, pw, padding=4)), 5 * x.size
+        return (lambda: pyconv.separable_conv2d(x, wd, pw, padding=4)), 2 * x.size
 
     def max_pool(n):
         x = arr(n, 16, 64, 64)
@@ -798,13 +798,10 @@ def _gil_factories() -> Dict[str, Callable[[int], Tuple[Callable[[], Any], int]]
             "conv2d_grad_weight": grad_weight, "separable_conv2d": separable, "max_pool2d": max_pool}
 
 
-# separable_conv2d: in about a third of the runs on the 2-core dev machine
-# the counter thread falls below the bar during the fused kernel (other ops
-# never do), cause not yet found (the binding releases the GIL before the
-# kernel): not strict, so it is reported without failing the run.
-GIL_OPS = [pytest.param(op, marks=pytest.mark.xfail(strict=False, reason="intermittent on 2 cores, under "
-                                                                          "investigation"))
-           if op == "separable_conv2d" else op for op in _gil_factories()]
+# (separable_conv2d was an xfail here, "intermittent": the fused kernel had
+# become fast enough that the call could not reach the probe's minimum length
+# within the memory cap -- the test's own assertion, not the GIL.)
+GIL_OPS = list(_gil_factories())
 
 
 def _long_call(factory, target: float, max_elems: int = 2**25) -> Tuple[Callable[[], Any], float]:
