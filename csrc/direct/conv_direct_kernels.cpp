@@ -205,6 +205,12 @@ struct Steps {
   int64_t ypx;   // next output pixel: OC (NHWC) or 1 (NCHW)
   int64_t yc;    // next output channel: 1 (NHWC) or OH*OW (NCHW)
   int64_t ig;    // input channels per group (a division per tile cost ~25% of 1x1 layers)
+  // Loop bounds of a tile's reduction.  With one group and no column
+  // dilation a kernel row's taps (kw, ic) are one contiguous run in both the
+  // padded input and the packed weight, so they are one loop of KW * C
+  // (a 7x7 layer on 3 channels: 21 iterations instead of 7 loops of 3).
+  // Same order of terms either way.
+  int64_t kw_loop, ic_loop;
 };
 
 // Stores TW pixels x one vector of channels.  NHWC: one vector store per
@@ -238,10 +244,10 @@ void tile_general(const ConvShape& s, const Steps& st, const T* x, const T* w, c
   for (int t = 0; t < TW; ++t)
     for (int j = 0; j < NB; ++j) acc[t][j] = V::zero();
   for (int64_t kh = 0; kh < s.kh; ++kh)
-    for (int64_t kw = 0; kw < s.kw; ++kw) {
+    for (int64_t kw = 0; kw < st.kw_loop; ++kw) {
       const T* xk = x + kh * st.kh + kw * st.kw;
       const T* wk = w + (kh * s.kw + kw) * IG * BW;
-      for (int64_t ic = 0; ic < IG; ++ic) {
+      for (int64_t ic = 0; ic < st.ic_loop; ++ic) {
         typename V::R wv[NB];
         for (int j = 0; j < NB; ++j) wv[j] = V::load(wk + ic * BW + j * V::N);
         for (int t = 0; t < TW; ++t) {
@@ -285,7 +291,9 @@ void tile_depthwise(const ConvShape& s, const Steps& st, int64_t cp, const T* x,
 
 inline Steps make_steps(const ConvShape& s, const Plan& p) {
   const bool nchw = s.layout == Layout::NCHW;
-  return Steps{s.sw * s.c, s.dh * p.wp * s.c, s.dw * s.c, nchw ? 1 : s.oc, nchw ? s.oh * s.ow : 1, icg(s)};
+  const bool merge = s.groups == 1 && s.dw == 1;
+  return Steps{s.sw * s.c, s.dh * p.wp * s.c, s.dw * s.c, nchw ? 1 : s.oc, nchw ? s.oh * s.ow : 1, icg(s),
+               merge ? 1 : s.kw, merge ? s.kw * icg(s) : icg(s)};
 }
 
 // Offset of output pixel (n, oh, ow=0), channel oc, in the caller's layout.
