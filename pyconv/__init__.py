@@ -1,7 +1,30 @@
 """pyconv: fast, trustworthy CPU convolutions for NumPy.
 
 C++ kernels (SIMD with runtime ISA dispatch, OpenMP) behind a NumPy-first
-API; :mod:`pyconv.reference` holds pure-NumPy twins of every op.
+API; :mod:`pyconv.reference` holds pure-NumPy twins of every op,
+:mod:`pyconv.autograd` their vector-Jacobian products and
+:mod:`pyconv.torch` (with PyTorch installed) differentiable
+``torch.autograd`` wrappers and ``torch.nn`` modules.
+
+Layout ``"NCHW"`` (default, PyTorch) takes ``(C_out, C_in/groups, KH, KW)``
+weights; ``"NHWC"`` (TensorFlow) takes ``(KH, KW, C_in/groups, C_out)``.  A
+3-D input is one unbatched image.  Results are float64 if any array operand
+is float64 or none is floating, else float32.  Bad values raise
+``ValueError``, bad types ``TypeError``, with a message that names the
+function, the argument and the value seen.
+
+Examples
+--------
+>>> import numpy as np, pyconv
+>>> x = np.ones((2, 3, 8, 8), np.float32)                  # (N, C, H, W)
+>>> w = np.ones((4, 3, 3, 3), np.float32)                  # (C_out, C_in, KH, KW)
+>>> y = pyconv.conv2d(x, w, stride=2, padding="same", activation="relu")
+>>> y.shape, y.dtype
+((2, 4, 4, 4), dtype('float32'))
+>>> pyconv.max_pool2d(y, 2).shape
+(2, 4, 2, 2)
+>>> np.array_equal(y, pyconv.reference.conv2d(x, w, stride=2, padding="same", activation="relu"))
+True
 """
 
 __version__ = "0.1.0"

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, SupportsIndex, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _core
 from ._prepack import PackedWeight
+from ._typing import Activation, Algo, ArrayInput, FloatArray, IntOrPair, Layout, Padding, Plan, Shape
 from ._normalize import (
     kernel_array,
     ConvGeometry,
@@ -124,56 +126,139 @@ def _version() -> str:
     return __version__
 
 
-def conv2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-           dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW",
-           activation: Optional[str] = None, algo: str = "auto",
-           out: Optional[np.ndarray] = None) -> np.ndarray:
+def conv2d(x: ArrayInput, weight: Union[ArrayInput, PackedWeight], bias: Optional[ArrayInput] = None,
+           stride: IntOrPair = 1, padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+           layout: Layout = "NCHW", activation: Activation = None, algo: Algo = "auto",
+           out: Optional[npt.NDArray[Any]] = None) -> FloatArray:
     """2-D convolution (cross-correlation, as in every deep-learning library).
+
+    In NCHW terms, with ``xpad`` the zero-padded input and ``g = o // (C_out
+    / groups)`` the group of output channel ``o``::
+
+        y[n, o, i, j] = act(bias[o] + sum over c < C_in/groups, p < KH, q < KW of
+                            xpad[n, g*C_in/groups + c, i*sh + p*dh, j*sw + q*dw] * weight[o, c, p, q])
+
+    Computed by C++ kernels (SIMD for the active ISA, OpenMP threads, the GIL
+    released); the result is bitwise identical for any thread count and on
+    repeated calls.
 
     Parameters
     ----------
     x : array_like
-        Input, ``(N, C, H, W)`` for ``layout="NCHW"`` or ``(N, H, W, C)`` for
-        ``"NHWC"``; a 3-D array is one unbatched image.  Any array-like,
-        including objects with ``__dlpack__`` (PyTorch CPU tensors, JAX).
+        Input, ``(N, C_in, H, W)`` for ``layout="NCHW"`` or ``(N, H, W,
+        C_in)`` for ``"NHWC"``; a 3-D ``(C_in, H, W)`` / ``(H, W, C_in)``
+        array is one unbatched image and gives a 3-D result.  Any array-like,
+        including objects with ``__dlpack__`` (PyTorch CPU tensors, JAX
+        arrays).  Non-contiguous input is copied once; C-contiguous input of
+        the computation dtype is never copied.
     weight : array_like or PackedWeight
-        ``(C_out, C_in/groups, KH, KW)`` for NCHW, ``(KH, KW, C_in/groups,
-        C_out)`` (HWIO) for NHWC; or the result of :func:`pyconv.prepack`
-        for a layer called many times.
+        ``(C_out, C_in/groups, KH, KW)`` (OIHW) for NCHW, ``(KH, KW,
+        C_in/groups, C_out)`` (HWIO) for NHWC; or the result of
+        :func:`pyconv.prepack` for a layer called many times.
     bias : array_like, optional
-        ``(C_out,)``.
-    stride, dilation : int or (int, int)
-        Each >= 1.
-    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same"
-        ``(ph, pw)`` pads both sides; ``((top, bottom), (left, right))`` is
-        explicit; ``"same"`` is TensorFlow SAME (output ``ceil(in /
-        stride)``, the odd pixel at the bottom/right).
-    groups : int
-        Input and output channels are split into this many groups;
-        ``groups == C_in`` is a depthwise convolution.
-    layout : {"NCHW", "NHWC"}
-        Layout of ``x`` and of the result.
-    activation : {None, "relu", "relu6"}
-        Applied after the bias, inside the kernel.
-    algo : str
-        ``"auto"`` (default) or a specific algorithm; see :func:`plan`.
+        ``(C_out,)``, added to every pixel of its output channel.  Default
+        None (no bias).
+    stride : int or (int, int), default 1
+        Step of the window along (H, W); each >= 1.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+        Zeros around the input: ``p`` on all four sides; ``(ph, pw)`` on
+        both sides of each axis; ``((top, bottom), (left, right))``
+        explicitly; ``"valid"``: none; ``"same"``: TensorFlow SAME, output
+        ``ceil(in / stride)`` with total padding ``max((out - 1)*stride +
+        (k - 1)*dilation + 1 - in, 0)``, the odd pixel at the bottom/right.
+    dilation : int or (int, int), default 1
+        Spacing between kernel taps; each >= 1.
+    groups : int, default 1
+        Channels are split into ``groups`` groups convolved separately; it
+        must divide C_in and C_out.  ``groups == C_in`` is a depthwise
+        convolution.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Layout of ``x`` and of the result; it also fixes the weight format.
+    activation : {None, "relu", "relu6"}, default None
+        Applied after the bias, fused into the kernel.
+    algo : {"auto", "direct", "im2col", "pointwise", "depthwise"}, default "auto"
+        ``"auto"`` is a fixed rule of the shapes and layout, never of the
+        thread count (see :func:`plan`).  ``"direct"`` and ``"im2col"``
+        serve every convolution; ``"pointwise"`` 1x1 kernels with
+        ``groups=1`` and no padding; ``"depthwise"`` ``groups == C_in``.
+        Every algorithm gives the same result within DESIGN.md's tolerance.
     out : ndarray, optional
-        C-contiguous array of the exact result shape and dtype, not
-        overlapping the inputs; written and returned.
+        C-contiguous, writeable array of exactly the result's shape and
+        dtype, not overlapping the inputs: written and returned.  It is left
+        untouched when the call raises.
 
     Returns
     -------
     ndarray
-        float64 if any of x, weight, bias is float64 or none is floating,
-        else float32.
+        ``(N, C_out, H_out, W_out)`` (NCHW) or ``(N, H_out, W_out, C_out)``
+        (NHWC), 3-D for a 3-D input, where ``H_out = (H + top + bottom -
+        dilation*(KH - 1) - 1) // stride + 1`` and likewise ``W_out``.
+        float64 if any of ``x``, ``weight``, ``bias`` is float64 or none of
+        them is floating; float32 otherwise (float16 counts as float32).
+
+    Raises
+    ------
+    TypeError
+        A complex, object or string array; ``stride``, ``dilation``,
+        ``padding`` or ``groups`` not made of ints (bools and floats
+        included); ``layout``, ``activation`` or ``algo`` not a string;
+        ``out`` not an ndarray.
+    ValueError
+        Inconsistent shapes (not 3-D/4-D input or 4-D weight, channels that
+        do not match the weight, ``groups`` not dividing them, a bias that
+        is not ``(C_out,)``, a dilated kernel larger than the padded input);
+        ``stride``/``dilation``/``groups`` < 1 or negative padding; an
+        unknown ``layout``, ``activation`` or ``algo``, or an ``algo`` that
+        cannot serve this shape; a :class:`PackedWeight` made for another
+        layout or ``groups``; ``out`` of the wrong shape or dtype,
+        non-contiguous, read-only or overlapping an input; sizes that
+        overflow 64-bit arithmetic.  The message names the function, the
+        argument and the values seen.
+    MemoryError
+        The output or a workspace cannot be allocated.
+
+    See Also
+    --------
+    conv_output_shape : The result's shape, without computing it.
+    plan : What ``algo="auto"`` chooses for a shape.
+    prepack : A weight prepared once for many calls.
+    depthwise_conv2d, separable_conv2d : MobileNet-style layers.
+    conv2d_grad_input, conv2d_grad_weight, conv2d_grad_bias : Its gradients.
+    pyconv.autograd.conv2d_vjp : The forward and its pullback in one call.
+    pyconv.reference.conv2d : The pure-NumPy oracle.
 
     Examples
     --------
     >>> import numpy as np, pyconv
-    >>> x = np.zeros((1, 3, 32, 32), np.float32)
-    >>> w = np.ones((8, 3, 3, 3), np.float32)
-    >>> pyconv.conv2d(x, w, stride=2, padding="same").shape
-    (1, 8, 16, 16)
+    >>> x = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    >>> w = np.ones((1, 1, 2, 2), np.float32)
+    >>> pyconv.conv2d(x, w)[0, 0]
+    array([[10., 14., 18.],
+           [26., 30., 34.],
+           [42., 46., 50.]], dtype=float32)
+
+    Bias and a fused activation:
+
+    >>> pyconv.conv2d(x, w, np.array([-20.0], np.float32), activation="relu")[0, 0]
+    array([[ 0.,  0.,  0.],
+           [ 6., 10., 14.],
+           [22., 26., 30.]], dtype=float32)
+
+    Padding forms, stride and the TensorFlow layout (HWIO weights):
+
+    >>> pyconv.conv2d(x, w, padding=((0, 1), (0, 0))).shape
+    (1, 1, 4, 3)
+    >>> xs = np.zeros((2, 32, 32, 3), np.float32)
+    >>> ws = np.zeros((3, 3, 3, 8), np.float32)
+    >>> pyconv.conv2d(xs, ws, stride=2, padding="same", layout="NHWC").shape
+    (2, 16, 16, 8)
+
+    A preallocated result, and the dtype rule (an integer input with a
+    float32 weight computes in float32):
+
+    >>> out = np.empty((1, 1, 3, 3), np.float32)
+    >>> pyconv.conv2d(x.astype(np.int64), w, out=out) is out
+    True
     """
     return _conv2d("conv2d", x, weight, bias, stride, padding, dilation, groups, layout, activation,
                    algo, out)
@@ -239,12 +324,42 @@ def _check_packed(fn: str, pw: PackedWeight, groups: Any, layout: str) -> None:
         raise ValueError(f"{fn}: weight was prepacked for groups={pw.groups}, not groups={groups}")
 
 
-def conv_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
-                      dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> Tuple[int, ...]:
-    """Shape of ``conv2d``'s result, in the layout's order, without computing it.
+def conv_output_shape(input_shape: Shape, weight_shape: Shape, stride: IntOrPair = 1,
+                      padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+                      layout: Layout = "NCHW") -> Tuple[int, ...]:
+    """Shape of :func:`conv2d`'s result, in the layout's order, without computing it.
 
-    Raises the same errors as :func:`conv2d` for inconsistent shapes.
+    Parameters
+    ----------
+    input_shape : sequence of int
+        The input's full shape: ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W,
+        C_in)`` (NHWC), or 3-D for one unbatched image.
+    weight_shape : sequence of int
+        ``(C_out, C_in/groups, KH, KW)`` (NCHW) or ``(KH, KW, C_in/groups,
+        C_out)`` (NHWC).
+    stride, padding, dilation, groups, layout
+        As in :func:`conv2d` (same forms and defaults).
 
+    Returns
+    -------
+    tuple of int
+        ``(N, C_out, H_out, W_out)`` or ``(N, H_out, W_out, C_out)``; 3-D
+        for a 3-D ``input_shape``.
+
+    Raises
+    ------
+    TypeError
+        A shape or argument that is not made of ints.
+    ValueError
+        The shapes and arguments :func:`conv2d` would refuse, with the same
+        messages.
+
+    See Also
+    --------
+    conv2d, plan, transpose_output_shape, pool_output_shape
+
+    Examples
+    --------
     >>> import pyconv
     >>> pyconv.conv_output_shape((1, 3, 32, 32), (20, 3, 8, 8), stride=2, padding=1)
     (1, 20, 14, 14)
@@ -257,18 +372,55 @@ def conv_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padd
     return geo.out_shape
 
 
-def plan(x_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0, dilation: Any = 1,
-         groups: int = 1, *, layout: str = "NCHW", dtype: Any = "float32") -> Dict[str, Any]:
-    """What ``conv2d(..., algo="auto")`` would do for these shapes.
+def plan(x_shape: Shape, weight_shape: Shape, stride: IntOrPair = 1, padding: Padding = 0,
+         dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+         dtype: npt.DTypeLike = "float32") -> Plan:
+    """What ``conv2d(..., algo="auto")`` would do for these shapes, without running it.
 
-    Returns a dict with ``algo``, ``isa``, ``pads`` (top, bottom, left,
-    right), ``out_shape``, ``flops`` (2 x multiply-adds) and
-    ``workspace_bytes`` (scratch memory the kernel allocates per call).
+    The choice is a fixed rule of the shapes and layout (never of the thread
+    count or the ISA), so it is the same on every machine; ``isa`` and
+    ``workspace_bytes`` describe this process.
 
+    Parameters
+    ----------
+    x_shape : sequence of int
+        The input's full shape in the layout's order (3-D for one image).
+    weight_shape : sequence of int
+        The weight's shape in the layout's weight format (see :func:`conv2d`).
+    stride, padding, dilation, groups, layout
+        As in :func:`conv2d` (same forms and defaults).
+    dtype : {"float32", "float64"} or numpy dtype, default "float32"
+        The computation dtype (it sizes the workspace).
+
+    Returns
+    -------
+    dict
+        ``algo`` (the kernel ``"auto"`` picks: ``"direct"``, ``"im2col"``,
+        ``"pointwise"`` or ``"depthwise"``), ``isa`` (the active instruction
+        set), ``pads`` (top, bottom, left, right), ``out_shape``, ``flops``
+        (2 x multiply-adds; bias and activation not counted) and
+        ``workspace_bytes`` (scratch memory the kernel allocates per call).
+
+    Raises
+    ------
+    TypeError
+        As :func:`conv_output_shape`, or a ``dtype`` that is not a dtype.
+    ValueError
+        As :func:`conv_output_shape`, or a ``dtype`` other than float32 and
+        float64.
+
+    See Also
+    --------
+    conv2d, conv_output_shape
+
+    Examples
+    --------
     >>> import pyconv
     >>> p = pyconv.plan((1, 64, 56, 56), (64, 64, 3, 3), padding=1)
-    >>> p["out_shape"], p["flops"]
-    ((1, 64, 56, 56), 231211008)
+    >>> p["algo"], p["out_shape"], p["flops"]
+    ('direct', (1, 64, 56, 56), 231211008)
+    >>> pyconv.plan((1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding="same")["pads"]
+    (2, 3, 2, 3)
     """
     fn = "plan"
     lay = layout_name(fn, layout)

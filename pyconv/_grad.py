@@ -15,11 +15,12 @@ image in a fixed order.
 
 from __future__ import annotations
 
-from typing import Any, List, NamedTuple, Optional, Tuple
+from typing import Any, List, NamedTuple, Optional, SupportsIndex, Tuple
 
 import numpy as np
 
 from . import _core
+from ._typing import ArrayInput, ExplicitPadding, FloatArray, IntOrPair, Layout, Padding, Shape
 from ._conv import _conv2d
 from .reference._grad import _grad_input as _reference_grad_input
 from ._normalize import (
@@ -158,36 +159,69 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     return dx if geo.batched else dx[0]
 
 
-def conv2d_grad_input(grad_out: Any, weight: Any, input_shape: Any, stride: Any = 1, padding: Any = 0,
-                      dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
+def conv2d_grad_input(grad_out: ArrayInput, weight: ArrayInput, input_shape: Shape, stride: IntOrPair = 1,
+                      padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+                      layout: Layout = "NCHW") -> FloatArray:
     """Gradient of :func:`pyconv.conv2d` with respect to its input.
+
+    The adjoint of the convolution: every ``grad_out`` pixel, times the
+    weight, is added back onto the input window it was computed from.  It
+    runs on the forward kernels (a stride-s problem splits into s*s stride-1
+    convolutions, one per phase of the input grid), never scatters, and is
+    bitwise identical for any thread count.
 
     Parameters
     ----------
     grad_out : array_like
-        Gradient of the loss with respect to conv2d's output (its shape).
+        Gradient of the loss with respect to conv2d's output, of exactly
+        that output's shape: ``(N, C_out, H_out, W_out)`` (NCHW) or ``(N,
+        H_out, W_out, C_out)`` (NHWC), 3-D for an unbatched image.
     weight : array_like
-        The forward weight, in the layout's weight format.
+        The forward weight: ``(C_out, C_in/groups, KH, KW)`` (NCHW) or
+        ``(KH, KW, C_in/groups, C_out)`` (NHWC).
     input_shape : sequence of int
-        The forward input's full shape, in the layout's order (it fixes
-        "same" padding and the rows a stride leaves unused).
-    stride, padding, dilation, groups, layout
-        As in the forward call.
+        The forward input's full shape in the layout's order, 3-D or 4-D (it
+        fixes ``"same"`` padding and the rows a stride leaves unused).
+    stride, padding, dilation, groups, layout : optional
+        The forward call's, in the forms :func:`conv2d` accepts; defaults 1,
+        0, 1, 1, "NCHW".
 
     Returns
     -------
     ndarray
-        Shape ``input_shape``; dtype by conv2d's rule over grad_out and weight.
-        Input pixels no window reads get a zero gradient.
+        Shape ``input_shape``; dtype by conv2d's rule over ``grad_out`` and
+        ``weight``.  Input pixels that no window reads get a zero gradient.
+
+    Raises
+    ------
+    TypeError
+        As :func:`conv2d`, or a non-integer ``input_shape``.
+    ValueError
+        What :func:`conv2d` would refuse for ``input_shape`` and ``weight``,
+        or a ``grad_out`` whose shape is not the forward output's.
+
+    See Also
+    --------
+    conv2d_grad_weight, conv2d_grad_bias
+    conv_transpose2d : The same operator, with PyTorch's transposed-convolution arguments.
+    pyconv.autograd.conv2d_vjp : All three gradients from one forward call.
 
     Examples
     --------
     >>> import numpy as np, pyconv
-    >>> w = np.ones((1, 1, 2, 2), np.float32)
-    >>> pyconv.conv2d_grad_input(np.ones((1, 1, 2, 2), np.float32), w, (1, 1, 3, 3))[0, 0]
-    array([[1., 2., 1.],
-           [2., 4., 2.],
-           [1., 2., 1.]], dtype=float32)
+    >>> w = np.arange(4, dtype=np.float32).reshape(1, 1, 2, 2)
+    >>> gy = np.ones((1, 1, 2, 2), np.float32)
+    >>> pyconv.conv2d_grad_input(gy, w, (1, 1, 3, 3))[0, 0]
+    array([[0., 1., 1.],
+           [2., 6., 4.],
+           [2., 5., 3.]], dtype=float32)
+
+    With stride 2 the last row and column of a 3x3 input are never read:
+
+    >>> pyconv.conv2d_grad_input(np.ones((1, 1, 1)), w, (1, 3, 3), stride=2)[0]
+    array([[0., 1., 0.],
+           [2., 3., 0.],
+           [0., 0., 0.]])
     """
     fn = "conv2d_grad_input"
     lay = layout_name(fn, layout)
@@ -199,34 +233,61 @@ def conv2d_grad_input(grad_out: Any, weight: Any, input_shape: Any, stride: Any 
     return _grad_input(fn, gy.astype(dtype, copy=False), wa.astype(dtype, copy=False), geo, dtype)
 
 
-def conv2d_grad_weight(x: Any, grad_out: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
-                       dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
+def conv2d_grad_weight(x: ArrayInput, grad_out: ArrayInput, weight_shape: Shape, stride: IntOrPair = 1,
+                       padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+                       layout: Layout = "NCHW") -> FloatArray:
     """Gradient of :func:`pyconv.conv2d` with respect to its weight.
 
-    ``sum over images and output pixels of grad_out x the input window``,
-    reduced in a fixed order: bitwise identical for any thread count.
+    For each filter tap, the sum over images and output pixels of
+    ``grad_out`` times the input pixel that tap read, reduced in a fixed
+    order: bitwise identical for any thread count.
 
     Parameters
     ----------
     x : array_like
-        The forward input.
+        The forward input: ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)``
+        (NHWC), 3-D for an unbatched image.
     grad_out : array_like
-        Gradient of the loss with respect to conv2d's output.
+        Gradient of the loss with respect to conv2d's output, of exactly
+        that output's shape.
     weight_shape : sequence of int
-        The weight's full shape in the layout's weight format.
-    stride, padding, dilation, groups, layout
-        As in the forward call.
+        The weight's full shape: ``(C_out, C_in/groups, KH, KW)`` (NCHW) or
+        ``(KH, KW, C_in/groups, C_out)`` (NHWC).
+    stride, padding, dilation, groups, layout : optional
+        The forward call's, in the forms :func:`conv2d` accepts; defaults 1,
+        0, 1, 1, "NCHW".
 
     Returns
     -------
     ndarray
-        Shape ``weight_shape``.
+        Shape ``weight_shape``; dtype by conv2d's rule over ``x`` and
+        ``grad_out``.
+
+    Raises
+    ------
+    TypeError
+        As :func:`conv2d`, or a non-integer ``weight_shape``.
+    ValueError
+        What :func:`conv2d` would refuse for ``x`` and ``weight_shape``, or a
+        ``grad_out`` whose shape is not the forward output's.
+
+    See Also
+    --------
+    conv2d_grad_input, conv2d_grad_bias, pyconv.autograd.conv2d_vjp
 
     Examples
     --------
     >>> import numpy as np, pyconv
     >>> x = np.arange(9, dtype=np.float32).reshape(1, 1, 3, 3)
     >>> pyconv.conv2d_grad_weight(x, np.ones((1, 1, 2, 2), np.float32), (1, 1, 2, 2))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]], dtype=float32)
+
+    The same in NHWC, where the weight is ``(KH, KW, C_in, C_out)``:
+
+    >>> gw = pyconv.conv2d_grad_weight(x.reshape(1, 3, 3, 1), np.ones((1, 2, 2, 1), np.float32),
+    ...                                (2, 2, 1, 1), layout="NHWC")
+    >>> gw[:, :, 0, 0]
     array([[ 8., 12.],
            [20., 24.]], dtype=float32)
     """
@@ -266,13 +327,44 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
     return dw
 
 
-def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
-    """Gradient of :func:`pyconv.conv2d` with respect to its bias: grad_out
-    summed over images and pixels, shape ``(C_out,)``.
+def conv2d_grad_bias(grad_out: ArrayInput, *, layout: Layout = "NCHW") -> FloatArray:
+    """Gradient of :func:`pyconv.conv2d` with respect to its bias.
 
+    ``grad_out`` summed over images and pixels (NumPy's sum).
+
+    Parameters
+    ----------
+    grad_out : array_like
+        ``(N, C_out, H_out, W_out)`` (NCHW) or ``(N, H_out, W_out, C_out)``
+        (NHWC), or 3-D for an unbatched image.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        Says which axis holds the channels.
+
+    Returns
+    -------
+    ndarray
+        ``(C_out,)``; float64 if ``grad_out`` is float64 or not floating,
+        else float32.
+
+    Raises
+    ------
+    TypeError
+        A complex, object or string array, or a non-string ``layout``.
+    ValueError
+        ``grad_out`` not 3-D or 4-D, too large for 64-bit sizes, or an
+        unknown ``layout``.
+
+    See Also
+    --------
+    conv2d_grad_input, conv2d_grad_weight, pyconv.autograd.conv2d_vjp
+
+    Examples
+    --------
     >>> import numpy as np, pyconv
     >>> pyconv.conv2d_grad_bias(np.ones((2, 3, 4, 4), np.float32))
     array([32., 32., 32.], dtype=float32)
+    >>> pyconv.conv2d_grad_bias(np.ones((4, 4, 3)), layout="NHWC")
+    array([16., 16., 16.])
     """
     fn = "conv2d_grad_bias"
     lay = layout_name(fn, layout)
@@ -287,46 +379,89 @@ def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
     return gy.astype(dtype, copy=False).sum(axis=axes)
 
 
-def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                     output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
-                     layout: str = "NCHW", output_size: Any = None) -> np.ndarray:
-    """Transposed convolution (a.k.a. fractionally strided), PyTorch semantics.
+def conv_transpose2d(x: ArrayInput, weight: ArrayInput, bias: Optional[ArrayInput] = None,
+                     stride: IntOrPair = 1, padding: ExplicitPadding = 0, output_padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+                     output_size: Optional[Shape] = None) -> FloatArray:
+    """Transposed convolution (a.k.a. fractionally strided convolution), PyTorch semantics.
+
+    The gradient of :func:`conv2d` with respect to its input, seen as an op:
+    each input pixel, times the weight, is added onto a ``KH x KW`` window of
+    the output, the windows ``stride`` apart; ``padding`` is then cut from
+    the borders.  Runs on the forward kernels, deterministically.
 
     Parameters
     ----------
     x : array_like
-        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D for
+        one unbatched image.
     weight : array_like
         ``(C_in, C_out/groups, KH, KW)`` for NCHW, ``(KH, KW, C_out/groups,
-        C_in)`` for NHWC.
+        C_in)`` for NHWC (PyTorch's ``ConvTranspose2d.weight`` for NCHW).
     bias : array_like, optional
-        ``(C_out,)``.
-    stride, dilation : int or (int, int)
-    padding : int, (int, int) or ((top, bottom), (left, right))
-        Removed from the full output (no string forms).
-    output_padding : int or (int, int)
+        ``(C_out,)``.  Default None.
+    stride, dilation : int or (int, int), default 1
+        Each >= 1.
+    padding : int, (int, int) or ((top, bottom), (left, right)), default 0
+        Rows/columns removed from the full output (no string forms).
+    output_padding : int or (int, int), default 0
         Extra rows/columns at the bottom/right, each smaller than
-        max(stride, dilation).
-    groups : int
-    output_size : (int, int), optional
-        The wanted (H_out, W_out); derives output_padding (ValueError with
-        the reachable range otherwise).
+        ``max(stride, dilation)`` along its axis.
+    groups : int, default 1
+        Must divide C_in.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    output_size : (int, int) or full shape, optional
+        The wanted ``(H_out, W_out)`` (or the full output shape); derives
+        ``output_padding``, which must then be 0.
 
     Returns
     -------
     ndarray
-        ``H_out = (H-1)*stride - top - bottom + dilation*(KH-1) +
-        output_padding + 1`` (and likewise W_out); conv2d's dtype rule.
+        ``(N, C_out, H_out, W_out)`` (NCHW) or ``(N, H_out, W_out, C_out)``
+        (NHWC), 3-D for a 3-D input, with ``H_out = (H - 1)*stride - top -
+        bottom + dilation*(KH - 1) + output_padding + 1`` (likewise
+        ``W_out``); :func:`conv2d`'s dtype rule.
+
+    Raises
+    ------
+    TypeError
+        As :func:`conv2d`.
+    ValueError
+        Channels that do not match the weight, ``groups`` not dividing C_in,
+        a bias that is not ``(C_out,)``; a string ``padding``;
+        ``output_padding`` not below ``max(stride, dilation)``; an
+        ``output_size`` that is unreachable (the message gives the valid
+        range) or given together with ``output_padding``; an empty output.
+
+    See Also
+    --------
+    transpose_output_shape : The result's shape, without computing it.
+    conv2d_grad_input : The same operator, with conv2d's arguments.
+    pyconv.autograd.conv_transpose2d_vjp : The forward and its pullback.
 
     Examples
     --------
     >>> import numpy as np, pyconv
-    >>> x = np.ones((1, 1, 2, 2), np.float32)
-    >>> pyconv.conv_transpose2d(x, np.ones((1, 1, 2, 2), np.float32), stride=2)[0, 0]
-    array([[1., 1., 1., 1.],
-           [1., 1., 1., 1.],
-           [1., 1., 1., 1.],
-           [1., 1., 1., 1.]], dtype=float32)
+    >>> x = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    >>> w = np.ones((1, 1, 2, 2), np.float32)
+    >>> pyconv.conv_transpose2d(x, w, stride=2)[0, 0]
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.],
+           [3., 3., 4., 4.],
+           [3., 3., 4., 4.]], dtype=float32)
+    >>> pyconv.conv_transpose2d(x, w)[0, 0]
+    array([[ 1.,  3.,  2.],
+           [ 4., 10.,  6.],
+           [ 3.,  7.,  4.]], dtype=float32)
+
+    ``output_size`` picks between the sizes a stride makes ambiguous:
+
+    >>> x = np.ones((1, 16, 7, 7), np.float32)
+    >>> w = np.ones((16, 8, 3, 3), np.float32)
+    >>> pyconv.conv_transpose2d(x, w, stride=2, padding=1).shape
+    (1, 8, 13, 13)
+    >>> pyconv.conv_transpose2d(x, w, stride=2, padding=1, output_size=(14, 14)).shape
+    (1, 8, 14, 14)
     """
     return _conv_transpose2d("conv_transpose2d", x, weight, bias, stride, padding, output_padding, dilation,
                              groups, layout, output_size)[0]
@@ -343,14 +478,47 @@ def _conv_transpose2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padd
     return y, lay, xa, wa, ba, geo, dtype
 
 
-def transpose_output_shape(input_shape: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
-                           output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
-                           layout: str = "NCHW", output_size: Optional[Any] = None) -> Tuple[int, ...]:
+def transpose_output_shape(input_shape: Shape, weight_shape: Shape, stride: IntOrPair = 1,
+                           padding: ExplicitPadding = 0, output_padding: IntOrPair = 0,
+                           dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+                           output_size: Optional[Shape] = None) -> Tuple[int, ...]:
     """Shape of :func:`conv_transpose2d`'s result, without computing it.
 
+    Parameters
+    ----------
+    input_shape : sequence of int
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+    weight_shape : sequence of int
+        ``(C_in, C_out/groups, KH, KW)`` (NCHW) or ``(KH, KW, C_out/groups,
+        C_in)`` (NHWC).
+    stride, padding, output_padding, dilation, groups, layout, output_size : optional
+        As in :func:`conv_transpose2d` (same forms and defaults).
+
+    Returns
+    -------
+    tuple of int
+        ``(N, C_out, H_out, W_out)`` or ``(N, H_out, W_out, C_out)``, 3-D for
+        a 3-D ``input_shape``.
+
+    Raises
+    ------
+    TypeError
+        A shape or argument that is not made of ints.
+    ValueError
+        What :func:`conv_transpose2d` would refuse, with the same messages.
+
+    See Also
+    --------
+    conv_transpose2d, conv_output_shape
+
+    Examples
+    --------
     >>> import pyconv
     >>> pyconv.transpose_output_shape((1, 16, 7, 7), (16, 8, 3, 3), stride=2, padding=1, output_padding=1)
     (1, 8, 14, 14)
+    >>> pyconv.transpose_output_shape((7, 7, 16), (3, 3, 8, 16), stride=2, padding=1,
+    ...                               output_size=(14, 14), layout="NHWC")
+    (14, 14, 8)
     """
     fn = "transpose_output_shape"
     geo = transpose_geometry(fn, input_shape, weight_shape, stride, padding, output_padding, dilation,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
 from . import _core
 from ._conv import _VERBOSE
+from ._typing import ArrayInput, FloatArray, IndexArray, IntOrPair, Layout, Padding, Shape
 from ._normalize import (
     kernel_array,
     PoolGeometry,
@@ -58,16 +59,44 @@ def _verbose(fn: str, geo: PoolGeometry, dtype: np.dtype, start: float) -> None:
           file=sys.stderr)
 
 
-def pool_output_shape(input_shape: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                      dilation: Any = 1, *, ceil_mode: bool = False, layout: str = "NCHW") -> Tuple[int, ...]:
+def pool_output_shape(input_shape: Shape, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
+                      padding: Padding = 0, dilation: IntOrPair = 1, *, ceil_mode: bool = False,
+                      layout: Layout = "NCHW") -> Tuple[int, ...]:
     """Shape of :func:`max_pool2d` / :func:`avg_pool2d`'s result, without computing it.
 
-    Arguments as in :func:`max_pool2d`; ``input_shape`` is the full shape in
-    the layout's order (3-D for one unbatched image).
+    Parameters
+    ----------
+    input_shape : sequence of int
+        The input's full shape: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)``
+        (NHWC), or 3-D for one unbatched image.
+    kernel_size, stride, padding, dilation, ceil_mode, layout : optional
+        As in :func:`max_pool2d` (``avg_pool2d`` has ``dilation=1``).
 
+    Returns
+    -------
+    tuple of int
+        ``(N, C, H_out, W_out)`` or ``(N, H_out, W_out, C)``, 3-D for a 3-D
+        ``input_shape``.  Without ``ceil_mode``, ``H_out = (H + top + bottom
+        - dilation*(KH - 1) - 1) // stride + 1``.
+
+    Raises
+    ------
+    TypeError
+        A shape or argument that is not made of ints; a non-bool ``ceil_mode``.
+    ValueError
+        What :func:`max_pool2d` would refuse, with the same messages.
+
+    See Also
+    --------
+    max_pool2d, avg_pool2d, conv_output_shape
+
+    Examples
+    --------
     >>> import pyconv
     >>> pyconv.pool_output_shape((8, 64, 112, 112), 3, stride=2, padding=1)
     (8, 64, 56, 56)
+    >>> pyconv.pool_output_shape((1, 1, 5, 5), 2, ceil_mode=True)
+    (1, 1, 3, 3)
     >>> pyconv.pool_output_shape((4, 4, 5), 2, padding="same", layout="NHWC")
     (2, 2, 5)
     """
@@ -76,44 +105,81 @@ def pool_output_shape(input_shape: Any, kernel_size: Any, stride: Any = None, pa
     return pool_geometry(fn, input_shape, kernel_size, stride, padding, dilation, ceil_mode, lay).out_shape
 
 
-def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
-               ceil_mode: bool = False, return_indices: bool = False,
-               layout: str = "NCHW") -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+               layout: Layout = ...) -> FloatArray: ...
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[True],
+               layout: Layout = ...) -> Tuple[FloatArray, IndexArray]: ...
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: bool,
+               layout: Layout = ...) -> Union[FloatArray, Tuple[FloatArray, IndexArray]]: ...
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0,
+               dilation: IntOrPair = 1, *, ceil_mode: bool = False, return_indices: bool = False,
+               layout: Layout = "NCHW") -> Union[FloatArray, Tuple[FloatArray, IndexArray]]:
     """2-D max pooling.
+
+    Each output is the maximum of its window of the input.  Padded cells
+    never win (the padding is not zeros but "no value"); the first maximum
+    in row-major window order wins; a NaN beats any number (the first NaN
+    wins), so NaNs propagate.
 
     Parameters
     ----------
     x : array_like
-        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC); 3-D for one image.
-    kernel_size : int or pair
-        Window size.
-    stride : int, pair or None
-        Window step; ``None`` (default) means ``kernel_size``.
-    padding : int, pair, pair of pairs, "same" or "valid"
-        Numeric padding is at most half the window per side, as in
-        PyTorch; "same" is TensorFlow's SAME (``out = ceil(in / stride)``).
-        Padded cells never win.
-    dilation : int or pair
-        Spacing between window taps.
-    ceil_mode : bool
-        Round the output size up (PyTorch's rule: the last window must start
-        inside the input or the leading padding).  Numeric padding only.
-    return_indices : bool
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC); 3-D for one
+        unbatched image.
+    kernel_size : int or (int, int)
+        Window size (KH, KW); each >= 1.
+    stride : int, (int, int) or None, default None
+        Window step; None means ``kernel_size``.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+        Forms as in :func:`conv2d`.  Numeric padding is at most half the
+        window per side (``KH // 2`` top and bottom, ``KW // 2`` left and
+        right), as PyTorch; ``"same"`` is TensorFlow's SAME (``out =
+        ceil(in / stride)``).
+    dilation : int or (int, int), default 1
+        Spacing between window taps; each >= 1.
+    ceil_mode : bool, default False
+        Round the output size up, by PyTorch's rule: the last window must
+        start inside the input or the leading padding.  Numeric padding
+        only.
+    return_indices : bool, default False
         Also return, per output, the flat position ``h * W + w`` of the
-        winner in its input plane (int64), as ``torch.nn.MaxPool2d``.
-    layout : {"NCHW", "NHWC"}
+        winner in its input plane, as ``torch.nn.MaxPool2d``.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
 
     Returns
     -------
     y : ndarray
-        float64 if ``x`` is float64 or not floating, else float32.
+        ``(N, C, H_out, W_out)`` (NCHW) or ``(N, H_out, W_out, C)`` (NHWC),
+        3-D for a 3-D input (see :func:`pool_output_shape`); float64 if
+        ``x`` is float64 or not floating, else float32.
     indices : ndarray of int64
-        Only with ``return_indices=True``.
+        Same shape as ``y``; only with ``return_indices=True``.
 
-    Notes
-    -----
-    The first maximum in row-major window order wins; a NaN beats any number
-    (the first NaN wins), so NaNs propagate.
+    Raises
+    ------
+    TypeError
+        A complex, object or string array; ``kernel_size``, ``stride``,
+        ``padding`` or ``dilation`` not made of ints; a non-bool
+        ``ceil_mode`` or ``return_indices``; a non-string ``layout``.
+    ValueError
+        Input not 3-D or 4-D or empty; ``kernel_size``, ``stride`` or
+        ``dilation`` < 1; numeric padding negative or over half the window;
+        ``ceil_mode=True`` with a string padding; a window larger than the
+        padded input or covering padding only; an unknown ``layout``; sizes
+        that overflow 64-bit arithmetic.
+
+    See Also
+    --------
+    avg_pool2d, global_max_pool2d, pool_output_shape
+    max_pool2d_grad : Its gradient.
+    pyconv.autograd.max_pool2d_vjp : The forward and its pullback.
+    pyconv.reference.max_pool2d : The pure-NumPy oracle.
 
     Examples
     --------
@@ -122,6 +188,16 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, d
     >>> pyconv.max_pool2d(x[None], 2)[0]
     array([[ 2.5, 10. ],
            [15. ,  6. ]])
+    >>> y, idx = pyconv.max_pool2d(x[None], 2, return_indices=True)
+    >>> idx[0]
+    array([[ 5,  3],
+           [12, 11]])
+
+    Overlapping windows, and ``ceil_mode``:
+
+    >>> pyconv.max_pool2d(x[None], 3, stride=2, ceil_mode=True)[0]
+    array([[ 5., 10.],
+           [15.,  6.]])
     """
     fn = "max_pool2d"
     lay = layout_name(fn, layout)
@@ -133,17 +209,55 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, d
     return (y, idx) if return_indices else y
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *, ceil_mode: bool = False,
-               count_include_pad: Optional[bool] = None, layout: str = "NCHW") -> np.ndarray:
+def avg_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0, *,
+               ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
+               layout: Layout = "NCHW") -> FloatArray:
     """2-D average pooling.
 
-    Arguments as in :func:`max_pool2d` (no dilation), and
+    Each output is the sum of its window's input cells divided by the
+    window's divisor: its full size when padded cells count
+    (``count_include_pad``), else the number of real input cells in it.
 
-    count_include_pad : bool or None
-        Whether padded cells count in the divisor.  ``None`` (default) means
-        True for numeric padding (PyTorch) and False for "same"
-        (TensorFlow).  A ``ceil_mode`` window that runs past the padded input
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC); 3-D for one
+        unbatched image.
+    kernel_size : int or (int, int)
+        Window size; each >= 1.
+    stride : int, (int, int) or None, default None
+        Window step; None means ``kernel_size``.
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+        As in :func:`max_pool2d` (numeric padding at most half the window).
+    ceil_mode : bool, default False
+        As in :func:`max_pool2d`.  A window that runs past the padded input
         divides by its size clipped to the padded input, as PyTorch.
+    count_include_pad : bool or None, default None
+        Whether padded cells count in the divisor.  None means True for
+        numeric padding (PyTorch) and False for ``"same"``/``"valid"``
+        (TensorFlow).
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+
+    Returns
+    -------
+    ndarray
+        Shape as :func:`max_pool2d`'s (no dilation); float64 if ``x`` is
+        float64 or not floating, else float32.
+
+    Raises
+    ------
+    TypeError
+        As :func:`max_pool2d`, or a ``count_include_pad`` that is neither
+        None nor a bool.
+    ValueError
+        As :func:`max_pool2d`.
+
+    See Also
+    --------
+    max_pool2d, global_avg_pool2d, pool_output_shape
+    avg_pool2d_grad : Its gradient.
+    pyconv.autograd.avg_pool2d_vjp : The forward and its pullback.
+    pyconv.reference.avg_pool2d : The pure-NumPy oracle.
 
     Examples
     --------
@@ -152,6 +266,17 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *
     >>> pyconv.avg_pool2d(x[None], 2)[0]
     array([[1.375, 0.875],
            [5.   , 4.   ]])
+
+    Numeric padding counts in the divisor (PyTorch), "same" does not
+    (TensorFlow):
+
+    >>> ones = np.ones((1, 3, 3))
+    >>> pyconv.avg_pool2d(ones, 2, padding=1)[0]
+    array([[0.25, 0.5 ],
+           [0.5 , 1.  ]])
+    >>> pyconv.avg_pool2d(ones, 2, padding="same")[0]
+    array([[1., 1.],
+           [1., 1.]])
     """
     fn = "avg_pool2d"
     lay = layout_name(fn, layout)
@@ -180,27 +305,82 @@ def _global(fn: str, x: Any, layout: str, keepdims: Any, op: int) -> np.ndarray:
     return y.reshape(y.shape[:-2] if lay == "NCHW" else y.shape[:-3] + y.shape[-1:])
 
 
-def global_avg_pool2d(x: Any, *, layout: str = "NCHW", keepdims: bool = False) -> np.ndarray:
+def global_avg_pool2d(x: ArrayInput, *, layout: Layout = "NCHW", keepdims: bool = False) -> FloatArray:
     """Mean over each image plane: ``(N, C, H, W) -> (N, C)``.
 
-    With ``keepdims=True`` the result is ``(N, C, 1, 1)`` (NCHW) or
-    ``(N, 1, 1, C)`` (NHWC); a 3-D input gives ``(C,)`` / ``(C, 1, 1)`` /
-    ``(1, 1, C)``.
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC); 3-D for one
+        unbatched image.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    keepdims : bool, default False
+        Keep the pooled axes with size 1.
 
+    Returns
+    -------
+    ndarray
+        ``(N, C)``; with ``keepdims`` ``(N, C, 1, 1)`` (NCHW) or ``(N, 1, 1,
+        C)`` (NHWC).  A 3-D input gives ``(C,)`` / ``(C, 1, 1)`` / ``(1, 1,
+        C)``.  float64 if ``x`` is float64 or not floating, else float32.
+
+    Raises
+    ------
+    TypeError
+        A complex, object or string array; a non-bool ``keepdims``; a
+        non-string ``layout``.
+    ValueError
+        Input not 3-D or 4-D, or without rows or columns; an unknown
+        ``layout``.
+
+    See Also
+    --------
+    global_max_pool2d, avg_pool2d
+
+    Examples
+    --------
     >>> import numpy as np, pyconv
-    >>> pyconv.global_avg_pool2d(np.ones((2, 3, 4, 4), np.float32)).shape
-    (2, 3)
+    >>> pyconv.global_avg_pool2d(np.arange(8.0).reshape(2, 2, 2))
+    array([1.5, 5.5])
+    >>> pyconv.global_avg_pool2d(np.ones((2, 3, 4, 4), np.float32), keepdims=True).shape
+    (2, 3, 1, 1)
     """
     return _global("global_avg_pool2d", x, layout, keepdims, _AVG)
 
 
-def global_max_pool2d(x: Any, *, layout: str = "NCHW", keepdims: bool = False) -> np.ndarray:
-    """Maximum over each image plane (NaN propagates); shapes as
-    :func:`global_avg_pool2d`.
+def global_max_pool2d(x: ArrayInput, *, layout: Layout = "NCHW", keepdims: bool = False) -> FloatArray:
+    """Maximum over each image plane: ``(N, C, H, W) -> (N, C)``; NaN propagates.
 
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC); 3-D for one
+        unbatched image.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    keepdims : bool, default False
+        Keep the pooled axes with size 1.
+
+    Returns
+    -------
+    ndarray
+        Shapes and dtype as :func:`global_avg_pool2d`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`global_avg_pool2d`.
+
+    See Also
+    --------
+    global_avg_pool2d, max_pool2d
+
+    Examples
+    --------
     >>> import numpy as np, pyconv
     >>> pyconv.global_max_pool2d(np.arange(32.0).reshape(2, 4, 4), layout="NHWC", keepdims=True)
     array([[[28., 29., 30., 31.]]])
+    >>> pyconv.global_max_pool2d(np.array([[[1.0, np.nan], [3.0, 2.0]]]))
+    array([nan])
     """
     return _global("global_max_pool2d", x, layout, keepdims, _MAX)
 
@@ -212,19 +392,57 @@ def _grad_operand(fn: str, geo: PoolGeometry, grad_out: np.ndarray) -> None:
         )
 
 
-def max_pool2d_grad(grad_out: Any, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                    dilation: Any = 1, *, ceil_mode: bool = False, layout: str = "NCHW") -> np.ndarray:
+def max_pool2d_grad(grad_out: ArrayInput, x: ArrayInput, kernel_size: IntOrPair,
+                    stride: Optional[IntOrPair] = None, padding: Padding = 0, dilation: IntOrPair = 1, *,
+                    ceil_mode: bool = False, layout: Layout = "NCHW") -> FloatArray:
     """Gradient of :func:`max_pool2d` with respect to ``x``.
 
     Each output's gradient goes to exactly the cell that won its window in
-    the forward pass (the same tie and NaN rules); gradients of overlapping
-    windows add up.  Deterministic for any thread count.
+    the forward pass (the first maximum; the first NaN); gradients of
+    overlapping windows add up.  Deterministic for any thread count.
 
+    Parameters
+    ----------
+    grad_out : array_like
+        Gradient of the loss with respect to the pooling's output, of
+        exactly that output's shape.
+    x : array_like
+        The forward input (it decides the winners).
+    kernel_size, stride, padding, dilation, ceil_mode, layout : optional
+        The forward call's, as in :func:`max_pool2d`.
+
+    Returns
+    -------
+    ndarray
+        ``x``'s shape; dtype by conv2d's rule over ``grad_out`` and ``x``.
+
+    Raises
+    ------
+    TypeError
+        As :func:`max_pool2d`.
+    ValueError
+        As :func:`max_pool2d`, or a ``grad_out`` whose shape is not the
+        pooling's output shape.
+
+    See Also
+    --------
+    max_pool2d, avg_pool2d_grad, pyconv.autograd.max_pool2d_vjp
+
+    Examples
+    --------
     >>> import numpy as np, pyconv
-    >>> x = np.array([[[1.0, 3.0], [2.0, 0.0]]])
+    >>> x = np.array([[[1.0, 3.0], [3.0, 0.0]]])    # a tie: the first 3 wins
     >>> pyconv.max_pool2d_grad(np.ones((1, 1, 1)), x, 2)
     array([[[0., 1.],
             [0., 0.]]])
+
+    Overlapping windows add up:
+
+    >>> pyconv.max_pool2d_grad(np.ones((1, 3, 3)), np.zeros((1, 4, 4)), 2, stride=1)[0]
+    array([[1., 1., 1., 0.],
+           [1., 1., 1., 0.],
+           [1., 1., 1., 0.],
+           [0., 0., 0., 0.]])
     """
     fn = "max_pool2d_grad"
     lay = layout_name(fn, layout)
@@ -241,19 +459,53 @@ def max_pool2d_grad(grad_out: Any, x: Any, kernel_size: Any, stride: Any = None,
     return gx
 
 
-def avg_pool2d_grad(grad_out: Any, input_shape: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *,
-                    ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
-                    layout: str = "NCHW") -> np.ndarray:
+def avg_pool2d_grad(grad_out: ArrayInput, input_shape: Shape, kernel_size: IntOrPair,
+                    stride: Optional[IntOrPair] = None, padding: Padding = 0, *, ceil_mode: bool = False,
+                    count_include_pad: Optional[bool] = None, layout: Layout = "NCHW") -> FloatArray:
     """Gradient of :func:`avg_pool2d` with respect to its input.
 
-    ``input_shape`` is the forward input's full shape in the layout's order.
-    Each output's gradient is spread over the input cells of its window,
-    divided by the forward's divisor.  Deterministic for any thread count.
+    Each output's gradient, divided by the forward's divisor for its window,
+    is added to every input cell of the window.  Deterministic for any
+    thread count.
 
+    Parameters
+    ----------
+    grad_out : array_like
+        Gradient of the loss with respect to the pooling's output, of
+        exactly that output's shape.
+    input_shape : sequence of int
+        The forward input's full shape in the layout's order (3-D or 4-D).
+    kernel_size, stride, padding, ceil_mode, count_include_pad, layout : optional
+        The forward call's, as in :func:`avg_pool2d`.
+
+    Returns
+    -------
+    ndarray
+        Shape ``input_shape``; float64 if ``grad_out`` is float64 or not
+        floating, else float32.
+
+    Raises
+    ------
+    TypeError
+        As :func:`avg_pool2d`, or a non-integer ``input_shape``.
+    ValueError
+        As :func:`avg_pool2d`, or a ``grad_out`` whose shape is not the
+        pooling's output shape.
+
+    See Also
+    --------
+    avg_pool2d, max_pool2d_grad, pyconv.autograd.avg_pool2d_vjp
+
+    Examples
+    --------
     >>> import numpy as np, pyconv
     >>> pyconv.avg_pool2d_grad(np.ones((1, 1, 1)), (1, 2, 2), 2)
     array([[[0.25, 0.25],
             [0.25, 0.25]]])
+    >>> pyconv.avg_pool2d_grad(np.ones((1, 2, 2)), (1, 3, 3), 2, stride=1)[0]
+    array([[0.25, 0.5 , 0.25],
+           [0.5 , 1.  , 0.5 ],
+           [0.25, 0.5 , 0.25]])
     """
     fn = "avg_pool2d_grad"
     lay = layout_name(fn, layout)

@@ -7,9 +7,12 @@ import operator
 import os
 import platform
 import warnings
-from typing import Any, Dict, Iterator, List
+from typing import Any, Dict, Iterator, List, Optional, SupportsIndex
+
+import numpy.typing as npt
 
 from . import _core
+from ._typing import Config, Isa
 
 __all__ = [
     "config",
@@ -37,29 +40,102 @@ def _thread_count(fn: str, n: Any) -> int:
     return n
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: SupportsIndex) -> None:
     """Set the number of threads every pyconv kernel uses (process-wide).
 
     The default is ``OMP_NUM_THREADS`` if set, else every core this process
     may run on.  Results do not depend on it: kernels are bitwise
-    deterministic for any thread count.
+    deterministic for any thread count.  threadpoolctl's
+    ``threadpool_limits(user_api="openmp")`` reaches this setting too.
+
+    Parameters
+    ----------
+    n : int
+        The thread count, 1 <= n <= 4096.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int (bools included).
+    ValueError
+        ``n`` < 1 or > 4096.
+
+    See Also
+    --------
+    get_num_threads
+    num_threads : The same for a ``with`` block only.
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> previous = pyconv.get_num_threads()
+    >>> pyconv.set_num_threads(1)
+    >>> pyconv.get_num_threads()
+    1
+    >>> pyconv.set_num_threads(previous)
     """
     _core.set_num_threads(_thread_count("set_num_threads", n))
 
 
 def get_num_threads() -> int:
-    """The number of threads pyconv kernels use."""
+    """The number of threads pyconv kernels use (``config()["threads"]``).
+
+    Returns
+    -------
+    int
+        The current process-wide setting, >= 1.
+
+    See Also
+    --------
+    set_num_threads, num_threads, config
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> pyconv.get_num_threads() >= 1
+    True
+    """
     return int(_core.get_num_threads())
 
 
 @contextlib.contextmanager
-def num_threads(n: int) -> Iterator[int]:
+def num_threads(n: SupportsIndex) -> Iterator[int]:
     """Context manager: run the enclosed pyconv calls with ``n`` threads.
 
+    The previous setting is restored on exit, also when the block raises.
+    The setting is process-wide, so other Python threads' pyconv calls see
+    it too while the block runs.
+
+    Parameters
+    ----------
+    n : int
+        The thread count, 1 <= n <= 4096.
+
+    Yields
+    ------
+    int
+        ``n``.
+
+    Raises
+    ------
+    TypeError
+        ``n`` is not an int (bools included).
+    ValueError
+        ``n`` < 1 or > 4096.
+
+    See Also
+    --------
+    set_num_threads, get_num_threads
+
+    Examples
+    --------
     >>> import pyconv
-    >>> with pyconv.num_threads(1):
-    ...     pyconv.get_num_threads()
-    1
+    >>> before = pyconv.get_num_threads()
+    >>> with pyconv.num_threads(1) as n:
+    ...     n, pyconv.get_num_threads()
+    (1, 1)
+    >>> pyconv.get_num_threads() == before
+    True
     """
     n = _thread_count("num_threads", n)
     previous = get_num_threads()
@@ -70,13 +146,44 @@ def num_threads(n: int) -> Iterator[int]:
         _core.set_num_threads(previous)
 
 
-def set_max_isa(isa: str) -> str:
+def set_max_isa(isa: Isa) -> str:
     """Cap the instruction set used by the kernels; return the one now active.
 
-    ``isa`` is ``"generic"``, ``"avx2"`` or ``"avx512"``; the active ISA is
-    the best one that is compiled in, supported by this CPU and not above the
-    cap.  Like ``PYCONV_ISA`` (read at import), but callable at run time, e.g.
-    to compare or test every code path in one process.  Process-wide.
+    The active ISA is the best one that is compiled in, supported by this
+    CPU and not above the cap.  Like ``PYCONV_ISA`` (read at import), but
+    callable at run time, e.g. to compare or test every code path in one
+    process.  Process-wide.
+
+    Parameters
+    ----------
+    isa : {"generic", "avx2", "avx512"}
+        The cap (case-insensitive): ``"generic"`` is portable C++ without
+        intrinsics, ``"avx2"`` AVX2+FMA, ``"avx512"`` AVX-512F.
+
+    Returns
+    -------
+    str
+        The active ISA after the call (``config()["isa"]``).
+
+    Raises
+    ------
+    TypeError
+        ``isa`` is not a string.
+    ValueError
+        ``isa`` is not one of the three names.
+
+    See Also
+    --------
+    config : ``isa_available`` lists what this machine can run.
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> active = pyconv.config()["isa"]
+    >>> pyconv.set_max_isa("generic")
+    'generic'
+    >>> pyconv.set_max_isa(active) == active
+    True
     """
     if not isinstance(isa, str):
         raise TypeError(f"set_max_isa: isa must be one of {ISAS}, got {isa!r}")
@@ -119,13 +226,35 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def config() -> Dict[str, Any]:
-    """Build and runtime configuration as a dict.
+def config() -> Config:
+    """Build and runtime configuration, as a dict.
 
-    Keys: ``version``, ``compiler``, ``isa_compiled``, ``isa_available``
-    (compiled and supported by this CPU), ``isa`` (active), ``openmp``,
-    ``openmp_version``, ``threads``, ``default_threads``, ``cpu``,
-    ``machine``, ``numpy``.
+    Returns
+    -------
+    dict
+        ``version`` (pyconv's), ``compiler``, ``isa_compiled`` (ISAs built
+        into the module), ``isa_available`` (compiled and supported by this
+        CPU), ``isa`` (the active one, after ``PYCONV_ISA`` or
+        :func:`set_max_isa`), ``openmp`` (bool), ``openmp_version`` (the
+        ``_OPENMP`` date, 0 without OpenMP), ``threads`` (the current
+        setting), ``default_threads``, ``cpu``, ``machine`` and ``numpy``
+        (NumPy's version).
+
+    See Also
+    --------
+    show_config : The same, printed for humans (``python -m pyconv info``).
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> cfg = pyconv.config()
+    >>> cfg["isa"] in cfg["isa_available"]
+    True
+    >>> cfg["threads"] == pyconv.get_num_threads()
+    True
+    >>> sorted(cfg)  # doctest: +NORMALIZE_WHITESPACE
+    ['compiler', 'cpu', 'default_threads', 'isa', 'isa_available', 'isa_compiled', 'machine',
+     'numpy', 'openmp', 'openmp_version', 'threads', 'version']
     """
     import numpy as np
 
@@ -149,7 +278,20 @@ def config() -> Dict[str, Any]:
 
 
 def show_config() -> None:
-    """Print :func:`config` for humans."""
+    """Print :func:`config` for humans, one ``key  value`` line per entry.
+
+    See Also
+    --------
+    config
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> pyconv.show_config()  # doctest: +ELLIPSIS
+    version          ...
+    compiler         ...
+    isa_compiled     ...generic...
+    """
     cfg = config()
     width = max(len(k) for k in cfg)
     for key, value in cfg.items():
@@ -170,13 +312,40 @@ _PEAK_ATTEMPTS = 10
 _peak_cache: Dict[Any, float] = {}
 
 
-def peak_gflops(dtype: Any = "float32", threads: Any = None) -> float:
+def peak_gflops(dtype: npt.DTypeLike = "float32", threads: Optional[SupportsIndex] = None) -> float:
     """Measured FMA peak of this machine, in GFLOP/s, for the active ISA.
 
     Every thread runs a short loop of independent fused multiply-adds on the
-    active ISA's vectors; the result is the denominator of the benchmark's
-    "% of peak" column.  Measured once per (ISA, dtype, threads) and cached.
+    active ISA's vectors (best of several attempts); the result is the
+    denominator of the benchmark's "% of peak" column.  Measured once per
+    (ISA, dtype, threads) and cached.
 
+    Parameters
+    ----------
+    dtype : {"float32", "float64"} or numpy dtype, default "float32"
+    threads : int, optional
+        Thread count of the probe, 1 <= threads <= 4096; default (None) the
+        current :func:`get_num_threads`.
+
+    Returns
+    -------
+    float
+        GFLOP/s (2 flops per fused multiply-add).
+
+    Raises
+    ------
+    TypeError
+        ``dtype`` is not a dtype, or ``threads`` is not an int.
+    ValueError
+        ``dtype`` is not float32 or float64, or ``threads`` is out of range.
+
+    See Also
+    --------
+    config : The active ISA (``isa``) the probe runs on.
+    set_max_isa
+
+    Examples
+    --------
     >>> import pyconv
     >>> pyconv.peak_gflops("float32", threads=1) > 0
     True

@@ -33,7 +33,7 @@ array([4.], dtype=float32)
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Optional, SupportsIndex, Tuple
 
 import numpy as np
 
@@ -46,11 +46,24 @@ from ._normalize import (
     layout_name,
 )
 from ._pool import avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad
+from ._typing import (
+    Activation,
+    Algo,
+    ArrayInput,
+    ExplicitPadding,
+    FloatArray,
+    IntOrPair,
+    Layout,
+    Padding,
+    Shape,
+)
 
 __all__ = ["avg_pool2d_vjp", "conv2d_vjp", "conv_transpose2d_vjp", "max_pool2d_vjp"]
 
-ConvPullback = Callable[[Any], Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]
-PoolPullback = Callable[[Any], np.ndarray]
+#: ``pullback(grad_y) -> (grad_x, grad_w, grad_b)``; ``grad_b`` is None without a bias.
+ConvPullback = Callable[[ArrayInput], Tuple[FloatArray, FloatArray, Optional[FloatArray]]]
+#: ``pullback(grad_y) -> grad_x``.
+PoolPullback = Callable[[ArrayInput], FloatArray]
 
 
 def _like(grad: np.ndarray, primal: np.ndarray) -> np.ndarray:
@@ -69,10 +82,69 @@ def _activation_mask(gy: np.ndarray, y: np.ndarray, activation: Optional[str]) -
     return np.where((y > 0) & (y < 6), gy, 0).astype(gy.dtype, copy=False)
 
 
-def conv2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-               dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW",
-               activation: Optional[str] = None, algo: str = "auto") -> Tuple[np.ndarray, ConvPullback]:
-    """:func:`pyconv.conv2d` and its pullback ``grad_y -> (grad_x, grad_w, grad_b)``."""
+def conv2d_vjp(x: ArrayInput, weight: ArrayInput, bias: Optional[ArrayInput] = None, stride: IntOrPair = 1,
+               padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+               layout: Layout = "NCHW", activation: Activation = None,
+               algo: Algo = "auto") -> Tuple[FloatArray, ConvPullback]:
+    """:func:`pyconv.conv2d` and its pullback ``grad_y -> (grad_x, grad_w, grad_b)``.
+
+    The pullback runs :func:`pyconv.conv2d_grad_input`,
+    :func:`pyconv.conv2d_grad_weight` and :func:`pyconv.conv2d_grad_bias`
+    on ``grad_y`` masked by the activation's derivative (relu: where ``y >
+    0``; relu6: where ``0 < y < 6``, as PyTorch).
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+    weight : array_like
+        ``(C_out, C_in/groups, KH, KW)`` (NCHW) or ``(KH, KW, C_in/groups,
+        C_out)`` (NHWC); an array (not a :class:`pyconv.PackedWeight`).
+    bias : array_like, optional
+        ``(C_out,)``.  Default None (then ``grad_b`` is None).
+    stride, padding, dilation, groups, layout, activation, algo : optional
+        As in :func:`pyconv.conv2d` (same forms and defaults; no ``out``).
+
+    Returns
+    -------
+    y : ndarray
+        ``conv2d(x, weight, bias, ...)``.
+    pullback : callable
+        ``pullback(grad_y)`` with ``grad_y`` of ``y``'s shape returns
+        ``(grad_x, grad_w, grad_b)``, shaped like ``x``, ``weight`` and
+        ``bias`` (``grad_b`` None without a bias).  Each gradient has its
+        primal's dtype when that is a float array, else ``y``'s dtype.  It
+        may be called any number of times.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv2d`; the pullback raises ValueError for a
+        ``grad_y`` whose shape is not ``y``'s, TypeError for a non-numeric one.
+
+    See Also
+    --------
+    pyconv.conv2d, conv_transpose2d_vjp
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyconv.autograd import conv2d_vjp
+    >>> x = np.arange(9.0, dtype=np.float32).reshape(1, 1, 3, 3)
+    >>> w = np.ones((1, 1, 2, 2), np.float32)
+    >>> y, pullback = conv2d_vjp(x, w, np.array([-20.0], np.float32), activation="relu")
+    >>> y[0, 0]
+    array([[0., 0.],
+           [0., 4.]], dtype=float32)
+    >>> gx, gw, gb = pullback(np.ones_like(y))     # only the positive output passes
+    >>> gx[0, 0]
+    array([[0., 0., 0.],
+           [0., 1., 1.],
+           [0., 1., 1.]], dtype=float32)
+    >>> gw[0, 0], gb
+    (array([[4., 5.],
+           [7., 8.]], dtype=float32), array([1.], dtype=float32))
+    """
     fn = "conv2d_vjp"
     lay = layout_name(fn, layout)
     xa = as_array(fn, "x", x)
@@ -95,15 +167,59 @@ def conv2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: 
     return y, pullback
 
 
-def conv_transpose2d_vjp(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                         output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
-                         layout: str = "NCHW", output_size: Any = None
-                         ) -> Tuple[np.ndarray, ConvPullback]:
+def conv_transpose2d_vjp(x: ArrayInput, weight: ArrayInput, bias: Optional[ArrayInput] = None,
+                         stride: IntOrPair = 1, padding: ExplicitPadding = 0, output_padding: IntOrPair = 0,
+                         dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+                         output_size: Optional[Shape] = None) -> Tuple[FloatArray, ConvPullback]:
     """:func:`pyconv.conv_transpose2d` and its pullback ``grad_y -> (grad_x, grad_w, grad_b)``.
 
     The transposed convolution is the input gradient of a conv2d, so its own
     gradients are that conv2d (for x) and that conv2d's weight gradient with
     the roles of input and grad_out exchanged (for the weight).
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+    weight : array_like
+        ``(C_in, C_out/groups, KH, KW)`` (NCHW) or ``(KH, KW, C_out/groups,
+        C_in)`` (NHWC).
+    bias : array_like, optional
+        ``(C_out,)``.  Default None (then ``grad_b`` is None).
+    stride, padding, output_padding, dilation, groups, layout, output_size : optional
+        As in :func:`pyconv.conv_transpose2d` (same forms and defaults).
+
+    Returns
+    -------
+    y : ndarray
+        ``conv_transpose2d(x, weight, bias, ...)``.
+    pullback : callable
+        ``pullback(grad_y)`` with ``grad_y`` of ``y``'s shape returns
+        ``(grad_x, grad_w, grad_b)``, shaped like ``x``, ``weight`` and
+        ``bias``, in their dtypes as for :func:`conv2d_vjp`.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv_transpose2d`; the pullback raises ValueError
+        for a ``grad_y`` whose shape is not ``y``'s.
+
+    See Also
+    --------
+    pyconv.conv_transpose2d, conv2d_vjp
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyconv.autograd import conv_transpose2d_vjp
+    >>> x = np.ones((1, 1, 2, 2), np.float32)
+    >>> y, pullback = conv_transpose2d_vjp(x, np.ones((1, 1, 2, 2), np.float32), stride=2)
+    >>> y.shape
+    (1, 1, 4, 4)
+    >>> gx, gw, gb = pullback(np.ones_like(y))
+    >>> gx[0, 0], gb
+    (array([[4., 4.],
+           [4., 4.]], dtype=float32), None)
     """
     y, lay, xd, wd, ba, geo, dtype = _conv_transpose2d("conv_transpose2d_vjp", x, weight, bias, stride, padding,
                                                        output_padding, dilation, groups, layout, output_size)
@@ -151,10 +267,52 @@ def _check_grad_y(fn: str, grad_y: Any, y: np.ndarray) -> np.ndarray:
     return gy
 
 
-def max_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
-                   ceil_mode: bool = False, layout: str = "NCHW") -> Tuple[np.ndarray, PoolPullback]:
-    """:func:`pyconv.max_pool2d` and its pullback ``grad_y -> grad_x`` (the
-    gradient goes to each window's first maximum, as the forward chose)."""
+def max_pool2d_vjp(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0,
+                   dilation: IntOrPair = 1, *, ceil_mode: bool = False,
+                   layout: Layout = "NCHW") -> Tuple[FloatArray, PoolPullback]:
+    """:func:`pyconv.max_pool2d` and its pullback ``grad_y -> grad_x``.
+
+    The gradient goes to each window's winner (the first maximum, the
+    first NaN), as the forward chose; overlapping windows add up.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    kernel_size : int or (int, int)
+    stride, padding, dilation, ceil_mode, layout : optional
+        As in :func:`pyconv.max_pool2d` (same forms and defaults; no
+        ``return_indices``).
+
+    Returns
+    -------
+    y : ndarray
+        ``max_pool2d(x, ...)``.
+    pullback : callable
+        ``pullback(grad_y)`` with ``grad_y`` of ``y``'s shape returns
+        ``grad_x``, shaped like ``x``, in ``x``'s dtype if that is a float.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.max_pool2d`; the pullback raises ValueError for a
+        ``grad_y`` whose shape is not ``y``'s.
+
+    See Also
+    --------
+    pyconv.max_pool2d, pyconv.max_pool2d_grad
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyconv.autograd import max_pool2d_vjp
+    >>> y, pullback = max_pool2d_vjp(np.array([[[1.0, 3.0], [3.0, 0.0]]]), 2)
+    >>> y
+    array([[[3.]]])
+    >>> pullback(np.ones_like(y))
+    array([[[0., 1.],
+            [0., 0.]]])
+    """
     xa = as_array("max_pool2d_vjp", "x", x)
     y = max_pool2d(xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, layout=layout)
 
@@ -167,10 +325,50 @@ def max_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 
     return y, pullback
 
 
-def avg_pool2d_vjp(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *,
-                   ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
-                   layout: str = "NCHW") -> Tuple[np.ndarray, PoolPullback]:
-    """:func:`pyconv.avg_pool2d` and its pullback ``grad_y -> grad_x``."""
+def avg_pool2d_vjp(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0,
+                   *, ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
+                   layout: Layout = "NCHW") -> Tuple[FloatArray, PoolPullback]:
+    """:func:`pyconv.avg_pool2d` and its pullback ``grad_y -> grad_x``.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    kernel_size : int or (int, int)
+    stride, padding, ceil_mode, count_include_pad, layout : optional
+        As in :func:`pyconv.avg_pool2d` (same forms and defaults).
+
+    Returns
+    -------
+    y : ndarray
+        ``avg_pool2d(x, ...)``.
+    pullback : callable
+        ``pullback(grad_y)`` with ``grad_y`` of ``y``'s shape returns
+        ``grad_x`` (each output's gradient over its window, divided by the
+        window's divisor), shaped like ``x``, in ``x``'s dtype if that is a
+        float.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.avg_pool2d`; the pullback raises ValueError for a
+        ``grad_y`` whose shape is not ``y``'s.
+
+    See Also
+    --------
+    pyconv.avg_pool2d, pyconv.avg_pool2d_grad
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from pyconv.autograd import avg_pool2d_vjp
+    >>> y, pullback = avg_pool2d_vjp(np.arange(4.0).reshape(1, 2, 2), 2)
+    >>> y
+    array([[[1.5]]])
+    >>> pullback(np.ones_like(y))
+    array([[[0.25, 0.25],
+            [0.25, 0.25]]])
+    """
     xa = as_array("avg_pool2d_vjp", "x", x)
     y = avg_pool2d(xa, kernel_size, stride, padding, ceil_mode=ceil_mode,
                    count_include_pad=count_include_pad, layout=layout)

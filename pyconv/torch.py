@@ -19,17 +19,25 @@ change.
 >>> conv = pt.Conv2d(3, 8, 3, padding=1)
 >>> conv(torch.zeros(2, 3, 16, 16)).shape
 torch.Size([2, 8, 16, 16])
+>>> x = torch.arange(16.0).reshape(1, 1, 4, 4).requires_grad_()
+>>> pt.max_pool2d(x, 2).sum().backward()
+>>> x.grad[0, 0]
+tensor([[0., 0., 0., 0.],
+        [0., 1., 0., 1.],
+        [0., 0., 0., 0.],
+        [0., 1., 0., 1.]])
 """
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Literal, Optional, SupportsIndex, Tuple, Union, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from . import _pool
+from ._typing import Activation, Algo, ExplicitPadding, IntOrPair, Layout, Padding, Shape
 from .autograd import avg_pool2d_vjp, conv2d_vjp, conv_transpose2d_vjp, max_pool2d_vjp
 
 __all__ = [
@@ -154,10 +162,63 @@ class _AvgPool2d(torch.autograd.Function):
         return _tensor(ctx.pullback(gy)), None, None
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: Any = 1,
-           padding: Any = 0, dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW",
-           activation: Optional[str] = None, algo: str = "auto") -> torch.Tensor:
-    """Differentiable :func:`pyconv.conv2d` on CPU tensors."""
+def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, stride: IntOrPair = 1,
+           padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+           layout: Layout = "NCHW", activation: Activation = None, algo: Algo = "auto") -> torch.Tensor:
+    """Differentiable :func:`pyconv.conv2d` on CPU tensors.
+
+    Forward runs :func:`pyconv.conv2d`, backward its gradient kernels
+    (:func:`pyconv.autograd.conv2d_vjp`); gradients flow to every operand
+    that requires them.  ``padding="same"`` is TensorFlow's SAME (any
+    stride).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU, float32 or float64: ``(N, C_in, H, W)`` (NCHW, PyTorch's
+        layout) or ``(N, H, W, C_in)`` with ``layout="NHWC"``; 3-D for one
+        image.
+    weight : torch.Tensor
+        ``(C_out, C_in/groups, KH, KW)`` (NCHW, as ``torch.nn.Conv2d``) or
+        ``(KH, KW, C_in/groups, C_out)`` (NHWC); ``x``'s dtype.
+    bias : torch.Tensor, optional
+        ``(C_out,)``, ``x``'s dtype.  Default None.
+    stride, padding, dilation, groups, layout, activation, algo : optional
+        As in :func:`pyconv.conv2d` (same forms and defaults; no ``out``).
+
+    Returns
+    -------
+    torch.Tensor
+        The convolution, sharing memory with the NumPy result (no copy).
+
+    Raises
+    ------
+    TypeError
+        A non-tensor operand, a non-CPU tensor, a dtype other than float32
+        and float64, or operands of different dtypes; and what
+        :func:`pyconv.conv2d` raises.
+    ValueError
+        As :func:`pyconv.conv2d`.
+
+    See Also
+    --------
+    Conv2d : The ``torch.nn.Conv2d`` drop-in.
+    pyconv.conv2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4).requires_grad_()
+    >>> w = torch.ones(1, 1, 2, 2, requires_grad=True)
+    >>> y = pt.conv2d(x, w, stride=2)
+    >>> y.detach()[0, 0]
+    tensor([[10., 18.],
+            [42., 50.]])
+    >>> y.sum().backward()
+    >>> w.grad[0, 0]
+    tensor([[20., 24.],
+            [36., 40.]])
+    """
     _check_dtypes("pyconv.torch.conv2d", x, weight, bias)
     kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout,
                   activation=activation, algo=algo)
@@ -165,28 +226,167 @@ def conv2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 
 def conv_transpose2d(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
-                     stride: Any = 1, padding: Any = 0, output_padding: Any = 0, dilation: Any = 1,
-                     groups: int = 1, *, layout: str = "NCHW", output_size: Any = None) -> torch.Tensor:
-    """Differentiable :func:`pyconv.conv_transpose2d` on CPU tensors."""
+                     stride: IntOrPair = 1, padding: ExplicitPadding = 0, output_padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+                     output_size: Optional[Shape] = None) -> torch.Tensor:
+    """Differentiable :func:`pyconv.conv_transpose2d` on CPU tensors.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU, float32 or float64: ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W,
+        C_in)`` (NHWC); 3-D for one image.
+    weight : torch.Tensor
+        ``(C_in, C_out/groups, KH, KW)`` (NCHW, as
+        ``torch.nn.ConvTranspose2d``) or ``(KH, KW, C_out/groups, C_in)``
+        (NHWC); ``x``'s dtype.
+    bias : torch.Tensor, optional
+        ``(C_out,)``, ``x``'s dtype.  Default None.
+    stride, padding, output_padding, dilation, groups, layout, output_size : optional
+        As in :func:`pyconv.conv_transpose2d` (same forms and defaults).
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    TypeError
+        As :func:`conv2d` (tensor checks) and :func:`pyconv.conv_transpose2d`.
+    ValueError
+        As :func:`pyconv.conv_transpose2d`.
+
+    See Also
+    --------
+    ConvTranspose2d : The ``torch.nn.ConvTranspose2d`` drop-in.
+    pyconv.conv_transpose2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> x = torch.ones(1, 1, 2, 2, requires_grad=True)
+    >>> y = pt.conv_transpose2d(x, torch.ones(1, 1, 2, 2), stride=2)
+    >>> y.shape
+    torch.Size([1, 1, 4, 4])
+    >>> y.sum().backward()
+    >>> x.grad[0, 0]
+    tensor([[4., 4.],
+            [4., 4.]])
+    """
     _check_dtypes("pyconv.torch.conv_transpose2d", x, weight, bias)
     kwargs = dict(stride=stride, padding=padding, output_padding=output_padding, dilation=dilation,
                   groups=groups, layout=layout, output_size=output_size)
     return _ConvTranspose2d.apply(x, weight, bias, kwargs)
 
 
-def max_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
-               ceil_mode: bool = False, return_indices: bool = False, layout: str = "NCHW") -> Any:
-    """Differentiable :func:`pyconv.max_pool2d` on CPU tensors (indices, if
-    asked for, are int64 tensors and not differentiable)."""
+@overload
+def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+               layout: Layout = ...) -> torch.Tensor: ...
+@overload
+def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[True],
+               layout: Layout = ...) -> Tuple[torch.Tensor, torch.Tensor]: ...
+@overload
+def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: bool,
+               layout: Layout = ...) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]: ...
+def max_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0,
+               dilation: IntOrPair = 1, *, ceil_mode: bool = False, return_indices: bool = False,
+               layout: Layout = "NCHW") -> Any:
+    """Differentiable :func:`pyconv.max_pool2d` on CPU tensors.
+
+    The gradient goes to each window's winner (the first maximum).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU, float32 or float64: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)``
+        (NHWC); 3-D for one image.
+    kernel_size, stride, padding, dilation, ceil_mode, layout : optional
+        As in :func:`pyconv.max_pool2d` (same forms and defaults).
+    return_indices : bool, default False
+        Also return the int64 indices (flat ``h * W + w`` positions, as
+        PyTorch); they are not differentiable.
+
+    Returns
+    -------
+    torch.Tensor or (torch.Tensor, torch.Tensor)
+        The pooled tensor, and the indices with ``return_indices=True``.
+
+    Raises
+    ------
+    TypeError
+        A non-tensor, non-CPU or non-float32/float64 ``x``; and what
+        :func:`pyconv.max_pool2d` raises.
+    ValueError
+        As :func:`pyconv.max_pool2d`.
+
+    See Also
+    --------
+    MaxPool2d : The ``torch.nn.MaxPool2d`` drop-in.
+    pyconv.max_pool2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> x = torch.tensor([[[[1.0, 3.0], [3.0, 0.0]]]], requires_grad=True)
+    >>> y, idx = pt.max_pool2d(x, 2, return_indices=True)
+    >>> idx
+    tensor([[[[1]]]])
+    >>> y.sum().backward()
+    >>> x.grad
+    tensor([[[[0., 1.],
+              [0., 0.]]]])
+    """
     kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding, dilation=dilation,
                   ceil_mode=ceil_mode, layout=layout)
     return _MaxPool2d.apply(x, kwargs, bool(return_indices))
 
 
-def avg_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: Any = 0, *,
-               ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
-               layout: str = "NCHW") -> torch.Tensor:
-    """Differentiable :func:`pyconv.avg_pool2d` on CPU tensors."""
+def avg_pool2d(x: torch.Tensor, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
+               padding: Padding = 0, *, ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
+               layout: Layout = "NCHW") -> torch.Tensor:
+    """Differentiable :func:`pyconv.avg_pool2d` on CPU tensors.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        CPU, float32 or float64: ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)``
+        (NHWC); 3-D for one image.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, layout : optional
+        As in :func:`pyconv.avg_pool2d` (same forms and defaults:
+        ``count_include_pad=None`` is True for numeric padding, as PyTorch).
+
+    Returns
+    -------
+    torch.Tensor
+
+    Raises
+    ------
+    TypeError
+        A non-tensor, non-CPU or non-float32/float64 ``x``; and what
+        :func:`pyconv.avg_pool2d` raises.
+    ValueError
+        As :func:`pyconv.avg_pool2d`.
+
+    See Also
+    --------
+    AvgPool2d : The ``torch.nn.AvgPool2d`` drop-in.
+    pyconv.avg_pool2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> x = torch.arange(4.0).reshape(1, 1, 2, 2).requires_grad_()
+    >>> y = pt.avg_pool2d(x, 2)
+    >>> y.item()
+    1.5
+    >>> y.sum().backward()
+    >>> x.grad[0, 0]
+    tensor([[0.2500, 0.2500],
+            [0.2500, 0.2500]])
+    """
     kwargs = dict(kernel_size=kernel_size, stride=stride, padding=padding, ceil_mode=ceil_mode,
                   count_include_pad=count_include_pad, layout=layout)
     return _AvgPool2d.apply(x, kwargs, 1.0)
@@ -196,9 +396,53 @@ def avg_pool2d(x: torch.Tensor, kernel_size: Any, stride: Any = None, padding: A
 
 
 class Conv2d(torch.nn.Conv2d):
-    """``torch.nn.Conv2d`` computed by pyconv (same arguments, parameters and
-    initialisation).  ``padding_mode`` other than "zeros" pads with
-    ``torch.nn.functional.pad`` first, exactly as PyTorch does."""
+    """``torch.nn.Conv2d`` computed by pyconv.
+
+    A subclass: constructor arguments, parameters (``weight`` ``(C_out,
+    C_in/groups, KH, KW)``, ``bias`` ``(C_out,)``), initialisation,
+    ``state_dict`` and ``repr`` are PyTorch's own; only ``forward`` runs
+    :func:`conv2d`.  ``padding_mode`` other than "zeros" pads with
+    ``torch.nn.functional.pad`` first, exactly as PyTorch does.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C_in and C_out.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int, (int, int), "valid" or "same", default 0
+    dilation : int or (int, int), default 1
+    groups : int, default 1
+    bias : bool, default True
+    padding_mode : {"zeros", "reflect", "replicate", "circular"}, default "zeros"
+    device, dtype : optional
+        As ``torch.nn.Conv2d``; the module must stay on the CPU, in float32
+        or float64.
+
+    Raises
+    ------
+    TypeError
+        From ``forward``: an input that is not a CPU float32/float64 tensor
+        of the parameters' dtype.
+    ValueError
+        From ``forward``: an input whose shape does not fit the layer.
+
+    See Also
+    --------
+    conv2d, pyconv.conv2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> conv = pt.Conv2d(3, 8, 3, padding=1)
+    >>> conv
+    Conv2d(3, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1))
+    >>> ref = torch.nn.Conv2d(3, 8, 3, padding=1)
+    >>> _ = ref.load_state_dict(conv.state_dict())
+    >>> x = torch.arange(150.0).reshape(2, 3, 5, 5) / 10
+    >>> torch.allclose(conv(x), ref(x), atol=1e-4)
+    True
+    """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -210,7 +454,50 @@ class Conv2d(torch.nn.Conv2d):
 
 
 class ConvTranspose2d(torch.nn.ConvTranspose2d):
-    """``torch.nn.ConvTranspose2d`` computed by pyconv."""
+    """``torch.nn.ConvTranspose2d`` computed by pyconv.
+
+    A subclass: constructor arguments, parameters (``weight`` ``(C_in,
+    C_out/groups, KH, KW)``), initialisation and ``state_dict`` are
+    PyTorch's own; ``forward(input, output_size=None)`` runs
+    :func:`conv_transpose2d`.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+        C_in and C_out.
+    kernel_size : int or (int, int)
+    stride : int or (int, int), default 1
+    padding : int or (int, int), default 0
+    output_padding : int or (int, int), default 0
+    groups : int, default 1
+    bias : bool, default True
+    dilation : int or (int, int), default 1
+    padding_mode : {"zeros"}, default "zeros"
+        Only "zeros": PyTorch refuses the others at construction.
+    device, dtype : optional
+        As ``torch.nn.ConvTranspose2d``; CPU, float32 or float64.
+
+    Raises
+    ------
+    ValueError
+        From ``forward``: what :func:`pyconv.conv_transpose2d` refuses (an
+        unreachable ``output_size`` included).
+    TypeError
+        From ``forward``: an input that is not a CPU float32/float64 tensor
+        of the parameters' dtype.
+
+    See Also
+    --------
+    conv_transpose2d, pyconv.conv_transpose2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> up = pt.ConvTranspose2d(4, 2, 3, stride=2, padding=1)
+    >>> x = torch.zeros(1, 4, 5, 5)
+    >>> up(x).shape, up(x, output_size=[10, 10]).shape
+    (torch.Size([1, 2, 9, 9]), torch.Size([1, 2, 10, 10]))
+    """
 
     def forward(self, input: torch.Tensor, output_size: Optional[List[int]] = None) -> torch.Tensor:
         if self.padding_mode != "zeros":
@@ -222,7 +509,38 @@ class ConvTranspose2d(torch.nn.ConvTranspose2d):
 
 
 class MaxPool2d(torch.nn.MaxPool2d):
-    """``torch.nn.MaxPool2d`` computed by pyconv."""
+    """``torch.nn.MaxPool2d`` computed by pyconv.
+
+    A subclass: constructor arguments and ``repr`` are PyTorch's own;
+    ``forward`` runs :func:`max_pool2d`.
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None (= kernel_size)
+    padding : int or (int, int), default 0
+        At most half the window, as PyTorch.
+    dilation : int or (int, int), default 1
+    return_indices : bool, default False
+        ``forward`` also returns the int64 indices.
+    ceil_mode : bool, default False
+
+    Raises
+    ------
+    TypeError, ValueError
+        From ``forward``, as :func:`max_pool2d`.
+
+    See Also
+    --------
+    max_pool2d, pyconv.max_pool2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> pt.MaxPool2d(2)(torch.arange(16.0).reshape(1, 1, 4, 4))
+    tensor([[[[ 5.,  7.],
+              [13., 15.]]]])
+    """
 
     def forward(self, input: torch.Tensor) -> Any:
         return max_pool2d(input, self.kernel_size, self.stride, self.padding, self.dilation,
@@ -232,8 +550,44 @@ class MaxPool2d(torch.nn.MaxPool2d):
 class AvgPool2d(torch.nn.AvgPool2d):
     """``torch.nn.AvgPool2d`` computed by pyconv.
 
-    ``divisor_override`` is supported without ``ceil_mode`` (every window is
-    then the full kernel, so the sum is the kernel-size average rescaled).
+    A subclass: constructor arguments and ``repr`` are PyTorch's own;
+    ``forward`` runs :func:`pyconv.avg_pool2d`.  ``divisor_override`` is
+    supported without ``ceil_mode`` (every window is then the full kernel,
+    so the sum is the kernel-size average rescaled).
+
+    Parameters
+    ----------
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None (= kernel_size)
+    padding : int or (int, int), default 0
+        At most half the window, as PyTorch.
+    ceil_mode : bool, default False
+    count_include_pad : bool, default True
+    divisor_override : int, optional
+        Divide every window's sum by this instead.
+
+    Raises
+    ------
+    ValueError
+        ``divisor_override`` with ``ceil_mode=True``, or zero (at
+        construction); from ``forward``, as :func:`pyconv.avg_pool2d`.
+    TypeError
+        From ``forward``, as :func:`avg_pool2d`.
+
+    See Also
+    --------
+    avg_pool2d, pyconv.avg_pool2d
+
+    Examples
+    --------
+    >>> import torch, pyconv.torch as pt
+    >>> x = torch.arange(16.0).reshape(1, 1, 4, 4)
+    >>> pt.AvgPool2d(2)(x)
+    tensor([[[[ 2.5000,  4.5000],
+              [10.5000, 12.5000]]]])
+    >>> pt.AvgPool2d(2, divisor_override=2)(x)
+    tensor([[[[ 5.,  9.],
+              [21., 25.]]]])
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

@@ -9,10 +9,11 @@ strided views of a zero padded input, and the weight gradient contracts
 
 from __future__ import annotations
 
-from typing import Any, Tuple
+from typing import Optional, SupportsIndex, Tuple
 
 import numpy as np
 
+from .._typing import ArrayInput, ExplicitPadding, FloatArray, IntOrPair, Layout, Padding, Shape
 from .._normalize import (
     ConvGeometry,
     as_array,
@@ -69,9 +70,50 @@ def _grad_input(fn: str, gy: np.ndarray, wa: np.ndarray, geo: ConvGeometry) -> n
     return np.ascontiguousarray(dx)
 
 
-def conv2d_grad_input(grad_out: Any, weight: Any, input_shape: Any, stride: Any = 1, padding: Any = 0,
-                      dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
-    """Reference gradient of conv2d with respect to its input (shape ``input_shape``)."""
+def conv2d_grad_input(grad_out: ArrayInput, weight: ArrayInput, input_shape: Shape, stride: IntOrPair = 1,
+                      padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+                      layout: Layout = "NCHW") -> FloatArray:
+    """Reference gradient of conv2d with respect to its input (shape ``input_shape``).
+
+    The exact adjoint of :func:`pyconv.reference.conv2d`: for every tap,
+    ``w[:, :, p, q]^T @ grad_out`` is added onto the strided view of a
+    zero-padded input that the tap read, and the padding is cut off.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        Of the forward output's shape.
+    weight : array_like
+        The forward weight, in the layout's weight format.
+    input_shape : sequence of int
+        The forward input's full shape in the layout's order.
+    stride, padding, dilation, groups, layout : optional
+        The forward call's, as in :func:`pyconv.conv2d`.
+
+    Returns
+    -------
+    ndarray
+        Shape ``input_shape``; dtype by conv2d's rule over ``grad_out`` and
+        ``weight``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv2d_grad_input`.
+
+    See Also
+    --------
+    pyconv.conv2d_grad_input
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> w = np.arange(4.0).reshape(1, 1, 2, 2)
+    >>> pyconv.reference.conv2d_grad_input(np.ones((1, 1, 2, 2)), w, (1, 1, 3, 3))[0, 0]
+    array([[0., 1., 1.],
+           [2., 6., 4.],
+           [2., 5., 3.]])
+    """
     fn = "reference.conv2d_grad_input"
     lay = layout_name(fn, layout)
     gy = as_array(fn, "grad_out", grad_out)
@@ -81,9 +123,48 @@ def conv2d_grad_input(grad_out: Any, weight: Any, input_shape: Any, stride: Any 
     return _grad_input(fn, gy, wa, geo)
 
 
-def conv2d_grad_weight(x: Any, grad_out: Any, weight_shape: Any, stride: Any = 1, padding: Any = 0,
-                       dilation: Any = 1, groups: int = 1, *, layout: str = "NCHW") -> np.ndarray:
-    """Reference gradient of conv2d with respect to its weight (shape ``weight_shape``)."""
+def conv2d_grad_weight(x: ArrayInput, grad_out: ArrayInput, weight_shape: Shape, stride: IntOrPair = 1,
+                       padding: Padding = 0, dilation: IntOrPair = 1, groups: SupportsIndex = 1, *,
+                       layout: Layout = "NCHW") -> FloatArray:
+    """Reference gradient of conv2d with respect to its weight (shape ``weight_shape``).
+
+    For every tap ``(p, q)``, ``grad_out`` contracted with the strided view
+    of the padded input that the tap read, summed over images.
+
+    Parameters
+    ----------
+    x : array_like
+        The forward input.
+    grad_out : array_like
+        Of the forward output's shape.
+    weight_shape : sequence of int
+        The weight's full shape in the layout's weight format.
+    stride, padding, dilation, groups, layout : optional
+        The forward call's, as in :func:`pyconv.conv2d`.
+
+    Returns
+    -------
+    ndarray
+        Shape ``weight_shape``; dtype by conv2d's rule over ``x`` and
+        ``grad_out``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv2d_grad_weight`.
+
+    See Also
+    --------
+    pyconv.conv2d_grad_weight
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> pyconv.reference.conv2d_grad_weight(x, np.ones((1, 1, 2, 2)), (1, 1, 2, 2))[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]])
+    """
     fn = "reference.conv2d_grad_weight"
     lay = layout_name(fn, layout)
     xa = as_array(fn, "x", x)
@@ -114,9 +195,37 @@ def conv2d_grad_weight(x: Any, grad_out: Any, weight_shape: Any, stride: Any = 1
     return np.ascontiguousarray(dw)
 
 
-def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
+def conv2d_grad_bias(grad_out: ArrayInput, *, layout: Layout = "NCHW") -> FloatArray:
     """Reference gradient of conv2d with respect to its bias: grad_out summed
-    over images and pixels."""
+    over images and pixels.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        ``(N, C_out, H_out, W_out)`` (NCHW) or ``(N, H_out, W_out, C_out)``
+        (NHWC), or 3-D.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+
+    Returns
+    -------
+    ndarray
+        ``(C_out,)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv2d_grad_bias`.
+
+    See Also
+    --------
+    pyconv.conv2d_grad_bias
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> pyconv.reference.conv2d_grad_bias(np.ones((2, 3, 4, 4)))
+    array([32., 32., 32.])
+    """
     fn = "reference.conv2d_grad_bias"
     lay = layout_name(fn, layout)
     gy = as_array(fn, "grad_out", grad_out)
@@ -127,11 +236,49 @@ def conv2d_grad_bias(grad_out: Any, *, layout: str = "NCHW") -> np.ndarray:
     return gy.astype(dtype, copy=False).sum(axis=axes)
 
 
-def conv_transpose2d(x: Any, weight: Any, bias: Any = None, stride: Any = 1, padding: Any = 0,
-                     output_padding: Any = 0, dilation: Any = 1, groups: int = 1, *,
-                     layout: str = "NCHW", output_size: Any = None) -> np.ndarray:
+def conv_transpose2d(x: ArrayInput, weight: ArrayInput, bias: Optional[ArrayInput] = None,
+                     stride: IntOrPair = 1, padding: ExplicitPadding = 0, output_padding: IntOrPair = 0,
+                     dilation: IntOrPair = 1, groups: SupportsIndex = 1, *, layout: Layout = "NCHW",
+                     output_size: Optional[Shape] = None) -> FloatArray:
     """Reference transposed convolution: the input gradient of the conv2d
-    whose output has x's shape, plus the bias."""
+    whose output has x's shape, plus the bias.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C_in, H, W)`` (NCHW) or ``(N, H, W, C_in)`` (NHWC), or 3-D.
+    weight : array_like
+        ``(C_in, C_out/groups, KH, KW)`` (NCHW) or ``(KH, KW, C_out/groups,
+        C_in)`` (NHWC).
+    bias : array_like, optional
+        ``(C_out,)``.  Default None.
+    stride, padding, output_padding, dilation, groups, layout, output_size : optional
+        As in :func:`pyconv.conv_transpose2d` (no string padding).
+
+    Returns
+    -------
+    ndarray
+        :func:`pyconv.conv_transpose2d`'s shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.conv_transpose2d`.
+
+    See Also
+    --------
+    pyconv.conv_transpose2d
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.array([[[[1.0, 2.0], [3.0, 4.0]]]])
+    >>> pyconv.reference.conv_transpose2d(x, np.ones((1, 1, 2, 2)), stride=2)[0, 0]
+    array([[1., 1., 2., 2.],
+           [1., 1., 2., 2.],
+           [3., 3., 4., 4.],
+           [3., 3., 4., 4.]])
+    """
     fn = "reference.conv_transpose2d"
     lay, xa, wa, ba, geo, dtype = transpose_operands(fn, x, weight, bias, stride, padding, output_padding,
                                                      dilation, groups, layout, output_size)

@@ -9,10 +9,11 @@ NaN beats any number and the first NaN stays.
 
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, Literal, Optional, Tuple, Union, overload
 
 import numpy as np
 
+from .._typing import ArrayInput, FloatArray, IndexArray, IntOrPair, Layout, Padding, Shape
 from .._normalize import (
     PoolGeometry,
     as_array,
@@ -55,7 +56,7 @@ class _Taps:
     which lie inside the padded input (for count_include_pad).
     """
 
-    def __init__(self, geo: PoolGeometry):
+    def __init__(self, geo: PoolGeometry) -> None:
         self.geo = geo
         (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
         t, b, l, r = geo.pads
@@ -73,8 +74,8 @@ class _Taps:
         out[:, :, t:t + self.geo.h, l:l + self.geo.w] = a
         return out
 
-    def views(self):
-        """(i, j, slices) per tap in row-major order; slices index padded planes."""
+    def views(self) -> Iterator[Tuple[slice, slice]]:
+        """(rows, cols) slices of the padded planes, per tap in row-major order."""
         geo = self.geo
         (kh, kw), (sh, sw), (dh, dw) = geo.kernel, geo.stride, geo.dilation
         for i in range(kh):
@@ -103,10 +104,69 @@ def _max_forward(xa: np.ndarray, geo: PoolGeometry) -> Tuple[np.ndarray, np.ndar
     return best, index
 
 
-def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1, *,
-               ceil_mode: bool = False, return_indices: bool = False,
-               layout: str = "NCHW") -> Union[np.ndarray, Tuple[np.ndarray, np.ndarray]]:
-    """Reference max pooling; see :func:`pyconv.max_pool2d`."""
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[False] = ...,
+               layout: Layout = ...) -> FloatArray: ...
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: Literal[True],
+               layout: Layout = ...) -> Tuple[FloatArray, IndexArray]: ...
+@overload
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = ..., padding: Padding = ...,
+               dilation: IntOrPair = ..., *, ceil_mode: bool = ..., return_indices: bool,
+               layout: Layout = ...) -> Union[FloatArray, Tuple[FloatArray, IndexArray]]: ...
+def max_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0,
+               dilation: IntOrPair = 1, *, ceil_mode: bool = False, return_indices: bool = False,
+               layout: Layout = "NCHW") -> Union[FloatArray, Tuple[FloatArray, IndexArray]]:
+    """Reference max pooling; see :func:`pyconv.max_pool2d`.
+
+    Every window is visited tap by tap in row-major order over a padded
+    copy with a mask of the real cells: padded cells never win, the first
+    maximum wins, and the first NaN beats any number.
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None (= kernel_size)
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+    dilation : int or (int, int), default 1
+    ceil_mode : bool, default False
+    return_indices : bool, default False
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        All as in :func:`pyconv.max_pool2d`.
+
+    Returns
+    -------
+    y : ndarray
+        :func:`pyconv.max_pool2d`'s shape and dtype.
+    indices : ndarray of int64
+        Flat ``h * W + w`` positions of the winners; only with
+        ``return_indices=True``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.max_pool2d`.
+
+    See Also
+    --------
+    pyconv.max_pool2d
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.array([[0, 1, 0.5, 10], [2, 2.5, 1, -8], [4, 0, 5, 6], [15, 1, 2, 3]])
+    >>> y, idx = pyconv.reference.max_pool2d(x[None], 2, return_indices=True)
+    >>> y[0]
+    array([[ 2.5, 10. ],
+           [15. ,  6. ]])
+    >>> idx[0]
+    array([[ 5,  3],
+           [12, 11]])
+    """
     fn = "reference.max_pool2d"
     lay = layout_name(fn, layout)
     xa = as_array(fn, "x", x)
@@ -124,9 +184,49 @@ def _avg_divisor(taps: _Taps, count_include_pad: bool) -> np.ndarray:
     return div
 
 
-def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *, ceil_mode: bool = False,
-               count_include_pad: Optional[bool] = None, layout: str = "NCHW") -> np.ndarray:
-    """Reference average pooling; see :func:`pyconv.avg_pool2d`."""
+def avg_pool2d(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None, padding: Padding = 0, *,
+               ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
+               layout: Layout = "NCHW") -> FloatArray:
+    """Reference average pooling; see :func:`pyconv.avg_pool2d`.
+
+    The window sums of the real cells, divided by each window's count of
+    counted cells (the real ones, plus those inside the padded input with
+    ``count_include_pad``).
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    kernel_size : int or (int, int)
+    stride : int, (int, int) or None, default None (= kernel_size)
+    padding : int, (int, int), ((int, int), (int, int)), "valid" or "same", default 0
+    ceil_mode : bool, default False
+    count_include_pad : bool or None, default None
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+        All as in :func:`pyconv.avg_pool2d`.
+
+    Returns
+    -------
+    ndarray
+        :func:`pyconv.avg_pool2d`'s shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.avg_pool2d`.
+
+    See Also
+    --------
+    pyconv.avg_pool2d
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> x = np.array([[0, 1, 0.5, 10], [2, 2.5, 1, -8], [4, 0, 5, 6], [15, 1, 2, 3]])
+    >>> pyconv.reference.avg_pool2d(x[None], 2)[0]
+    array([[1.375, 0.875],
+           [5.   , 4.   ]])
+    """
     fn = "reference.avg_pool2d"
     lay = layout_name(fn, layout)
     xa = as_array(fn, "x", x)
@@ -141,15 +241,43 @@ def avg_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *
     return _from_nchw(total / _avg_divisor(taps, cip).astype(x4.dtype), geo)
 
 
-def pool_output_shape(input_shape: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                      dilation: Any = 1, *, ceil_mode: bool = False, layout: str = "NCHW") -> Tuple[int, ...]:
-    """Reference :func:`pyconv.pool_output_shape` (the same shared rule)."""
+def pool_output_shape(input_shape: Shape, kernel_size: IntOrPair, stride: Optional[IntOrPair] = None,
+                      padding: Padding = 0, dilation: IntOrPair = 1, *, ceil_mode: bool = False,
+                      layout: Layout = "NCHW") -> Tuple[int, ...]:
+    """Reference :func:`pyconv.pool_output_shape` (the same shared rule).
+
+    Parameters
+    ----------
+    input_shape : sequence of int
+        The input's full shape in the layout's order (3-D or 4-D).
+    kernel_size, stride, padding, dilation, ceil_mode, layout : optional
+        As in :func:`pyconv.max_pool2d`.
+
+    Returns
+    -------
+    tuple of int
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.pool_output_shape`.
+
+    See Also
+    --------
+    pyconv.pool_output_shape
+
+    Examples
+    --------
+    >>> import pyconv
+    >>> pyconv.reference.pool_output_shape((8, 64, 112, 112), 3, stride=2, padding=1)
+    (8, 64, 56, 56)
+    """
     fn = "reference.pool_output_shape"
     lay = layout_name(fn, layout)
     return pool_geometry(fn, input_shape, kernel_size, stride, padding, dilation, ceil_mode, lay).out_shape
 
 
-def _global(fn: str, x: Any, layout: str, keepdims: bool, reduce) -> np.ndarray:
+def _global(fn: str, x: Any, layout: str, keepdims: bool, reduce: Callable[..., np.ndarray]) -> np.ndarray:
     lay = layout_name(fn, layout)
     xa = as_array(fn, "x", x)
     if xa.ndim not in (3, 4):
@@ -159,20 +287,110 @@ def _global(fn: str, x: Any, layout: str, keepdims: bool, reduce) -> np.ndarray:
     return reduce(xa, axis=axes, keepdims=bool(keepdims))
 
 
-def global_avg_pool2d(x: Any, *, layout: str = "NCHW", keepdims: bool = False) -> np.ndarray:
-    """Reference :func:`pyconv.global_avg_pool2d`."""
+def global_avg_pool2d(x: ArrayInput, *, layout: Layout = "NCHW", keepdims: bool = False) -> FloatArray:
+    """Reference :func:`pyconv.global_avg_pool2d` (``np.mean`` over each plane).
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    keepdims : bool, default False
+        Keep the pooled axes with size 1.
+
+    Returns
+    -------
+    ndarray
+        :func:`pyconv.global_avg_pool2d`'s shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad array, layout or rank, as :func:`pyconv.global_avg_pool2d`.
+
+    See Also
+    --------
+    pyconv.global_avg_pool2d
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> pyconv.reference.global_avg_pool2d(np.arange(8.0).reshape(2, 2, 2))
+    array([1.5, 5.5])
+    """
     return _global("reference.global_avg_pool2d", x, layout, keepdims, np.mean)
 
 
-def global_max_pool2d(x: Any, *, layout: str = "NCHW", keepdims: bool = False) -> np.ndarray:
-    """Reference :func:`pyconv.global_max_pool2d` (np.max propagates NaN)."""
+def global_max_pool2d(x: ArrayInput, *, layout: Layout = "NCHW", keepdims: bool = False) -> FloatArray:
+    """Reference :func:`pyconv.global_max_pool2d` (``np.max``, which propagates NaN).
+
+    Parameters
+    ----------
+    x : array_like
+        ``(N, C, H, W)`` (NCHW) or ``(N, H, W, C)`` (NHWC), or 3-D.
+    layout : {"NCHW", "NHWC"}, default "NCHW"
+    keepdims : bool, default False
+        Keep the pooled axes with size 1.
+
+    Returns
+    -------
+    ndarray
+        :func:`pyconv.global_max_pool2d`'s shape and dtype.
+
+    Raises
+    ------
+    TypeError, ValueError
+        A bad array, layout or rank, as :func:`pyconv.global_max_pool2d`.
+
+    See Also
+    --------
+    pyconv.global_max_pool2d
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> pyconv.reference.global_max_pool2d(np.arange(8.0).reshape(2, 2, 2))
+    array([3., 7.])
+    """
     return _global("reference.global_max_pool2d", x, layout, keepdims, np.max)
 
 
-def max_pool2d_grad(grad_out: Any, x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0,
-                    dilation: Any = 1, *, ceil_mode: bool = False, layout: str = "NCHW") -> np.ndarray:
+def max_pool2d_grad(grad_out: ArrayInput, x: ArrayInput, kernel_size: IntOrPair,
+                    stride: Optional[IntOrPair] = None, padding: Padding = 0, dilation: IntOrPair = 1, *,
+                    ceil_mode: bool = False, layout: Layout = "NCHW") -> FloatArray:
     """Reference :func:`pyconv.max_pool2d_grad`: each output gradient added to
-    its window's winner."""
+    its window's winner (``np.add.at`` at the forward's indices).
+
+    Parameters
+    ----------
+    grad_out : array_like
+        Of the pooling's output shape.
+    x : array_like
+        The forward input.
+    kernel_size, stride, padding, dilation, ceil_mode, layout : optional
+        The forward call's, as in :func:`pyconv.max_pool2d`.
+
+    Returns
+    -------
+    ndarray
+        ``x``'s shape; dtype by conv2d's rule over ``grad_out`` and ``x``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.max_pool2d_grad`.
+
+    See Also
+    --------
+    pyconv.max_pool2d_grad
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> pyconv.reference.max_pool2d_grad(np.ones((1, 1, 1)), np.array([[[1.0, 3.0], [3.0, 0.0]]]), 2)
+    array([[[0., 1.],
+            [0., 0.]]])
+    """
     fn = "reference.max_pool2d_grad"
     lay = layout_name(fn, layout)
     ga = as_array(fn, "grad_out", grad_out)
@@ -190,11 +408,42 @@ def max_pool2d_grad(grad_out: Any, x: Any, kernel_size: Any, stride: Any = None,
     return _from_nchw(gx.reshape(n, c, geo.h, geo.w), geo)
 
 
-def avg_pool2d_grad(grad_out: Any, input_shape: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, *,
-                    ceil_mode: bool = False, count_include_pad: Optional[bool] = None,
-                    layout: str = "NCHW") -> np.ndarray:
+def avg_pool2d_grad(grad_out: ArrayInput, input_shape: Shape, kernel_size: IntOrPair,
+                    stride: Optional[IntOrPair] = None, padding: Padding = 0, *, ceil_mode: bool = False,
+                    count_include_pad: Optional[bool] = None, layout: Layout = "NCHW") -> FloatArray:
     """Reference :func:`pyconv.avg_pool2d_grad`: each output gradient, divided
-    by its window's divisor, added to the window's input cells."""
+    by its window's divisor, added to the window's input cells.
+
+    Parameters
+    ----------
+    grad_out : array_like
+        Of the pooling's output shape.
+    input_shape : sequence of int
+        The forward input's full shape in the layout's order.
+    kernel_size, stride, padding, ceil_mode, count_include_pad, layout : optional
+        The forward call's, as in :func:`pyconv.avg_pool2d`.
+
+    Returns
+    -------
+    ndarray
+        Shape ``input_shape``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`pyconv.avg_pool2d_grad`.
+
+    See Also
+    --------
+    pyconv.avg_pool2d_grad
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> pyconv.reference.avg_pool2d_grad(np.ones((1, 1, 1)), (1, 2, 2), 2)
+    array([[[0.25, 0.25],
+            [0.25, 0.25]]])
+    """
     fn = "reference.avg_pool2d_grad"
     lay = layout_name(fn, layout)
     ga = as_array(fn, "grad_out", grad_out)
