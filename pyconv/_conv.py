@@ -308,12 +308,17 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
         np.copyto(target, y)
         y = target
     if _VERBOSE:
-        ms = (time.perf_counter() - start) * 1e3
-        print(f"pyconv_verbose,{fn},{geo.problem_string()} g{geo.groups} "
-              f"{'f32' if dtype == np.float32 else 'f64'} {lay},algo={kernel},"
-              f"isa={_core.get_isa()},threads={_core.get_num_threads()},{ms:.3f}ms",
-              file=sys.stderr)
+        verbose_line(fn, geo, dtype, kernel, start)
     return y
+
+
+def verbose_line(fn: str, geo: ConvGeometry, dtype: Any, algo: str, start: float) -> None:
+    """PYCONV_VERBOSE's line for one kernel call that began at ``start``."""
+    ms = (time.perf_counter() - start) * 1e3
+    print(f"pyconv_verbose,{fn},{geo.problem_string()} g{geo.groups} "
+          f"{'f32' if np.dtype(dtype) == np.float32 else 'f64'} {geo.layout},algo={algo},"
+          f"isa={_core.get_isa()},threads={_core.get_num_threads()},{ms:.3f}ms",
+          file=sys.stderr)
 
 
 def _check_packed(fn: str, pw: PackedWeight, groups: Any, layout: str) -> None:

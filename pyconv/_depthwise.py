@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import time
 from typing import Optional
 
 import numpy as np
 
 from . import _core
 from ._typing import Activation, ArrayInput, FloatArray, IntOrPair, Layout, Padding
-from ._conv import _conv2d
+from ._conv import _VERBOSE, _conv2d, verbose_line
 from ._normalize import (
     kernel_array,
     activation_code,
@@ -183,7 +184,10 @@ def separable_conv2d(x: ArrayInput, depthwise_weight: ArrayInput, pointwise_weig
         return _conv2d(fn, mid, pw, ba, 1, 0, 1, 1, lay, activation, "auto", y)
     # One fused pass: the depthwise output is made band by band in cache and
     # consumed there by the 1x1 GEMM (csrc/separable).
+    start = time.perf_counter() if _VERBOSE else 0.0
     _core.separable_conv2d(kernel_array(xa), kernel_array(dw), kernel_array(pw),
                            None if ba is None else kernel_array(ba), y, dw_geo.core_tuple(),
                            pw_geo.core_tuple(), 0 if lay == "NCHW" else 1, act)
+    if _VERBOSE:
+        verbose_line(fn, dw_geo, y.dtype, "separable(depthwise+pointwise)", start)
     return y

@@ -15,13 +15,14 @@ image in a fixed order.
 
 from __future__ import annotations
 
+import time
 from typing import Any, List, NamedTuple, Optional, SupportsIndex, Tuple
 
 import numpy as np
 
 from . import _core
 from ._typing import ArrayInput, ExplicitPadding, FloatArray, IntOrPair, Layout, Padding, Shape
-from ._conv import _conv2d
+from ._conv import _VERBOSE, _conv2d, verbose_line
 from .reference._grad import _grad_input as _reference_grad_input
 from ._normalize import (
     MAX_BYTES,
@@ -125,7 +126,10 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
         # Depthwise, strided or with a multiplier: its own kernel, one pass
         # (the phases would be s*s small calls, or a grouped convolution).
         dx = np.empty(x_shape, dtype=dtype)
+        start = time.perf_counter() if _VERBOSE else 0.0
         _core.depthwise_grad_input(kernel_array(w), kernel_array(gy4), dx, geo.core_tuple())
+        if _VERBOSE:
+            verbose_line(fn, geo, dtype, "depthwise_grad_input", start)
         return dx if geo.batched else dx[0]
     t, _, l, _ = geo.pads
     rows = _axis_phases(geo.h, oh, geo.kh, sh, dh, t)
@@ -318,12 +322,18 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
         xc = kernel_array(x4.transpose(0, 3, 1, 2), dtype=dtype)
         gyc = kernel_array(g4.transpose(0, 3, 1, 2), dtype=dtype)
         oihw = np.empty((geo.oc, 1, geo.kh, geo.kw), dtype=dtype)
+        start = time.perf_counter() if _VERBOSE else 0.0
         _core.conv2d_grad_weight(xc, gyc, oihw, geo.core_tuple(), 0)
+        if _VERBOSE:
+            verbose_line("conv2d_grad_weight", geo, dtype, "grad_weight(depthwise,NCHW)", start)
         dw[...] = oihw.transpose(2, 3, 1, 0)
         return dw
     xc = kernel_array(xa, dtype=dtype)
     gyc = kernel_array(gy, dtype=dtype)
+    start = time.perf_counter() if _VERBOSE else 0.0
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
+    if _VERBOSE:
+        verbose_line("conv2d_grad_weight", geo, dtype, "grad_weight", start)
     return dw
 
 

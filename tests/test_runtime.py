@@ -499,3 +499,27 @@ def test_shape_helpers_agree_with_input_helpers():
     assert weight_shape("NCHW", 6, 8, 3, 2, groups=2) == (8, 3, 3, 2)
     assert weight_shape("NHWC", 6, 8, 3, 2, groups=3) == (3, 2, 2, 8)
     assert math.prod(weight_shape("NHWC", 6, 8, 3, 2)) == 6 * 8 * 6
+
+
+_VERBOSE_EVERY_OP = """
+import numpy as np, pyconv
+x = np.ones((1, 4, 8, 8), np.float32)
+pyconv.separable_conv2d(x, np.ones((4, 1, 3, 3), np.float32), np.ones((8, 4, 1, 1), np.float32), padding=1)
+pyconv.conv2d_grad_weight(x, np.ones((1, 8, 6, 6), np.float32), (8, 4, 3, 3))
+pyconv.conv2d_grad_input(np.ones((1, 4, 4, 4), np.float32), np.ones((4, 1, 3, 3), np.float32), (1, 4, 8, 8),
+                         stride=2, padding=1, groups=4)
+pyconv.max_pool2d(x, 2)
+"""
+
+
+def test_verbose_prints_every_kernel_call(tmp_path):
+    """Not only conv2d: the fused separable kernel, the weight gradient, the
+    depthwise input gradient and pooling print their line too."""
+    proc = run_python(_VERBOSE_EVERY_OP, tmp_path, PYCONV_VERBOSE="1")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("pyconv_verbose,")]
+    ops = [line.split(",")[1] for line in lines]
+    assert ops == ["separable_conv2d", "conv2d_grad_weight", "conv2d_grad_input", "max_pool2d"], proc.stderr
+    assert "algo=separable" in lines[0] and "algo=grad_weight" in lines[1]
+    assert "algo=depthwise_grad_input" in lines[2]
+    assert all(line.endswith("ms") for line in lines)

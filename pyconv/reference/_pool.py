@@ -277,11 +277,18 @@ def pool_output_shape(input_shape: Shape, kernel_size: IntOrPair, stride: Option
     return pool_geometry(fn, input_shape, kernel_size, stride, padding, dilation, ceil_mode, lay).out_shape
 
 
-def _global(fn: str, x: Any, layout: str, keepdims: bool, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+def _global(fn: str, x: Any, layout: str, keepdims: Any, reduce: Callable[..., np.ndarray]) -> np.ndarray:
+    # The same argument checks as pyconv's (written out here: the reference
+    # must not depend on the code it checks).
     lay = layout_name(fn, layout)
+    if not isinstance(keepdims, (bool, np.bool_)):
+        raise TypeError(f"{fn}: keepdims must be a bool, got {keepdims!r}")
     xa = as_array(fn, "x", x)
     if xa.ndim not in (3, 4):
         raise ValueError(f"{fn}: input must be 3-D or 4-D, got shape {xa.shape}")
+    hw = xa.shape[-2:] if lay == "NCHW" else xa.shape[-3:-1]
+    if min(hw) < 1:
+        raise ValueError(f"{fn}: input must have at least one row and column, got shape {xa.shape}")
     xa = xa.astype(result_dtype(xa), copy=False)
     axes = (-2, -1) if lay == "NCHW" else (-3, -2)
     return reduce(xa, axis=axes, keepdims=bool(keepdims))
