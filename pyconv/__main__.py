@@ -415,6 +415,7 @@ def write_plot(path: str, rows: Sequence[ShapeResult], libraries: Sequence[str],
 
     matplotlib.use("Agg")  # files only; never needs a display
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     names = [r.shape.name for r in rows]
     ys = list(range(len(rows)))
@@ -447,6 +448,9 @@ def write_plot(path: str, rows: Sequence[ShapeResult], libraries: Sequence[str],
         if log:
             ax.set_xscale("log")
             ax.axvline(1.0, color="black", linewidth=0.8)
+            ratio = FuncFormatter(lambda v, _: f"{v:g}x")
+            ax.xaxis.set_major_formatter(ratio)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         else:
             ax.set_xlim(0, 100)
         ax.set_xlabel(label, fontsize=8)
