@@ -81,6 +81,15 @@ def _check_dtypes(fn: str, *tensors: Optional[torch.Tensor]) -> None:
         raise TypeError(f"{fn}: tensors must share one dtype, got {sorted(str(d) for d in dtypes)}")
 
 
+def _conv_backward(ctx: Any, grad_y: torch.Tensor) -> Tuple[Any, ...]:
+    """Backward of the two convolution Functions: (x, weight, bias, kwargs)."""
+    _ = ctx.saved_tensors  # raises if a saved tensor was modified in place
+    gx, gw, gb = ctx.pullback(grad_y.detach().numpy())
+    need = ctx.needs_input_grad
+    return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
+            _tensor(gb) if need[2] else None, None)
+
+
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
@@ -96,13 +105,7 @@ class _Conv2d(torch.autograd.Function):
         ctx.save_for_backward(x, weight, out)
         return out
 
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> Tuple[Any, ...]:
-        _ = ctx.saved_tensors  # raises if a saved tensor was modified in place
-        gx, gw, gb = ctx.pullback(grad_y.detach().numpy())
-        need = ctx.needs_input_grad
-        return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
-                _tensor(gb) if need[2] else None, None)
+    backward = staticmethod(_conv_backward)
 
 
 class _ConvTranspose2d(torch.autograd.Function):
@@ -116,13 +119,7 @@ class _ConvTranspose2d(torch.autograd.Function):
         ctx.save_for_backward(x, weight)  # see _Conv2d
         return torch.from_numpy(y)
 
-    @staticmethod
-    def backward(ctx: Any, grad_y: torch.Tensor) -> Tuple[Any, ...]:
-        _ = ctx.saved_tensors  # raises if a saved tensor was modified in place
-        gx, gw, gb = ctx.pullback(grad_y.detach().numpy())
-        need = ctx.needs_input_grad
-        return (_tensor(gx) if need[0] else None, _tensor(gw) if need[1] else None,
-                _tensor(gb) if need[2] else None, None)
+    backward = staticmethod(_conv_backward)
 
 
 class _MaxPool2d(torch.autograd.Function):
