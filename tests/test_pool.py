@@ -671,7 +671,11 @@ def test_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
 # global pools
 
 
-GLOBAL_SHAPES = [(2, 3, 7, 7), (1, 4, 1, 1), (2, 5, 64, 64), (3, 6, 5), (2, 17, 3, 11)]
+# Plane sizes on both sides of every branch of the NCHW kernel: blocks of up
+# to 64 tiny planes (<= 16 values; 210 and 134 planes leave partial blocks),
+# then per plane: whole vectors, pairs, one more, a masked tail.
+GLOBAL_SHAPES = [(2, 3, 7, 7), (1, 4, 1, 1), (2, 5, 64, 64), (3, 6, 5), (2, 17, 3, 11),
+                 (3, 70, 4, 4), (2, 67, 2, 3), (2, 9, 6, 8), (2, 5, 9, 9), (1, 3, 17, 1), (2, 4, 5, 13)]
 
 
 def _global_expected_shape(shape, layout, keepdims):
@@ -750,7 +754,7 @@ def test_whole_plane_window_with_indices(tmp_path):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("hw", [(1, 1), (7, 7), (64, 64), (5, 13)])
+@pytest.mark.parametrize("hw", [(1, 1), (4, 4), (7, 7), (3, 11), (64, 64), (5, 13)])
 def test_global_max_pool_nan_and_inf(isa, rng, layout, dtype, hw):
     n, c = 2, 11
     x4 = rng.standard_normal((n, c) + hw).astype(dtype)

@@ -32,6 +32,10 @@ struct Vec {
   static R load_n(const T* p, int n) { R r = zero(); for (int i = 0; i < n; ++i) r.v[i] = p[i]; return r; }
   static void store(T* p, R a) { for (int i = 0; i < N; ++i) p[i] = a.v[i]; }
   static void store_n(T* p, R a, int n) { for (int i = 0; i < n; ++i) p[i] = a.v[i]; }
+  // Lanes exchanged in groups of w (a power of two below N): lane i gets
+  // lane i ^ w.  The steps of a horizontal reduction tree.
+  static R swap(R a, int w) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i ^ w]; return r; }
+  static T first(R a) { return a.v[0]; }
   static R fma(R a, R b, R c) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
   static R add(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] + b.v[i]; return r; }
   static R div(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] / b.v[i]; return r; }
@@ -80,6 +84,10 @@ struct Vec<float> {
   static R load_n(const float* p, int n) { return _mm256_maskload_ps(p, avx2_mask32(n)); }
   static void store(float* p, R a) { _mm256_storeu_ps(p, a); }
   static void store_n(float* p, R a, int n) { _mm256_maskstore_ps(p, avx2_mask32(n), a); }
+  static R swap(R a, int w) {
+    return w == 4 ? _mm256_permute2f128_ps(a, a, 1) : w == 2 ? _mm256_permute_ps(a, 0x4E) : _mm256_permute_ps(a, 0xB1);
+  }
+  static float first(R a) { return _mm256_cvtss_f32(a); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
@@ -113,6 +121,8 @@ struct Vec<double> {
   static R load_n(const double* p, int n) { return _mm256_maskload_pd(p, avx2_mask64(n)); }
   static void store(double* p, R a) { _mm256_storeu_pd(p, a); }
   static void store_n(double* p, R a, int n) { _mm256_maskstore_pd(p, avx2_mask64(n), a); }
+  static R swap(R a, int w) { return w == 2 ? _mm256_permute2f128_pd(a, a, 1) : _mm256_permute_pd(a, 0x5); }
+  static double first(R a) { return _mm256_cvtsd_f64(a); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R div(R a, R b) { return _mm256_div_pd(a, b); }
@@ -148,6 +158,12 @@ struct Vec<float> {
   static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
   static void store(float* p, R a) { _mm512_storeu_ps(p, a); }
   static void store_n(float* p, R a, int n) { _mm512_mask_storeu_ps(p, mask(n), a); }
+  static R swap(R a, int w) {
+    return w == 8 ? _mm512_shuffle_f32x4(a, a, 0x4E)
+           : w == 4 ? _mm512_shuffle_f32x4(a, a, 0xB1)
+           : w == 2 ? _mm512_permute_ps(a, 0x4E) : _mm512_permute_ps(a, 0xB1);
+  }
+  static float first(R a) { return _mm512_cvtss_f32(a); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
@@ -183,6 +199,10 @@ struct Vec<double> {
   static R load_n(const double* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
   static void store(double* p, R a) { _mm512_storeu_pd(p, a); }
   static void store_n(double* p, R a, int n) { _mm512_mask_storeu_pd(p, mask(n), a); }
+  static R swap(R a, int w) {
+    return w == 4 ? _mm512_shuffle_f64x2(a, a, 0x4E) : w == 2 ? _mm512_shuffle_f64x2(a, a, 0xB1) : _mm512_permute_pd(a, 0x55);
+  }
+  static double first(R a) { return _mm512_cvtsd_f64(a); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R div(R a, R b) { return _mm512_div_pd(a, b); }
