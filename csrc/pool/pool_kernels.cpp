@@ -38,6 +38,8 @@ struct Geometry {
   int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
   int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
   int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
+  int64_t sep_rows, sep_wq, sep_row;    // NCHW forward without indices, sw <= 2 (see plane_separable)
+  bool separable;
   bool avg_gather;
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
@@ -70,6 +72,13 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   if (s.layout == Layout::NCHW) {
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
     if (!backward || s.op == PoolOp::Max) g.scratch_elems = g.pad_elems;
+    g.separable = !backward && s.sw <= 2;
+    if (g.separable) {
+      g.sep_rows = min64(s.h, max64(0, (s.oh - 1) * s.sh - s.pt + (s.kh - 1) * s.dh + 1));
+      g.sep_wq = round_up(s.ow, N);
+      g.sep_row = round_up(max64(s.pl + s.w, s.sw * g.sep_wq + (s.kw - 1) * s.dw), N) + N;
+      g.scratch_elems = max64(g.scratch_elems, g.sep_rows * (g.sep_wq + g.sep_row));
+    }
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
       g.grad_rows = s.h + s.pt + s.kh - 1;
@@ -197,8 +206,31 @@ void fill_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, con
   }
 }
 
-// Kinds of window reduction of padded_tile.
-enum TileOp { kTileMax, kTileAvg, kTileSum };
+// Whether a plane holds no NaN (then a max is plain vector max
+// instructions, Vec::max_step, with no NaN bookkeeping).  A sum of the
+// values: NaN exactly where a value is NaN or +inf and -inf both occur (a
+// false alarm only costs the exact path).
+template <class T>
+inline bool nan_free(const T* p, int64_t n) {
+  using V = Vec<T>;
+  typename V::R a0 = V::zero(), a1 = V::zero();
+  int64_t i = 0;
+  for (; i + 2 * V::N <= n; i += 2 * V::N) {
+    a0 = V::add(a0, V::load(p + i));
+    a1 = V::add(a1, V::load(p + i + V::N));
+  }
+  if (i < n) a0 = V::add(a0, V::load_n(p + i, static_cast<int>(min64(V::N, n - i))));
+  if (i + V::N < n) a1 = V::add(a1, V::load_n(p + i + V::N, static_cast<int>(n - i - V::N)));
+  alignas(64) T l[V::N];
+  V::store(l, V::add(a0, a1));
+  T sum = T(0);
+  for (int k = 0; k < V::N; ++k) sum += l[k];
+  return sum == sum;
+}
+
+// Kinds of window reduction of padded_tile: kTileMaxFast is kTileMax for a
+// NaN-free plane.
+enum TileOp { kTileMax, kTileMaxFast, kTileAvg, kTileSum };
 
 template <class T, int Op, int TV>
 inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows, const T* cols, int last_lanes,
@@ -212,7 +244,9 @@ inline void padded_tile(const T* base, const int64_t* off, int64_t taps, T rows,
 #pragma GCC unroll 8
     for (int v = 0; v < TV; ++v) {
       const typename V::R x = V::load(p + v * V::N);
-      acc[v] = Op == kTileMax ? V::blend(acc[v], x, V::take(x, acc[v])) : V::add(acc[v], x);
+      acc[v] = Op == kTileMax       ? V::blend(acc[v], x, V::take(x, acc[v]))
+               : Op == kTileMaxFast ? V::max_step(x, acc[v])
+                                    : V::add(acc[v], x);
     }
   }
 #pragma GCC unroll 8
@@ -253,9 +287,16 @@ inline void padded_row(const T* base, const int64_t* off, int64_t taps, T rows, 
 template <class T, bool Max>
 void plane_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, T* scratch) {
   fill_padded(s, g, tb, plane, Max ? -std::numeric_limits<T>::infinity() : T(0), scratch);
-  for (int64_t oh = 0; oh < s.oh; ++oh)
-    padded_row<T, Max ? kTileMax : kTileAvg>(scratch + oh * s.sh * g.pad_wq, tb.pad_off, s.kh * s.kw,
-                                             tb.row_count[oh], tb.col_count, s.ow, yp + oh * s.ow);
+  const bool fast = Max && nan_free(plane, s.h * s.w);
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* base = scratch + oh * s.sh * g.pad_wq;
+    if (!Max)
+      padded_row<T, kTileAvg>(base, tb.pad_off, s.kh * s.kw, tb.row_count[oh], tb.col_count, s.ow, yp + oh * s.ow);
+    else if (fast)
+      padded_row<T, kTileMaxFast>(base, tb.pad_off, s.kh * s.kw, T(1), tb.col_count, s.ow, yp + oh * s.ow);
+    else
+      padded_row<T, kTileMax>(base, tb.pad_off, s.kh * s.kw, T(1), tb.col_count, s.ow, yp + oh * s.ow);
+  }
 }
 
 // The average gradient at stride 1 as a gather: input cell (ih, iw) receives
@@ -384,6 +425,102 @@ void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb
   }
 }
 
+// ---- NCHW, values only, column stride 1 or 2: separable ---------------------
+//
+// Each input row that a window reaches is copied into a row buffer padded
+// with the op's neutral value (so every window column is whole vector
+// loads, shifted by the tap), reduced along the row into a row of the
+// plane's horizontal results (stride 2: the even lanes of two vectors),
+// and each output row is then the reduction of kh of those rows, the taps
+// outside the image skipped.  kw + kh steps per output instead of kw * kh,
+// and one pass over the input.  Max: exact only without NaN (the
+// reductions in row-then-column order keep the first of equal values, as
+// the row-major exact rule does), so the sum of the copied values is
+// watched and on a NaN the function returns false for plane_padded to
+// redo the plane.  Average: the row and column sums of the real cells
+// divided by the count, as plane_padded does.
+template <class T, bool Max>
+bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
+                     T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T pad = Max ? -std::numeric_limits<T>::infinity() : T(0);
+  const int64_t wq = g.sep_wq, W = s.w;
+  T* hrows = scratch;                      // [sep_rows][wq]
+  T* rows = scratch + g.sep_rows * wq;     // [sep_rows][sep_row]: padded column u is input column u - pl
+  auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
+  R seen = V::zero();
+  // All rows are copied before any is read back: a load right after the
+  // stores it spans would wait for them (failed store forwarding, 2.5x
+  // slower with one row buffer).
+  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+    const T* src = plane + ih * W;
+    T* rb = rows + ih * g.sep_row;
+    for (int64_t u = 0; u < s.pl; ++u) rb[u] = pad;
+    for (int64_t u = s.pl + W; u < g.sep_row; ++u) rb[u] = pad;
+    T* dst = rb + s.pl;
+    int64_t i = 0;
+    for (; i + N <= W; i += N) {
+      const R v = V::load(src + i);
+      if (Max) seen = V::add(seen, v);
+      V::store(dst + i, v);
+    }
+    if (i < W) {
+      const R v = V::load_n(src + i, static_cast<int>(W - i));
+      if (Max) seen = V::add(seen, v);
+      V::store_n(dst + i, v, static_cast<int>(W - i));
+    }
+  }
+  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+    const T* rb = rows + ih * g.sep_row;
+    T* h = hrows + ih * wq;
+    if (s.sw == 1) {
+      for (int64_t j = 0; j < wq; j += N) {
+        R acc = V::load(rb + j);
+        for (int64_t t = 1; t < s.kw; ++t) acc = step(V::load(rb + j + t * s.dw), acc);
+        V::store(h + j, acc);
+      }
+    } else {
+      for (int64_t j = 0; j < wq; j += N) {
+        const T* b = rb + 2 * j;
+        R lo = V::load(b), hi = V::load(b + N);
+        for (int64_t t = 1; t < s.kw; ++t) {
+          lo = step(V::load(b + t * s.dw), lo);
+          hi = step(V::load(b + t * s.dw + N), hi);
+        }
+        V::store(h + j, V::even(lo, hi));
+      }
+    }
+  }
+  if (Max) {
+    alignas(64) T l[N];
+    V::store(l, seen);
+    T sum = T(0);
+    for (int k = 0; k < N; ++k) sum += l[k];
+    if (sum != sum) return false;
+  }
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t k0, k1;
+    clip(ih0, s.h, s.kh, s.dh, k0, k1);
+    T* yr = yp + oh * s.ow;
+    for (int64_t j = 0; j < s.ow; j += N) {
+      R acc = V::set1(pad);
+      if (k0 < k1) {
+        acc = V::load(hrows + (ih0 + k0 * s.dh) * wq + j);
+        for (int64_t i = k0 + 1; i < k1; ++i) acc = step(V::load(hrows + (ih0 + i * s.dh) * wq + j), acc);
+      }
+      if (!Max) acc = V::div(acc, V::mul(V::set1(tb.row_count[oh]), V::load(tb.col_count + j)));
+      if (j + N <= s.ow)
+        V::store(yr + j, acc);
+      else
+        V::store_n(yr + j, acc, static_cast<int>(s.ow - j));
+    }
+  }
+  return true;
+}
+
 // ---- NCHW 2x2 / stride 2 max pooling (no padding) -----------------------------
 //
 // The most common pooling gets its own loop: windows tile the plane, so
@@ -400,6 +537,49 @@ inline bool is_2x2_tiling(const PoolShape& s) {
 }
 
 enum Mode2x2 { kValues, kIndices, kGradient };
+
+// Values only, for planes at least one vector of outputs wide: each row's max
+// with its right neighbour (a load one element on), the two rows' max, then
+// the even lanes (the windows' left columns): plain max instructions and one
+// shuffle per vector of outputs, the first value kept on ties as in the exact
+// path.  That is exact only without NaN: the sum of the inputs read tells,
+// and on a NaN the function returns false for the exact loop to redo the
+// plane.  A row's last vector overlaps the one before, its shifted load
+// masked to stay inside the row.
+template <class T>
+bool plane_2x2_fast(const PoolShape& s, const T* plane, T* yp) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const int64_t W = s.w;
+  if (s.ow < N) return false;
+  R seen = V::zero();
+  auto pairs = [&](const T* a, const T* b, bool last) {  // 2N inputs of each row -> N outputs
+    const R a0 = V::load(a), a1 = V::load(a + N), b0 = V::load(b), b1 = V::load(b + N);
+    seen = V::add(seen, V::add(V::add(a0, a1), V::add(b0, b1)));
+    const R a1s = last ? V::load_n(a + N + 1, N - 1) : V::load(a + N + 1);
+    const R b1s = last ? V::load_n(b + N + 1, N - 1) : V::load(b + N + 1);
+    const R lo = V::max_step(V::max_step(V::load(b + 1), b0), V::max_step(V::load(a + 1), a0));
+    const R hi = V::max_step(V::max_step(b1s, b1), V::max_step(a1s, a1));
+    return V::even(lo, hi);
+  };
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const T* r0 = plane + 2 * oh * W;
+    const T* r1 = r0 + W;
+    T* yr = yp + oh * s.ow;
+    int64_t ow = 0;
+    for (; ow + N <= s.ow && 2 * (ow + N) + 1 <= W; ow += N) V::store(yr + ow, pairs(r0 + 2 * ow, r1 + 2 * ow, false));
+    if (ow < s.ow) {
+      ow = s.ow - N;
+      V::store(yr + ow, pairs(r0 + 2 * ow, r1 + 2 * ow, true));
+    }
+  }
+  alignas(64) T l[N];
+  V::store(l, seen);
+  T sum = T(0);
+  for (int k = 0; k < N; ++k) sum += l[k];
+  return sum == sum;
+}
 
 template <class T, int Mode>
 void plane_2x2(const PoolShape& s, const T* plane, T* yp, int64_t* ip, const T* gyp, T* gxp) {
@@ -475,12 +655,14 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
     T* scratch = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * g.thread_stride);
 #pragma omp for schedule(static)
     for (int64_t p = 0; p < planes; ++p) {
+      if (Max && tiling && !Idx && plane_2x2_fast(s, x + p * in_plane, y + p * out_plane))
+        continue;
       if (Max && tiling)
         plane_2x2<T, Idx ? kIndices : kValues>(s, x + p * in_plane, y + p * out_plane,
                                               Idx ? idx + p * out_plane : nullptr, nullptr, nullptr);
       else if (Idx)
         plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
-      else
+      else if (!(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
     }
   }

@@ -41,6 +41,11 @@ struct Vec {
   static R div(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] / b.v[i]; return r; }
   static R mul(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i]; return r; }
   static R load_even(const T* p) { R r; for (int i = 0; i < N; ++i) r.v[i] = p[2 * i]; return r; }
+  // The even lanes of a then those of b (load_even of registers).
+  static R even(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = i < N / 2 ? a.v[2 * i] : b.v[2 * i - N]; return r; }
+  // Max pooling's step over NaN-free values: v where v > acc, else acc (so
+  // the first of equal values stays, as with take/blend).
+  static R max_step(R v, R acc) { R r; for (int i = 0; i < N; ++i) r.v[i] = v.v[i] > acc.v[i] ? v.v[i] : acc.v[i]; return r; }
   // Max pooling's step: lanes where v beats acc (v > acc, or v is NaN and
   // acc is not: the first NaN wins, then stays).
   struct M { bool b[N]; };
@@ -92,10 +97,12 @@ struct Vec<float> {
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
-  static R load_even(const float* p) {
-    const __m256 s = _mm256_shuffle_ps(load(p), load(p + 8), _MM_SHUFFLE(2, 0, 2, 0));
+  static R even(R a, R b) {
+    const __m256 s = _mm256_shuffle_ps(a, b, _MM_SHUFFLE(2, 0, 2, 0));
     return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(s), _MM_SHUFFLE(3, 1, 2, 0)));
   }
+  static R load_even(const float* p) { return even(load(p), load(p + 8)); }
+  static R max_step(R v, R acc) { return _mm256_max_ps(v, acc); }  // acc on ties and NaN
   using M = __m256;
   static M take(R v, R acc) {
     return _mm256_and_ps(_mm256_cmp_ps(v, acc, _CMP_NLE_UQ), _mm256_cmp_ps(acc, acc, _CMP_ORD_Q));
@@ -127,9 +134,9 @@ struct Vec<double> {
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R div(R a, R b) { return _mm256_div_pd(a, b); }
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
-  static R load_even(const double* p) {
-    return _mm256_permute4x64_pd(_mm256_unpacklo_pd(load(p), load(p + 4)), _MM_SHUFFLE(3, 1, 2, 0));
-  }
+  static R even(R a, R b) { return _mm256_permute4x64_pd(_mm256_unpacklo_pd(a, b), _MM_SHUFFLE(3, 1, 2, 0)); }
+  static R load_even(const double* p) { return even(load(p), load(p + 4)); }
+  static R max_step(R v, R acc) { return _mm256_max_pd(v, acc); }
   using M = __m256d;
   static M take(R v, R acc) {
     return _mm256_and_pd(_mm256_cmp_pd(v, acc, _CMP_NLE_UQ), _mm256_cmp_pd(acc, acc, _CMP_ORD_Q));
@@ -168,10 +175,12 @@ struct Vec<float> {
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
-  static R load_even(const float* p) {
+  static R even(R a, R b) {
     const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
-    return _mm512_permutex2var_ps(load(p), idx, load(p + 16));
+    return _mm512_permutex2var_ps(a, idx, b);
   }
+  static R load_even(const float* p) { return even(load(p), load(p + 16)); }
+  static R max_step(R v, R acc) { return _mm512_max_ps(v, acc); }
   using M = __mmask16;
   static M take(R v, R acc) {
     return static_cast<M>(_mm512_cmp_ps_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_ps_mask(acc, acc, _CMP_ORD_Q));
@@ -207,10 +216,12 @@ struct Vec<double> {
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R div(R a, R b) { return _mm512_div_pd(a, b); }
   static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
-  static R load_even(const double* p) {
+  static R even(R a, R b) {
     const __m512i idx = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
-    return _mm512_permutex2var_pd(load(p), idx, load(p + 8));
+    return _mm512_permutex2var_pd(a, idx, b);
   }
+  static R load_even(const double* p) { return even(load(p), load(p + 8)); }
+  static R max_step(R v, R acc) { return _mm512_max_pd(v, acc); }
   using M = __mmask8;
   static M take(R v, R acc) {
     return static_cast<M>(_mm512_cmp_pd_mask(v, acc, _CMP_NLE_UQ) & _mm512_cmp_pd_mask(acc, acc, _CMP_ORD_Q));
