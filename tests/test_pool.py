@@ -1058,3 +1058,39 @@ def test_pool_output_shape_matches_results(isa, rng, shape, args, kwargs, expect
         a = pyconv.avg_pool2d(x, *args, **kwargs)
         assert a.shape == expected
         assert_avg_close(a, ref.avg_pool2d(x, *args, **kwargs), np.float64)
+
+
+# ==========================================================================
+# wide NCHW planes: the values-only fast paths (2x2/2 with plain max
+# instructions, the separable row-then-column pass at column stride 1-2)
+# and their exact fallback on planes holding a NaN
+
+
+WIDE_VALUE_CASES = [
+    dict(kernel_size=2, stride=2),
+    dict(kernel_size=3, stride=2, padding=1),
+    dict(kernel_size=3, stride=1, padding=1),
+    dict(kernel_size=(2, 3), stride=(1, 2), padding=(1, 0), ceil_mode=True),
+    dict(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+    dict(kernel_size=5, stride=(3, 2), padding=2),
+    dict(kernel_size=3, stride=1, dilation=2),
+    dict(kernel_size=3, stride=(2, 2), padding=1, dilation=(1, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w", [32, 33, 34, 63, 64, 65, 112])
+@pytest.mark.parametrize("kind", ["normal", "ties", "special", "one_nan"])
+def test_wide_planes_values_match_reference(isa, rng, dtype, w, kind):
+    h = 9
+    x = _fill(rng, (2, 3, h, w), "normal" if kind == "one_nan" else kind, dtype)
+    if kind == "one_nan":  # a NaN in one plane only, at its last cell: the other planes stay on the fast path
+        x[1, 2, h - 1, w - 1] = np.nan
+        x[0, 1, 0, 0] = np.inf
+    for kw in WIDE_VALUE_CASES:
+        assert_bitwise(pyconv.max_pool2d(x, **kw), ref.max_pool2d(x, **kw))
+        if "dilation" in kw or kind not in ("normal", "ties"):  # average pooling has no dilation
+            continue
+        for cip in (None, True, False):
+            expected = ref.avg_pool2d(x.astype(np.float64), count_include_pad=cip, **kw)
+            assert_avg_close(pyconv.avg_pool2d(x, count_include_pad=cip, **kw), expected, dtype)
