@@ -39,7 +39,7 @@ struct Geometry {
   int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
   int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
   int64_t sep_rows, sep_wq, sep_row;    // NCHW forward without indices, sw <= 2 (see plane_separable)
-  bool separable;
+  bool separable, separable_idx;
   bool avg_gather;
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
@@ -72,12 +72,14 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   if (s.layout == Layout::NCHW) {
     g.grad_elems = backward && s.op == PoolOp::Max ? s.oh * s.ow : 0;
     if (!backward || s.op == PoolOp::Max) g.scratch_elems = g.pad_elems;
-    g.separable = !backward && s.sw <= 2;
+    g.separable = s.sw <= 2 && (!backward || s.op == PoolOp::Max);
     if (g.separable) {
       g.sep_rows = min64(s.h, max64(0, (s.oh - 1) * s.sh - s.pt + (s.kh - 1) * s.dh + 1));
       g.sep_wq = round_up(s.ow, N);
       g.sep_row = round_up(max64(s.pl + s.w, s.sw * g.sep_wq + (s.kw - 1) * s.dw), N) + N;
-      g.scratch_elems = max64(g.scratch_elems, g.sep_rows * (g.sep_wq + g.sep_row));
+      g.scratch_elems = max64(g.scratch_elems, g.sep_rows * (2 * g.sep_wq + g.sep_row));
+      const int64_t max_off = (s.kh - 1) * s.dh * s.w + (s.kw - 1) * s.dw;
+      g.separable_idx = max_off < (int64_t(1) << std::numeric_limits<T>::digits);
     }
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
@@ -439,21 +441,17 @@ void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb
 // watched and on a NaN the function returns false for plane_padded to
 // redo the plane.  Average: the row and column sums of the real cells
 // divided by the count, as plane_padded does.
-template <class T, bool Max>
-bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
-                     T* scratch) {
+// The input rows that windows reach, each copied into its own row of
+// `rows` (sep_row apart) with `pad` around it: padded column u is input
+// column u - pl.  All rows are copied before any is read back: a load right
+// after the stores it spans would wait for them.  Returns the sum of the
+// values copied (NaN when one was, see plane_separable).
+template <class T>
+typename Vec<T>::R copy_rows(const PoolShape& s, const Geometry& g, const T* plane, T pad, T* rows) {
   using V = Vec<T>;
-  using R = typename V::R;
   constexpr int N = V::N;
-  const T pad = Max ? -std::numeric_limits<T>::infinity() : T(0);
-  const int64_t wq = g.sep_wq, W = s.w;
-  T* hrows = scratch;                      // [sep_rows][wq]
-  T* rows = scratch + g.sep_rows * wq;     // [sep_rows][sep_row]: padded column u is input column u - pl
-  auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
-  R seen = V::zero();
-  // All rows are copied before any is read back: a load right after the
-  // stores it spans would wait for them (failed store forwarding, 2.5x
-  // slower with one row buffer).
+  const int64_t W = s.w;
+  typename V::R seen = V::zero();
   for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
     const T* src = plane + ih * W;
     T* rb = rows + ih * g.sep_row;
@@ -462,16 +460,31 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
     T* dst = rb + s.pl;
     int64_t i = 0;
     for (; i + N <= W; i += N) {
-      const R v = V::load(src + i);
-      if (Max) seen = V::add(seen, v);
+      const typename V::R v = V::load(src + i);
+      seen = V::add(seen, v);
       V::store(dst + i, v);
     }
     if (i < W) {
-      const R v = V::load_n(src + i, static_cast<int>(W - i));
-      if (Max) seen = V::add(seen, v);
+      const typename V::R v = V::load_n(src + i, static_cast<int>(W - i));
+      seen = V::add(seen, v);
       V::store_n(dst + i, v, static_cast<int>(W - i));
     }
   }
+  return seen;
+}
+
+template <class T, bool Max>
+bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
+                     T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T pad = Max ? -std::numeric_limits<T>::infinity() : T(0);
+  const int64_t wq = g.sep_wq;
+  T* hrows = scratch;                      // [sep_rows][wq]
+  T* rows = scratch + g.sep_rows * wq;     // [sep_rows][sep_row]
+  auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
+  const R seen = copy_rows(s, g, plane, pad, rows);
   for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
     const T* rb = rows + ih * g.sep_row;
     T* h = hrows + ih * wq;
@@ -519,6 +532,98 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
     }
   }
   return true;
+}
+
+// Max pooling with the winners' flat indices, separable like
+// plane_separable: along each row the winning value and its column tap,
+// then down the window's rows the winner of those and its row tap.  The
+// take/blend rule (first maximum, first NaN) composes exactly that way, so
+// this is exact with NaN too.  A padded column can win only a row whose real
+// cells are all -inf; an output whose value is -inf is redone one pixel at a
+// time with the exact rule, so the index is always a real cell.
+template <class T>
+void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
+                         int64_t* ip, T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t wq = g.sep_wq;
+  T* hval = scratch;                                // [sep_rows][wq]
+  T* htap = scratch + g.sep_rows * wq;              // [sep_rows][wq]: column tap of hval
+  T* rows = scratch + 2 * g.sep_rows * wq;          // [sep_rows][sep_row]
+  copy_rows(s, g, plane, ninf, rows);
+  auto sel = [](R& acc, R& tap, R x, R xtap) {
+    const auto m = V::take(x, acc);
+    acc = V::blend(acc, x, m);
+    tap = V::blend(tap, xtap, m);
+  };
+  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+    const T* rb = rows + ih * g.sep_row;
+    for (int64_t j = 0; j < wq; j += N) {
+      if (s.sw == 1) {
+        R acc = V::load(rb + j), tap = V::zero();
+        for (int64_t t = 1; t < s.kw; ++t) sel(acc, tap, V::load(rb + j + t * s.dw), V::set1(T(t)));
+        V::store(hval + ih * wq + j, acc);
+        V::store(htap + ih * wq + j, tap);
+      } else {
+        const T* b = rb + 2 * j;
+        R lo = V::load(b), hi = V::load(b + N), lo_tap = V::zero(), hi_tap = V::zero();
+        for (int64_t t = 1; t < s.kw; ++t) {
+          const R tv = V::set1(T(t));
+          sel(lo, lo_tap, V::load(b + t * s.dw), tv);
+          sel(hi, hi_tap, V::load(b + t * s.dw + N), tv);
+        }
+        V::store(hval + ih * wq + j, V::even(lo, hi));
+        V::store(htap + ih * wq + j, V::even(lo_tap, hi_tap));
+      }
+    }
+  }
+  // The winner's offset from its window's first cell, rt * dh * W + ct * dw,
+  // is computed in T: exact while below 2^24 (float) / 2^53 (double), which
+  // Geometry::separable_idx checks.
+  const R row_step = V::set1(T(s.dh * s.w)), col_step = V::set1(T(s.dw));
+  const int64_t W = s.w, sw = s.sw, pl = s.pl;
+  alignas(64) T value[N], off[N];
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const int64_t ih0 = oh * s.sh - s.pt;
+    int64_t k0, k1;
+    clip(ih0, s.h, s.kh, s.dh, k0, k1);
+    T* yrow = yp + oh * s.ow;
+    int64_t* irow = ip + oh * s.ow;
+    for (int64_t j = 0; j < s.ow; j += N) {
+      const int64_t count = min64(N, s.ow - j);
+      R acc = V::set1(ninf), ct = V::zero(), rt = V::zero();
+      if (k0 < k1) {
+        const int64_t r0 = (ih0 + k0 * s.dh) * wq + j;
+        acc = V::load(hval + r0);
+        ct = V::load(htap + r0);
+        rt = V::set1(T(k0));
+        for (int64_t i = k0 + 1; i < k1; ++i) {
+          const int64_t r = (ih0 + i * s.dh) * wq + j;
+          const auto m = V::take(V::load(hval + r), acc);
+          acc = V::blend(acc, V::load(hval + r), m);
+          ct = V::blend(ct, V::load(htap + r), m);
+          rt = V::blend(rt, V::set1(T(i)), m);
+        }
+      }
+      V::store(value, acc);
+      V::store(off, V::fma(rt, row_step, V::mul(ct, col_step)));
+      if (count == N)
+        V::store(yrow + j, acc);
+      else
+        V::store_n(yrow + j, acc, static_cast<int>(count));
+      const int64_t first = ih0 * W + j * sw - pl;
+      bool border = false;
+      for (int64_t l = 0; l < count; ++l) {
+        irow[j + l] = first + l * sw + static_cast<int64_t>(off[l]);
+        border |= value[l] == ninf;
+      }
+      if (border)
+        for (int64_t l = 0; l < count; ++l)
+          if (value[l] == ninf) border_pixel<T, true, true>(s, tb, plane, ih0, k0, k1, j + l, yrow + j + l, irow + j + l);
+    }
+  }
 }
 
 // ---- NCHW 2x2 / stride 2 max pooling (no padding) -----------------------------
@@ -661,7 +766,8 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
         plane_2x2<T, Idx ? kIndices : kValues>(s, x + p * in_plane, y + p * out_plane,
                                               Idx ? idx + p * out_plane : nullptr, nullptr, nullptr);
       else if (Idx)
-        plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
+        g.separable_idx ? plane_separable_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch)
+                    : plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
       else if (!(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
     }
@@ -892,7 +998,10 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
       if (max) {
-        plane_padded_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
+        if (g.separable_idx)
+          plane_separable_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
+        else
+          plane_padded_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
         for (int64_t o = 0; o < out_plane; ++o) gxp[winners[o]] += gyp[o];
         continue;
       }
