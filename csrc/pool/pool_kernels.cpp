@@ -456,15 +456,17 @@ template <class T>
 typename Vec<T>::R copy_rows(const PoolShape& s, const Geometry& g, const T* plane, T pad, T* rows) {
   using V = Vec<T>;
   constexpr int N = V::N;
-  const int64_t W = s.w;
+  // (Locals, not g's fields: the stores below may alias those for all the
+  // compiler knows, and it would reload them every iteration.)
+  const int64_t W = s.w, pl = s.pl, row = g.sep_row, n_rows = g.sep_rows;
+  const typename V::R fill = V::set1(pad);
   typename V::R seen = V::zero();
-  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+  for (int64_t ih = 0; ih < n_rows; ++ih) {
     const T* src = plane + ih * W;
-    T* rb = rows + ih * g.sep_row;
-    for (int64_t u = 0; u < s.pl; ++u) rb[u] = pad;
-    for (int64_t u = s.pl + W; u < g.sep_row; u += N)
-      V::store_n(rb + u, V::set1(pad), static_cast<int>(min64(N, g.sep_row - u)));
-    T* dst = rb + s.pl;
+    T* rb = rows + ih * row;
+    for (int64_t u = 0; u < pl; ++u) rb[u] = pad;
+    for (int64_t u = pl + W; u < row; u += N) V::store_n(rb + u, fill, static_cast<int>(min64(N, row - u)));
+    T* dst = rb + pl;
     int64_t i = 0;
     for (; i + N <= W; i += N) {
       const typename V::R v = V::load(src + i);
