@@ -482,6 +482,34 @@ typename Vec<T>::R copy_rows(const PoolShape& s, const Geometry& g, const T* pla
   return seen;
 }
 
+// One row of horizontal window results, h[0, wq): `cols(c)` gives input
+// columns [c, c + N) of the row with the padding's value outside it.
+template <class T, bool Max, class Cols>
+inline void horizontal_row(const PoolShape& s, int64_t wq, Cols cols, T* h) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const int64_t pl = s.pl, kw = s.kw, dw = s.dw;
+  auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
+  if (s.sw == 1) {
+    for (int64_t j = 0; j < wq; j += N) {
+      R acc = cols(j - pl);
+      for (int64_t t = 1; t < kw; ++t) acc = step(cols(j - pl + t * dw), acc);
+      V::store(h + j, acc);
+    }
+  } else {
+    for (int64_t j = 0; j < wq; j += N) {
+      const int64_t c = 2 * j - pl;
+      R lo = cols(c), hi = cols(c + N);
+      for (int64_t t = 1; t < kw; ++t) {
+        lo = step(cols(c + t * dw), lo);
+        hi = step(cols(c + t * dw + N), hi);
+      }
+      V::store(h + j, V::even(lo, hi));
+    }
+  }
+}
+
 template <class T, bool Max>
 bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
                      T* scratch) {
@@ -489,38 +517,37 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
   using R = typename V::R;
   constexpr int N = V::N;
   const T pad = Max ? -std::numeric_limits<T>::infinity() : T(0);
-  const int64_t wq = g.sep_wq;
-  T* hrows = scratch;                      // [sep_rows][wq]
-  T* rows = scratch + g.sep_rows * wq;     // [sep_rows][sep_row]
+  const int64_t wq = g.sep_wq, W = s.w, pl = s.pl;
+  T* hrows = scratch;                   // [sep_rows][wq]
+  T* rows = scratch + g.sep_rows * wq;  // [sep_rows][sep_row] (copy_rows)
   auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
-  const R seen = copy_rows(s, g, plane, pad, rows);
-  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
-    const T* rb = rows + ih * g.sep_row;
-    T* h = hrows + ih * wq;
-    if (s.sw == 1) {
-      for (int64_t j = 0; j < wq; j += N) {
-        R acc = V::load(rb + j);
-        for (int64_t t = 1; t < s.kw; ++t) acc = step(V::load(rb + j + t * s.dw), acc);
-        V::store(h + j, acc);
-      }
-    } else {
-      for (int64_t j = 0; j < wq; j += N) {
-        const T* b = rb + 2 * j;
-        R lo = V::load(b), hi = V::load(b + N);
-        for (int64_t t = 1; t < s.kw; ++t) {
-          lo = step(V::load(b + t * s.dw), lo);
-          hi = step(V::load(b + t * s.dw + N), hi);
-        }
-        V::store(h + j, V::even(lo, hi));
-      }
+  // Wide rows are read in place, masked loads only at their ends (1.3x
+  // faster on 112-wide planes at stride 2); narrow ones, where nearly every
+  // vector would be masked, from padded copies (8% faster on 28-wide).
+  const bool in_place = W >= 4 * N;
+  if (in_place) {
+    if (Max && !nan_free(plane, s.h * W)) return false;
+    for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+      const T* src = plane + ih * W;
+      horizontal_row<T, Max>(s, wq, [&](int64_t c) {
+        if (c >= 0 && c + N <= W) return V::load(src + c);
+        const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
+        return V::load_fill(src + c, lo, hi, pad);
+      }, hrows + ih * wq);
     }
-  }
-  if (Max) {
-    alignas(64) T l[N];
-    V::store(l, seen);
-    T sum = T(0);
-    for (int k = 0; k < N; ++k) sum += l[k];
-    if (sum != sum) return false;
+  } else {
+    const R seen = copy_rows(s, g, plane, pad, rows);
+    if (Max) {
+      alignas(64) T l[N];
+      V::store(l, seen);
+      T sum = T(0);
+      for (int k = 0; k < N; ++k) sum += l[k];
+      if (sum != sum) return false;
+    }
+    for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+      const T* rb = rows + ih * g.sep_row + pl;
+      horizontal_row<T, Max>(s, wq, [&](int64_t c) { return V::load(rb + c); }, hrows + ih * wq);
+    }
   }
   for (int64_t oh = 0; oh < s.oh; ++oh) {
     const int64_t ih0 = oh * s.sh - s.pt;

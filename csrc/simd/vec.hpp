@@ -36,6 +36,13 @@ struct Vec {
   // lane i ^ w.  The steps of a horizontal reduction tree.
   static R swap(R a, int w) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i ^ w]; return r; }
   static T first(R a) { return a.v[0]; }
+  // Lanes [lo, hi) from p[lo..hi), the others `fill`; lanes outside are not
+  // read (p itself may point before the data).  0 <= lo <= hi <= N.
+  static R load_fill(const T* p, int lo, int hi, T fill) {
+    R r;
+    for (int i = 0; i < N; ++i) r.v[i] = i >= lo && i < hi ? p[i] : fill;
+    return r;
+  }
   static R fma(R a, R b, R c) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] * b.v[i] + c.v[i]; return r; }
   static R add(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] + b.v[i]; return r; }
   static R div(R a, R b) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i] / b.v[i]; return r; }
@@ -93,6 +100,10 @@ struct Vec<float> {
     return w == 4 ? _mm256_permute2f128_ps(a, a, 1) : w == 2 ? _mm256_permute_ps(a, 0x4E) : _mm256_permute_ps(a, 0xB1);
   }
   static float first(R a) { return _mm256_cvtss_f32(a); }
+  static R load_fill(const float* p, int lo, int hi, float fill) {
+    const __m256i m = _mm256_andnot_si256(avx2_mask32(lo), avx2_mask32(hi));
+    return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
+  }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R div(R a, R b) { return _mm256_div_ps(a, b); }
@@ -130,6 +141,10 @@ struct Vec<double> {
   static void store_n(double* p, R a, int n) { _mm256_maskstore_pd(p, avx2_mask64(n), a); }
   static R swap(R a, int w) { return w == 2 ? _mm256_permute2f128_pd(a, a, 1) : _mm256_permute_pd(a, 0x5); }
   static double first(R a) { return _mm256_cvtsd_f64(a); }
+  static R load_fill(const double* p, int lo, int hi, double fill) {
+    const __m256i m = _mm256_andnot_si256(avx2_mask64(lo), avx2_mask64(hi));
+    return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
+  }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R div(R a, R b) { return _mm256_div_pd(a, b); }
@@ -171,6 +186,9 @@ struct Vec<float> {
            : w == 2 ? _mm512_permute_ps(a, 0x4E) : _mm512_permute_ps(a, 0xB1);
   }
   static float first(R a) { return _mm512_cvtss_f32(a); }
+  static R load_fill(const float* p, int lo, int hi, float fill) {
+    return _mm512_mask_loadu_ps(set1(fill), static_cast<__mmask16>(mask(hi) & ~mask(lo)), p);
+  }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R div(R a, R b) { return _mm512_div_ps(a, b); }
@@ -212,6 +230,9 @@ struct Vec<double> {
     return w == 4 ? _mm512_shuffle_f64x2(a, a, 0x4E) : w == 2 ? _mm512_shuffle_f64x2(a, a, 0xB1) : _mm512_permute_pd(a, 0x55);
   }
   static double first(R a) { return _mm512_cvtsd_f64(a); }
+  static R load_fill(const double* p, int lo, int hi, double fill) {
+    return _mm512_mask_loadu_pd(set1(fill), static_cast<__mmask8>(mask(hi) & ~mask(lo)), p);
+  }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R div(R a, R b) { return _mm512_div_pd(a, b); }
