@@ -56,20 +56,24 @@ def _auto_algo(geo: ConvGeometry) -> str:
     """algo="auto": a fixed rule of the shape and layout alone (never of the
     thread count or ISA, so default calls are reproducible).
 
-    Measured on the bench suite (AVX2, 1 and 2 threads; README has the
-    table).  Depthwise layers (groups == C_in) go to the depthwise kernel in
+    Measured on the bench suite (AVX2 and AVX-512, 1 and 2 threads;
+    README has the table).  Depthwise layers (groups == C_in) go to the depthwise kernel in
     NCHW always (it vectorises along rows, and takes narrow planes through
     its NHWC kernel: it won or tied against the direct kernel on every
     shape measured, 4x4 to 112x112), and in NHWC when there are at least two
     channels and a multiplier of at most _AUTO_DW_NHWC_MAX_MULTIPLIER (it
     vectorises across channels; a single-channel input with several filters
-    is a dense layer for the direct kernel).  The direct kernel reads the input in place of an im2col copy and
-    wins or ties on every NCHW layer and on thin or small NHWC layers.  The
-    packed GEMM wins in NHWC once its operands are wide: 1x1 layers with at
-    least _AUTO_PW_CHANNELS input and output channels (no lowering at all),
-    and large 3x3 layers (reduction >= _AUTO_IM2COL_REDUCTION, output
-    channels >= _AUTO_IM2COL_OUT) whose weights overflow the cache the
-    direct kernel streams them from.
+    is a dense layer for the direct kernel).  The direct kernel reads the
+    input in place of an im2col copy and wins or ties on most NCHW layers and
+    on thin or small NHWC layers.  The packed GEMM wins once its operands are
+    wide: 1x1 layers with at least _AUTO_PW_CHANNELS input and output
+    channels in NHWC (no lowering at all), 1x1 stride-1 layers with at least
+    _AUTO_PW_NCHW_CHANNELS in NCHW (each input plane is a row of the GEMM's
+    B matrix: the packing is a plain copy; 1.06-1.35x over direct on
+    resnet50's and mobilenet's 1x1 layers), and large 3x3 layers in NHWC
+    (reduction >= _AUTO_IM2COL_REDUCTION, output channels >=
+    _AUTO_IM2COL_OUT) whose weights overflow the cache the direct kernel
+    streams them from.
     """
     icg, ocg = geo.c // geo.groups, geo.oc // geo.groups
     reduction = icg * geo.kh * geo.kw
@@ -85,11 +89,15 @@ def _auto_algo(geo: ConvGeometry) -> str:
             return "pointwise"
         if reduction >= _AUTO_IM2COL_REDUCTION and ocg >= _AUTO_IM2COL_OUT:
             return "im2col"
+    if (geo.layout == "NCHW" and _serves_pointwise(geo) and geo.stride == (1, 1)
+            and min(icg, ocg) >= _AUTO_PW_NCHW_CHANNELS):
+        return "pointwise"
     return "direct"
 
 
 _AUTO_DW_NHWC_MAX_MULTIPLIER = 4
 _AUTO_PW_CHANNELS = 32
+_AUTO_PW_NCHW_CHANNELS = 64
 _AUTO_IM2COL_REDUCTION = 1024
 _AUTO_IM2COL_OUT = 256
 
