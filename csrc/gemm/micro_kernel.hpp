@@ -44,14 +44,6 @@ struct Epilogue {
   Activation act;
 };
 
-template <class T>
-inline T scalar_act(T v, Activation act) {
-  if (act == Activation::None) return v;
-  v = v < T(0) ? T(0) : v;  // NaN stays NaN, as in the vector path
-  if (act == Activation::Relu6) v = v > T(6) ? T(6) : v;
-  return v;
-}
-
 // C[0:mr, 0:nr] (+)= A_panel * B_panel over kc; `last` applies the epilogue.
 // row0/col0 locate the tile in the whole C for the bias.
 template <class T>
@@ -78,31 +70,30 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
       for (int j = 0; j < kNB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
   }
-  if (mr == MR && nr == NR) {
-    for (int i = 0; i < MR; ++i)
-      for (int j = 0; j < kNB; ++j) {
-        T* dst = c + i * ldc + j * N;
-        R v = accumulate ? V::add(acc[i][j], V::load(dst)) : acc[i][j];
-        if (last) {
-          if (e.bias) v = V::add(v, e.bias_per_row ? V::set1(e.bias[row0 + i]) : V::load(e.bias + col0 + j * N));
-          v = activate<T>(v, e.act);
-        }
-        V::store(dst, v);
-      }
-    return;
-  }
-  alignas(64) T buf[MR][NR];
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNB; ++j) V::store(&buf[i][j * N], acc[i][j]);
-  for (int i = 0; i < mr; ++i)
-    for (int j = 0; j < nr; ++j) {
-      T v = accumulate ? buf[i][j] + c[i * ldc + j] : buf[i][j];
+  // Edge tiles (mr < MR or nr < NR) store only their rows and lanes, with
+  // masked vectors: nothing outside the tile is read or written.
+  const bool full = nr == NR;
+  for (int i = 0; i < MR; ++i) {
+    if (i >= mr) break;
+    for (int j = 0; j < kNB; ++j) {
+      const int lanes = full ? N : nr - j * N;
+      if (lanes <= 0) break;
+      T* dst = c + i * ldc + j * N;
+      const bool whole = lanes >= N;
+      R v = acc[i][j];
+      if (accumulate) v = V::add(v, whole ? V::load(dst) : V::load_n(dst, lanes));
       if (last) {
-        if (e.bias) v = v + (e.bias_per_row ? e.bias[row0 + i] : e.bias[col0 + j]);
-        v = scalar_act(v, e.act);
+        if (e.bias)
+          v = V::add(v, e.bias_per_row ? V::set1(e.bias[row0 + i])
+                                       : (whole ? V::load(e.bias + col0 + j * N) : V::load_n(e.bias + col0 + j * N, lanes)));
+        v = activate<T>(v, e.act);
       }
-      c[i * ldc + j] = v;
+      if (whole)
+        V::store(dst, v);
+      else
+        V::store_n(dst, v, lanes);
     }
+  }
 }
 
 // Size of the blocks `extent` is cut into: at most `max_block`, a multiple
