@@ -67,10 +67,13 @@ def _auto_algo(geo: ConvGeometry) -> str:
     input in place of an im2col copy and wins or ties on most NCHW layers and
     on thin or small NHWC layers.  The packed GEMM wins once its operands are
     wide: 1x1 layers with at least _AUTO_PW_CHANNELS input and output
-    channels in NHWC (no lowering at all), 1x1 stride-1 layers with at least
-    _AUTO_PW_NCHW_CHANNELS in NCHW (each input plane is a row of the GEMM's
-    B matrix: the packing is a plain copy; 1.06-1.35x over direct on
-    resnet50's and mobilenet's 1x1 layers), and large 3x3 layers in NHWC
+    channels in NHWC (no lowering at all), 1x1 stride-1 layers in NCHW (each
+    input plane is a row of the GEMM's B matrix: the packing is a plain
+    copy) that are wide (at least _AUTO_PW_NCHW_CHANNELS channels each way:
+    1.06-1.35x over direct on resnet50's and mobilenet's 1x1 layers), thin
+    (at most _AUTO_PW_NCHW_THIN input channels: 1.1-1.7x) or not expanding
+    (output channels at most twice the input's: 1.1-1.75x; expanding
+    mid-width layers such as 24 -> 64 lose on AVX2), and large 3x3 layers in NHWC
     (reduction >= _AUTO_IM2COL_REDUCTION, output channels >=
     _AUTO_IM2COL_OUT) whose weights overflow the cache the direct kernel
     streams them from.
@@ -90,7 +93,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
         if reduction >= _AUTO_IM2COL_REDUCTION and ocg >= _AUTO_IM2COL_OUT:
             return "im2col"
     if (geo.layout == "NCHW" and _serves_pointwise(geo) and geo.stride == (1, 1)
-            and min(icg, ocg) >= _AUTO_PW_NCHW_CHANNELS):
+            and (min(icg, ocg) >= _AUTO_PW_NCHW_CHANNELS or icg <= _AUTO_PW_NCHW_THIN or ocg <= 2 * icg)):
         return "pointwise"
     return "direct"
 
@@ -98,6 +101,7 @@ def _auto_algo(geo: ConvGeometry) -> str:
 _AUTO_DW_NHWC_MAX_MULTIPLIER = 4
 _AUTO_PW_CHANNELS = 32
 _AUTO_PW_NCHW_CHANNELS = 64
+_AUTO_PW_NCHW_THIN = 8
 _AUTO_IM2COL_REDUCTION = 1024
 _AUTO_IM2COL_OUT = 256
 
