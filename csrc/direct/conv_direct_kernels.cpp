@@ -337,15 +337,19 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
   const int64_t pixels = flat ? s.oh * s.ow : s.ow;  // per unit of work
   const int64_t run = flat ? min64(pixels, 8 * kTileW) : s.ow;
   const int64_t runs = flat ? ceil_div(pixels, run) : s.oh;
-  // Output rows (runs) are the unit of work; they vary fastest so that
-  // consecutive units of one thread share the weight block and overlapping
-  // input rows.
+  // Output rows (runs) of one block of output channels are the unit of
+  // work.  When a group's weight blocks fit in L2 together, the blocks vary
+  // fastest: each input row is then fetched from L3 once for all of them,
+  // and a thread streams only its share of the rows (vgg16_c1_2, a 13 MiB
+  // input, on one thread: 89 -> 93 GFLOP/s).  Otherwise the rows vary fastest, so that consecutive
+  // units share one weight block and overlapping input rows.
+  const bool blocks_inner = OB * wblock * static_cast<int64_t>(sizeof(T)) <= (int64_t(256) << 10);
   const int64_t items = s.n * s.groups * OB * runs;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t r = it % runs;
-    const int64_t rest = it / runs;
-    const int64_t ob = rest % OB, g = (rest / OB) % s.groups, n = rest / (OB * s.groups);
+    const int64_t r = blocks_inner ? (it / OB) % runs : it % runs;
+    const int64_t ob = blocks_inner ? it % OB : (it / runs) % OB;
+    const int64_t g = (it / (OB * runs)) % s.groups, n = it / (OB * runs * s.groups);
     const int64_t oh = flat ? 0 : r, q0 = flat ? r * run : 0, q1 = flat ? min64(q0 + run, pixels) : s.ow;
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C + g * IG;
     const T* wblk = wp + (g * OB + ob) * wblock;
