@@ -214,6 +214,17 @@ void fill_padded(const PoolShape& s, const Geometry& g, const Tables<T>& tb, con
   }
 }
 
+// Whether the lanes of a running sum of values add up to a number: false
+// when one of the values was NaN (or +inf and -inf both were).
+template <class T>
+inline bool sum_is_number(typename Vec<T>::R v) {
+  alignas(64) T l[Vec<T>::N];
+  Vec<T>::store(l, v);
+  T sum = T(0);
+  for (int k = 0; k < Vec<T>::N; ++k) sum += l[k];
+  return sum == sum;
+}
+
 // Whether a plane holds no NaN (then a max is plain vector max
 // instructions, Vec::max_step, with no NaN bookkeeping).  A sum of the
 // values: NaN exactly where a value is NaN or +inf and -inf both occur (a
@@ -229,11 +240,7 @@ inline bool nan_free(const T* p, int64_t n) {
   }
   if (i < n) a0 = V::add(a0, V::load_n(p + i, static_cast<int>(min64(V::N, n - i))));
   if (i + V::N < n) a1 = V::add(a1, V::load_n(p + i + V::N, static_cast<int>(n - i - V::N)));
-  alignas(64) T l[V::N];
-  V::store(l, V::add(a0, a1));
-  T sum = T(0);
-  for (int k = 0; k < V::N; ++k) sum += l[k];
-  return sum == sum;
+  return sum_is_number<T>(V::add(a0, a1));
 }
 
 // Kinds of window reduction of padded_tile: kTileMaxFast is kTileMax for a
@@ -537,13 +544,7 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
     }
   } else {
     const R seen = copy_rows(s, g, plane, pad, rows);
-    if (Max) {
-      alignas(64) T l[N];
-      V::store(l, seen);
-      T sum = T(0);
-      for (int k = 0; k < N; ++k) sum += l[k];
-      if (sum != sum) return false;
-    }
+    if (Max && !sum_is_number<T>(seen)) return false;
     for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
       const T* rb = rows + ih * g.sep_row + pl;
       horizontal_row<T, Max>(s, wq, [&](int64_t c) { return V::load(rb + c); }, hrows + ih * wq);
@@ -717,11 +718,7 @@ bool plane_2x2_fast(const PoolShape& s, const T* plane, T* yp) {
       V::store(yr + ow, pairs(r0 + 2 * ow, r1 + 2 * ow, true));
     }
   }
-  alignas(64) T l[N];
-  V::store(l, seen);
-  T sum = T(0);
-  for (int k = 0; k < N; ++k) sum += l[k];
-  return sum == sum;
+  return sum_is_number<T>(seen);
 }
 
 template <class T, int Mode>
