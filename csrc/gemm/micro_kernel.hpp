@@ -44,11 +44,12 @@ struct Epilogue {
   Activation act;
 };
 
-// C[0:mr, 0:nr] (+)= A_panel * B_panel over kc; `last` applies the epilogue.
-// row0/col0 locate the tile in the whole C for the bias.
-template <class T>
-void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr,
-                  int nr, bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
+// C[0:mr, 0:nr] (+)= A_panel * B_panel over kc with NB of the kNB vectors
+// of B's columns (NB = 1: an edge panel of at most N columns, half the
+// FMAs of a full tile).
+template <class T, int NB>
+void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr, int nr,
+                bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, N = V::N;
@@ -59,15 +60,15 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
     __builtin_prefetch(c + i * ldc, 1);
     __builtin_prefetch(c + i * ldc + NR - 1, 1);
   }
-  R acc[MR][kNB];
+  R acc[MR][NB];
   for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kNB; ++j) acc[i][j] = V::zero();
+    for (int j = 0; j < NB; ++j) acc[i][j] = V::zero();
   for (int64_t k = 0; k < kc; ++k) {
-    R bv[kNB];
-    for (int j = 0; j < kNB; ++j) bv[j] = V::load(b + k * NR + j * N);
+    R bv[NB];
+    for (int j = 0; j < NB; ++j) bv[j] = V::load(b + k * NR + j * N);
     for (int i = 0; i < MR; ++i) {
       const R av = V::set1(a[k * MR + i]);
-      for (int j = 0; j < kNB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
+      for (int j = 0; j < NB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
     }
   }
   // Edge tiles (mr < MR or nr < NR) store only their rows and lanes, with
@@ -75,7 +76,7 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
   const bool full = nr == NR;
   for (int i = 0; i < MR; ++i) {
     if (i >= mr) break;
-    for (int j = 0; j < kNB; ++j) {
+    for (int j = 0; j < NB; ++j) {
       const int lanes = full ? N : nr - j * N;
       if (lanes <= 0) break;
       T* dst = c + i * ldc + j * N;
@@ -94,6 +95,17 @@ void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c
         V::store_n(dst, v, lanes);
     }
   }
+}
+
+// C[0:mr, 0:nr] (+)= A_panel * B_panel over kc; `last` applies the epilogue.
+// row0/col0 locate the tile in the whole C for the bias.
+template <class T>
+inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr,
+                         int nr, bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
+  if (nr <= Vec<T>::N)
+    micro_tile<T, 1>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+  else
+    micro_tile<T, kNB>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
 }
 
 // Size of the blocks `extent` is cut into: at most `max_block`, a multiple
