@@ -6,13 +6,16 @@
 // the first NaN stays (Vec::take); the max gradient goes to exactly the
 // forward's winner.
 //
-// NCHW: one plane at a time, vectorised along the output row.  The plane
-// is copied into a per-thread scratch padded with the op's neutral value and
-// split into stride column phases (plane_padded), so every output row is
-// whole vectors of plain loads and there are no border pixels; max pooling
-// with indices tracks the winning tap per lane (plane_padded_idx);
-// 2x2/stride 2 without padding has its own loop straight from the input
-// (plane_2x2); the average gradient at stride 1 is a gather (avg_grad_plane).
+// NCHW: one plane at a time, vectorised along the output row.  Column
+// stride 1 or 2 (nearly every layer) is separable: rows reduced along the
+// row, then kh of those rows per output row (plane_separable, and
+// plane_separable_idx for max pooling with indices and the max gradient).
+// Other strides, and max values of a plane holding a NaN, copy the plane
+// into a per-thread scratch padded with the op's neutral value and split
+// into stride column phases (plane_padded, plane_padded_idx), so every
+// output row is whole vectors of plain loads.  2x2/stride 2 without padding
+// has its own loops straight from the input (plane_2x2_fast, plane_2x2);
+// the average gradient at stride 1 is a gather (avg_grad_plane).
 // NHWC: vectorised across channels, one output pixel at a time, the window
 // clipped to the image per pixel.
 // Global pools (window = the whole plane) have their own reduction loops.
@@ -38,7 +41,7 @@ struct Geometry {
   int64_t grad_elems;                  // NCHW max backward: per-thread winners of a plane
   int64_t pad_rows, pad_wq, pad_elems;  // NCHW forward without indices: the padded plane (see plane_padded)
   int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
-  int64_t sep_rows, sep_wq, sep_row;    // NCHW forward without indices, sw <= 2 (see plane_separable)
+  int64_t sep_rows, sep_wq, sep_row;    // NCHW, sw <= 2: forward, and the max gradient (see plane_separable)
   bool separable, separable_idx;
   bool avg_gather;
   int64_t off_taps, off_scratch, thread_stride, total;
