@@ -255,6 +255,24 @@ EDGE_CASES = {
     # large channel counts (several channel vectors in NHWC)
     "many_channels": (70, 1, 6, 9, 3, 3, 1, 1, 1),
     "many_channels_m3": (41, 3, 5, 8, 3, 2, (2, 1), ((0, 2), (1, 0)), (1, 2)),
+    # narrow NCHW rows go through channel-blocked NHWC tiles: a full block
+    # and a partial one, tall planes split into several bands of rows
+    # (tiles overlap by the kernel's reach), a 5x5 over a 7x7 plane
+    "narrow_tall_bands_m2": (70, 2, 300, 9, 3, 3, 1, 1, 1),
+    "narrow_tall_s2_dilated": (33, 1, 200, 12, 3, 3, 2, "same", 2),
+    "narrow_blocks_5x5": (130, 1, 7, 7, 5, 5, 1, 2, 1),
+    "narrow_asym_pad_stride": (20, 3, 41, 6, 3, 2, (3, 1), ((2, 0), (1, 3)), (2, 1)),
+    # stride 1 with the output as wide as the input: flat planes on AVX-512
+    # (taps as shifts of the flattened plane, padding lanes masked): an odd
+    # plane count (planes go in pairs), dilation with wide padding, more
+    # output rows than input rows, planes of many vectors (chunks of 8)
+    "flat_3x3_odd_planes": (7, 1, 7, 7, 3, 3, 1, 1, 1),
+    "flat_5x5_dilated_m2": (9, 2, 12, 12, 5, 5, 1, "same", 2),
+    "flat_taller_output": (5, 1, 6, 9, 3, 3, 1, ((3, 2), (1, 1)), 1),
+    "flat_many_vectors": (5, 1, 30, 30, 3, 3, 1, 1, 1),
+    "flat_1x7_rows_wrap": (6, 1, 5, 8, 1, 7, 1, (0, 3), 1),
+    # column stride 2 on wide rows: channel-blocked tiles, several bands
+    "blocked_s2_wide": (40, 1, 90, 70, 3, 3, 2, 1, 1),
 }
 
 

@@ -4,24 +4,35 @@
 // is to touch the input and the output once each, from the layout they are
 // in, with no layout conversion:
 //
-// NCHW: one input plane at a time.  The plane is copied, zero-padded, into a
-// per-thread scratch split into `sw` column phases (phase f holds padded
-// columns f, f + sw, ...), so that for any stride and dilation an output row
-// reads each kernel tap as one contiguous run: padded column ow*sw + kw*dw
-// is phase (kw*dw) % sw at ow + (kw*dw) / sw.  The kernel is vectorised
-// along the output width (TV vectors of V pixels per tile), with the tap
-// weight broadcast; the m output planes of the input plane reuse the scratch
-// while it is hot in L1/L2.  Padding never reaches the inner loop.
+// NCHW picks one of three strategies per shape (make_geometry):
+// - flat (AVX-512, stride 1, output as wide as the input, rows <= 32): each
+//   plane is read in place as one flat vector sequence; a tap is a shift of
+//   it, and masked loads zero the lanes that fall in the padding;
+// - channel-blocked NHWC tiles (rows <= 32 or column stride > 1, C >= one
+//   vector): blocks of channels transposed into a zero-padded pixel-major
+//   tile in L2, computed by the NHWC kernel with every pixel interior, and
+//   transposed back;
+// - plane-wise (wide stride-1 rows, few channels): the plane is copied,
+//   zero-padded, into a per-thread scratch split into `sw` column phases
+//   (phase f holds padded columns f, f + sw, ...), so that for any stride
+//   and dilation an output row reads each kernel tap as one contiguous run:
+//   padded column ow*sw + kw*dw is phase (kw*dw) % sw at ow + (kw*dw) / sw.
+//   The kernel is vectorised along the output width (TV vectors of V pixels
+//   per tile), with the tap weight broadcast; the m output planes of the
+//   input plane reuse the scratch while it is hot in L1/L2.
+// Padding never reaches an inner loop.
 //
 // NHWC: vectorised across channels (V consecutive input channels, plain
 // vector loads of input and weight per tap).  Output rows are split into a
 // border (pixels whose taps leave the image: one pixel at a time, taps
-// clipped) and an interior (TW pixels per tile, no checks); the kernel rows
-// a given output row can reach are clipped once per row.
+// clipped) and an interior (TW pixels per tile, no checks; 3-column kernels
+// at stride 1-2 load each input vector once for all the taps that read it);
+// the kernel rows a given output row can reach are clipped once per row.
 //
 // Determinism: every output element is computed by one thread in the fixed
 // tap order (kh, kw).
 #include <cstdint>
+#include <type_traits>
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
@@ -35,11 +46,20 @@ namespace {
 
 
 constexpr int kTileVectors = 4;  // NCHW: 4 accumulators of V pixels per row tile
-// NCHW output rows narrower than this go through the NHWC kernel (one image
-// transposed in, computed across channels, transposed out): a row of a
-// 7x7 plane is a single short vector tile, per-plane costs dominate, while
-// the NHWC kernel runs 2-3x faster on such layers.
-constexpr int64_t kNarrowRow = 14;
+// NCHW layers go through channel-blocked NHWC tiles (depthwise_nchw_blocked)
+// when output rows are at most this wide, or at any width for column
+// strides > 1: short rows make the plane-wise kernel's vectors short and
+// its per-plane costs dominate, and its phase copy is a strided gather,
+// while vectors across channels are full whatever the plane.  Measured on
+// AVX2 and AVX-512 (3x3, 7..56 wide): 1.3-4x faster there; on wide
+// stride-1 planes (56, 112) the plane-wise kernel is as fast or faster.
+constexpr int64_t kBlockedMaxRow = 32;
+// Bytes of a blocked tile's scratch (the padded input band and its output
+// band, channels innermost): a few of them fit in L2 next to the weights.
+constexpr int64_t kBlockedScratchBytes = 160 * 1024;
+// Flat NCHW planes go kFlatChunk vectors at a time (two planes at a time
+// when a plane is at most half that).
+constexpr int kFlatChunk = 8;
 // NHWC tiles: kTilePixels pixels x kChanVectors vectors of channels, so even
 // a single border pixel has 4 independent FMA chains (a lone chain of 9
 // dependent FMAs would wait on latency, not throughput).
@@ -58,10 +78,16 @@ struct Geometry {
   int64_t cp;             // NHWC: channels rounded up to lanes
   int64_t w_elems;        // packed weight
   int64_t off_w, off_b, off_taps, off_scratch, total;
-  // NCHW narrow planes through the NHWC kernel (see via_nhwc): that
-  // kernel's packed weight and bias, and per-thread image buffers.
+  // NCHW through NHWC tiles (see depthwise_nchw_blocked): blocks of t_cw
+  // channels, bands of t_rows output rows read from a zero-padded scratch
+  // of t_in_rows x t_wp pixels; the NHWC kernel's weight and bias (t_cp
+  // channels, zero past C) and each thread's input and output tiles.
+  // NCHW stride-1 planes as flat vectors (see depthwise_nchw_flat, AVX-512):
+  // vectors per plane (a multiple of kFlatChunk) and the tap table.
+  bool flat;
+  int64_t f_vecs, off_foff, off_fmask;
   bool via_nhwc;
-  int64_t t_cp, t_w_elems, off_tw, off_tb, t_image_elems;
+  int64_t t_cw, t_rows, t_in_rows, t_wp, t_cp, t_w_elems, off_tw, off_tb, t_in_elems, t_tile_elems;
 };
 
 template <class T>
@@ -84,17 +110,38 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
     g.off_taps = off;
     off += round_up(s.kh * s.kw * 8, kAlign);
     g.off_scratch = off;
-    g.via_nhwc = s.ow < kNarrowRow && s.c >= V;
+#if defined(PYCONV_ISA_avx512)
+    g.flat = s.sh == 1 && s.sw == 1 && s.ow == s.w && s.ow <= kBlockedMaxRow;
+#endif
+    if (g.flat) {
+      g.f_vecs = round_up(ceil_div(s.oh * s.ow, V), kFlatChunk);
+      g.off_foff = off;
+      off += round_up(s.kh * s.kw * 8, kAlign);
+      g.off_fmask = off;
+      off += round_up(s.kh * s.kw * g.f_vecs * 2, kAlign);
+      g.off_scratch = off;
+    }
+    g.via_nhwc = !g.flat && s.c >= V && (s.ow <= kBlockedMaxRow || s.sw > 1);
     if (g.via_nhwc) {
-      g.t_cp = round_up(s.c, V * kChanVectors);
+      g.t_cw = min64(V * 2, round_up(s.c, V));
+      g.t_cp = round_up(s.c, g.t_cw);
+      g.t_wp = s.w + s.pl + s.pr;
+      // Output rows per band: the whole plane if the tiles fit the budget.
+      const int64_t reach = (s.kh - 1) * s.dh + 1;
+      const int64_t in_row = g.t_wp * g.t_cw * e, out_row = s.ow * g.t_cw * g.m * e;
+      g.t_rows = s.oh;
+      while (g.t_rows > 1 && ((g.t_rows - 1) * s.sh + reach) * in_row + g.t_rows * out_row > kBlockedScratchBytes)
+        --g.t_rows;
+      g.t_in_rows = (g.t_rows - 1) * s.sh + reach;
+      g.t_in_elems = g.t_in_rows * g.t_wp * g.t_cw;
+      g.t_tile_elems = g.t_in_elems + g.t_rows * s.ow * g.t_cw * g.m;
       g.t_w_elems = g.m * s.kh * s.kw * g.t_cp;
       g.off_tw = off;
       off += round_up(g.t_w_elems * e, kAlign);
       g.off_tb = off;
       off += round_up(g.m * g.t_cp * e, kAlign);
       g.off_scratch = off;
-      g.t_image_elems = s.h * s.w * s.c + s.oh * s.ow * s.oc;
-      off += nt * round_up(g.t_image_elems * e, kAlign);
+      off += nt * round_up(g.t_tile_elems * e, kAlign);
     } else {
       off += nt * round_up(g.plane_elems * e, kAlign);
     }
@@ -272,6 +319,35 @@ void depthwise_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
 
 // ---- NHWC ------------------------------------------------------------------
 
+// Bias, activation and store of a tile's accumulators: pixel t, channel
+// vector b (lanes channels of it unless Full) to ydst + t * C_out.
+template <class T, int TW, int CB, bool Full>
+__attribute__((always_inline)) inline void store_tile_nhwc(const ConvShape& s, const Geometry& g,
+                                                           const typename Vec<T>::R (&acc)[TW][CB], const T* bj,
+                                                           int64_t c, int lanes, T* ydst, int64_t j) {
+  using V = Vec<T>;
+#pragma GCC unroll 16
+  for (int b = 0; b < CB; ++b) {
+    const typename V::R bv = V::load(bj + c + b * V::N);
+    const int64_t cb = c + b * V::N;
+#pragma GCC unroll 16
+    for (int t = 0; t < TW; ++t) {
+      const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][b], bv) : acc[t][b], s.act);
+      T* dst = ydst + t * s.oc;
+      if (g.m == 1) {
+        if (Full)
+          V::store(dst + cb, r);
+        else
+          V::store_n(dst + cb, r, lanes);
+      } else {  // channel cb + l of multiplier slot j goes to (cb + l) * m + j
+        alignas(64) T buf[V::N];
+        V::store(buf, r);
+        for (int l = 0; l < lanes; ++l) dst[(cb + l) * g.m + j] = buf[l];
+      }
+    }
+  }
+}
+
 // TW pixels x CB vectors of channels from c, taps kh in [kh0, kh1),
 // kw in [kw0, kw1) (all TW pixels share the kw range: interior tiles use all
 // of it).  Full: all CB*V channels exist; otherwise (CB == 1 only) the
@@ -310,25 +386,90 @@ void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, 
       }
     }
   }
+  store_tile_nhwc<T, TW, CB, Full>(s, g, acc, bj, c, lanes, ydst, j);
+}
+
+// Interior tile of TW pixels x CB full channel vectors for a kernel KW
+// columns wide at column stride SW (dilation 1).  Each input vector of a
+// kernel row is loaded once and feeds every (pixel, kw) pair that reads it:
+// (TW - 1) * SW + KW loads per row and vector instead of TW * KW, so the
+// FMAs, not the loads, set the pace.  Every output still sums its taps in
+// (kh, kw) order: the same result as tile_nhwc.
+template <class T, int TW, int CB, int KW, int SW>
+void tile_nhwc_reuse(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
+                     int64_t iw0, int64_t kh0, int64_t kh1, int64_t c, T* ydst, int64_t j) {
+  using V = Vec<T>;
+  constexpr int IN = (TW - 1) * SW + KW;  // input columns a kernel row reads
+  typename V::R acc[TW][CB];
 #pragma GCC unroll 16
-  for (int b = 0; b < CB; ++b) {
-    const typename V::R bv = V::load(bj + c + b * V::N);
-    const int64_t cb = c + b * V::N;
+  for (int t = 0; t < TW; ++t)
 #pragma GCC unroll 16
-    for (int t = 0; t < TW; ++t) {
-      const typename V::R r = activate<T>(s.has_bias ? V::add(acc[t][b], bv) : acc[t][b], s.act);
-      T* dst = ydst + t * s.oc;
-      if (g.m == 1) {
-        if (Full)
-          V::store(dst + cb, r);
-        else
-          V::store_n(dst + cb, r, lanes);
-      } else {  // channel cb + l of multiplier slot j goes to (cb + l) * m + j
-        alignas(64) T buf[V::N];
-        V::store(buf, r);
-        for (int l = 0; l < lanes; ++l) dst[(cb + l) * g.m + j] = buf[l];
+    for (int b = 0; b < CB; ++b) acc[t][b] = V::zero();
+  for (int64_t kh = kh0; kh < kh1; ++kh) {
+    const T* xrow = xn + ((ih0 + kh * s.dh) * s.w + iw0) * s.c + c;
+    const T* wrow = wj + kh * KW * g.cp + c;
+    typename V::R wv[KW][CB];
+#pragma GCC unroll 16
+    for (int kw = 0; kw < KW; ++kw)
+#pragma GCC unroll 16
+      for (int b = 0; b < CB; ++b) wv[kw][b] = V::load(wrow + kw * g.cp + b * V::N);
+#pragma GCC unroll 32
+    for (int i = 0; i < IN; ++i)
+#pragma GCC unroll 16
+      for (int b = 0; b < CB; ++b) {
+        typename V::R xv = V::load(xrow + i * s.c + b * V::N);
+#if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
+        // Keep xv in a register: GCC would otherwise fold the load into
+        // each FMA that uses it, loading the vector up to KW times.
+        asm("" : "+v"(xv));
+#endif
+#pragma GCC unroll 16
+        for (int kw = 0; kw < KW; ++kw) {
+          const int d = i - kw;  // pixel t = d / SW reads column i at tap kw
+          if (d >= 0 && d % SW == 0 && d / SW < TW) acc[d / SW][b] = V::fma(xv, wv[kw][b], acc[d / SW][b]);
+        }
       }
-    }
+  }
+  store_tile_nhwc<T, TW, CB, true>(s, g, acc, bj, c, V::N, ydst, j);
+}
+
+#if defined(PYCONV_ISA_avx512)
+constexpr int kReusePixels = 8;  // 8 x 2 zmm accumulators + 6 weights
+#else
+constexpr int kReusePixels = 4;  // 4 x 2 ymm accumulators + 6 weights
+#endif
+
+// Output pixels [ow0, ow1) of a row, channels [c0, c1) (whole vectors), all
+// taps inside the image (3 kernel columns, stride 1 or 2, dilation 1):
+// tiles of kReusePixels, then one tile of the rest; two channel vectors
+// per tile, a last odd one alone.
+template <class T, int SW>
+void interior_k3_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
+                      int64_t kh0, int64_t kh1, int64_t ow0, int64_t ow1, int64_t c0, int64_t c1, T* yrow,
+                      int64_t j) {
+  constexpr int64_t N = Vec<T>::N;
+  auto tiles = [&](auto width, int64_t ow) {
+    constexpr int W = decltype(width)::value;
+    const int64_t iw0 = ow * SW - s.pl;
+    T* y = yrow + ow * s.oc;
+    int64_t c = c0;
+    for (; c + 2 * N <= c1; c += 2 * N)
+      tile_nhwc_reuse<T, W, 2, 3, SW>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, c, y, j);
+    if (c < c1) tile_nhwc_reuse<T, W, 1, 3, SW>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, c, y, j);
+  };
+  int64_t ow = ow0;
+  for (; ow + kReusePixels <= ow1; ow += kReusePixels) tiles(std::integral_constant<int, kReusePixels>{}, ow);
+  switch (ow1 - ow) {
+    case 1: tiles(std::integral_constant<int, 1>{}, ow); break;
+    case 2: tiles(std::integral_constant<int, 2>{}, ow); break;
+    case 3: tiles(std::integral_constant<int, 3>{}, ow); break;
+#if defined(PYCONV_ISA_avx512)
+    case 4: tiles(std::integral_constant<int, 4>{}, ow); break;
+    case 5: tiles(std::integral_constant<int, 5>{}, ow); break;
+    case 6: tiles(std::integral_constant<int, 6>{}, ow); break;
+    case 7: tiles(std::integral_constant<int, 7>{}, ow); break;
+#endif
+    default: break;
   }
 }
 
@@ -341,7 +482,8 @@ void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, 
 // fall into a handful of L1 sets and evict each other.
 template <class T, int TW, int CB, bool Full>
 void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
-              int64_t kh0, int64_t kh1, int64_t ow_lo, int64_t ow_hi, int64_t c0, int64_t c1, T* yrow, int64_t j) {
+              int64_t kh0, int64_t kh1, int64_t ow_lo, int64_t ow_hi, int64_t c0, int64_t c1, T* yrow, int64_t j,
+              bool interior_done = false) {
   constexpr int64_t step = CB * Vec<T>::N;
   auto single = [&](int64_t ow, bool clip) {
     const int64_t iw0 = ow * s.sw - s.pl;
@@ -353,13 +495,23 @@ void row_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, c
     for (int64_t c = c0; c < c1; c += step)
       tile_nhwc<T, 1, CB, Full>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, kw0, kw1, c, yrow + ow * s.oc, j);
   };
-  for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
-  int64_t ow = ow_lo;
-  for (; ow + TW <= ow_hi; ow += TW)
+  auto interior = [&](auto width, int64_t ow) {
+    constexpr int W = decltype(width)::value;
     for (int64_t c = c0; c < c1; c += step)
-      tile_nhwc<T, TW, CB, Full>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c,
-                                 yrow + ow * s.oc, j);
-  for (; ow < ow_hi; ++ow) single(ow, false);
+      tile_nhwc<T, W, CB, Full>(s, g, xn, wj, bj, ih0, ow * s.sw - s.pl, kh0, kh1, 0, s.kw, c, yrow + ow * s.oc, j);
+  };
+  for (int64_t ow = 0; ow < ow_lo; ++ow) single(ow, true);
+  int64_t ow = interior_done ? ow_hi : ow_lo;
+  for (; ow + TW <= ow_hi; ow += TW) interior(std::integral_constant<int, TW>{}, ow);
+  // The interior's last 1..TW-1 pixels as one narrower tile: a 7-pixel
+  // row is a tile of 4 and one of 3, not 4 + 1 + 1 + 1.
+  static_assert(TW <= 4, "remainder tiles up to 3 pixels");
+  switch (ow_hi - ow) {
+    case 3: interior(std::integral_constant<int, 3 < TW ? 3 : 1>{}, ow); break;
+    case 2: interior(std::integral_constant<int, 2 < TW ? 2 : 1>{}, ow); break;
+    case 1: interior(std::integral_constant<int, 1>{}, ow); break;
+    default: break;
+  }
   for (int64_t o = ow_hi; o < s.ow; ++o) single(o, true);
 }
 
@@ -388,12 +540,19 @@ void row_all_channels_nhwc(const ConvShape& s, const Geometry& g, const T* xn, c
     // partial block goes one vector at a time (a layer with 3 channels must
     // not pay for 4 vectors), with more pixels per tile for independence.
     const int64_t c_blocks = s.c / CW * CW, c_vectors = s.c / Vec<T>::N * Vec<T>::N;
+    // 3-column kernels at stride 1 or 2: the interior's whole channel
+    // vectors through the load-reusing tiles, the borders as before.
+    const bool reuse = s.kw == 3 && s.dw == 1 && (s.sw == 1 || s.sw == 2) && c_vectors > 0;
+    if (reuse && s.sw == 1)
+      interior_k3_nhwc<T, 1>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_vectors, yrow, j);
+    else if (reuse)
+      interior_k3_nhwc<T, 2>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_vectors, yrow, j);
     if (c_blocks > 0)
       row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_blocks,
-                                                   yrow, j);
+                                                   yrow, j, reuse);
     if (c_vectors > c_blocks)
       row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_blocks, c_vectors,
-                                        yrow, j);
+                                        yrow, j, reuse);
     if (s.c > c_vectors)
       row_nhwc<T, kTailPixels, 1, false>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_vectors, s.c, yrow, j);
   }
@@ -411,36 +570,220 @@ void depthwise_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
   }
 }
 
-// NCHW narrow planes: per image, transpose (C, H*W) -> (H*W, C), run the
-// NHWC rows, transpose the result back.  The NHWC weight and bias are made
-// from the NCHW ones here (the prepacked NCHW format is the plain weight).
+// Input pixels [p_lo, p_hi) (flattened ih * W + iw, contiguous in each
+// plane) of `rem` channel planes from xc into the padded tile, whose row 0
+// is input row ih_base: pixel (ih, iw) goes to tile pixel
+// (ih - ih_base, iw + pl), channel k to lane k.  Whole planes are read
+// along their length (a 7-column row would be a mostly masked load), and
+// each block of pixels is transposed in registers into its tile pixels.
 template <class T>
-void depthwise_nchw_via_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
-                             char* ws, int nt) {
-  ConvShape t = s;
-  t.layout = Layout::NHWC;
-  const Geometry gt = make_geometry<T>(t, 1, true);
+void gather_tile(const ConvShape& s, const Geometry& g, const T* xc, int64_t rem, int64_t p_lo, int64_t p_hi,
+                 int64_t ih_base, T* xt) {
+  const int64_t in_plane = s.h * s.w, cw = g.t_cw;
+  auto tile_pixel = [&](int64_t p) { return xt + ((p / s.w - ih_base) * g.t_wp + p % s.w + s.pl) * cw; };
+#if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
+  constexpr int64_t B = 32 / sizeof(T);
+  const int64_t full = rem / B * B;
+  for (int64_t p = p_lo; p < p_hi; p += B) {
+    const int64_t nc = min64(B, p_hi - p);
+    T* d[B];
+    for (int64_t j = 0; j < nc; ++j) d[j] = tile_pixel(p + j);
+    const T* src = xc + p;
+    for (int64_t k = 0; k < full; k += B)
+      transpose_block_with(src + k * in_plane, in_plane, nc,
+                           [&](int j, auto v) { store_block_column(d[j] + k, v); });
+    for (int64_t k = full; k < rem; ++k)
+      for (int64_t j = 0; j < nc; ++j) d[j][k] = src[k * in_plane + j];
+  }
+#else
+  for (int64_t p = p_lo; p < p_hi; ++p) {
+    T* d = tile_pixel(p);
+    for (int64_t k = 0; k < rem; ++k) d[k] = xc[k * in_plane + p];
+  }
+#endif
+}
+
+#if defined(PYCONV_ISA_avx512)
+// NCHW planes at stride 1 whose output is as wide as the input (the usual
+// "same" 3x3 with padding 1): output pixel p = oh * W + ow reads tap
+// (kh, kw) at input p + (kh * dh - pt) * W + kw * dw - pl, one shift of the
+// flattened plane per tap.  Lanes whose tap falls in the padding (a row
+// above or below, or a column that would wrap into the neighbouring row)
+// are masked off the load, so the plane is read in place: no padded copy,
+// no transposes, vectors as long as the plane allows (a 7x7 plane is 4
+// vectors, not 7 rows of 7).  The masks depend only on the tap and the
+// vector: one table per call.
+template <class T, int VB, int P>
+void flat_tile(const ConvShape& s, const Geometry& g, const T* const* xs, const T* const* wk, const T* bias,
+               T* const* ys, int64_t v0, const int64_t* off, const uint16_t* masks) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t taps = s.kh * s.kw, pixels = s.oh * s.ow;
+  typename V::R acc[P][VB];
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p)
+#pragma GCC unroll 16
+    for (int v = 0; v < VB; ++v) acc[p][v] = V::zero();
+  for (int64_t t = 0; t < taps; ++t) {
+    const uint16_t* mt = masks + t * g.f_vecs + v0;
+    typename V::R wv[P];
+#pragma GCC unroll 16
+    for (int p = 0; p < P; ++p) wv[p] = V::set1(wk[p][t]);
+#pragma GCC unroll 16
+    for (int v = 0; v < VB; ++v) {
+      const unsigned m = mt[v];
+      const int64_t at = (v0 + v) * N + off[t];  // may be negative: those lanes are masked
+#pragma GCC unroll 16
+      for (int p = 0; p < P; ++p) {
+        // The address as an integer: before the plane's start it is no
+        // pointer into the array (the lanes there are masked, never read).
+        const T* src = reinterpret_cast<const T*>(reinterpret_cast<uintptr_t>(xs[p]) + at * int64_t(sizeof(T)));
+        acc[p][v] = V::fma(V::load_mask(src, m), wv[p], acc[p][v]);
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int p = 0; p < P; ++p) {
+    const typename V::R bv = V::set1(bias[p]);
+#pragma GCC unroll 16
+    for (int v = 0; v < VB; ++v) {
+      const int64_t lanes = pixels - (v0 + v) * N;
+      if (lanes <= 0) break;
+      const typename V::R r = activate<T>(s.has_bias ? V::add(acc[p][v], bv) : acc[p][v], s.act);
+      if (lanes >= N)
+        V::store(ys[p] + (v0 + v) * N, r);
+      else
+        V::store_n(ys[p] + (v0 + v) * N, r, static_cast<int>(lanes));
+    }
+  }
+}
+
+template <class T>
+void depthwise_nchw_flat(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                         char* ws, int nt) {
+  constexpr int N = Vec<T>::N;
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, pixels = s.oh * s.ow;
+  int64_t* off = reinterpret_cast<int64_t*>(ws + g.off_foff);
+  uint16_t* masks = reinterpret_cast<uint16_t*>(ws + g.off_fmask);
+  for (int64_t kh = 0; kh < s.kh; ++kh)
+    for (int64_t kw = 0; kw < s.kw; ++kw) {
+      const int64_t t = kh * s.kw + kw, dr = kh * s.dh - s.pt, dc = kw * s.dw - s.pl;
+      off[t] = dr * s.w + dc;
+      for (int64_t v = 0; v < g.f_vecs; ++v) {
+        unsigned m = 0;
+        for (int l = 0; l < N; ++l) {
+          const int64_t p = v * N + l, ih = p / s.ow + dr, iw = p % s.ow + dc;
+          if (p < pixels && ih >= 0 && ih < s.h && iw >= 0 && iw < s.w) m |= 1u << l;
+        }
+        masks[t * g.f_vecs + v] = static_cast<uint16_t>(m);
+      }
+    }
+  // Work item: two output planes (n, oc) if a plane is at most half a
+  // chunk (more independent FMA chains), else one plane in chunks.
+  const int64_t out_planes = s.n * s.oc, m = s.oc / s.c;
+  const bool pairs = g.f_vecs == kFlatChunk && ceil_div(pixels, N) <= kFlatChunk / 2;
+  const int64_t items = pairs ? ceil_div(out_planes, 2) : out_planes;
+#pragma omp parallel num_threads(nt)
+  {
+    // A contiguous share of the items per thread, walked with running
+    // (image, channel) counters: no division per plane.
+    const int64_t team = thread_count(), me = thread_index();
+    const int64_t lo = items * me / team, hi = items * (me + 1) / team;
+    int64_t q = pairs ? 2 * lo : lo, n = q / s.oc, oc = q % s.oc;
+    for (int64_t item = lo; item < hi; ++item) {
+    const int64_t count = min64(pairs ? 2 : 1, out_planes - q);
+    const T* xs[2];
+    const T* wk[2];
+    T bs[2];
+    T* ys[2];
+    for (int64_t i = 0; i < count; ++i) {
+      xs[i] = x + (n * s.c + (m == 1 ? oc : oc / m)) * in_plane;
+      wk[i] = w + oc * taps;
+      bs[i] = bias ? bias[oc] : T(0);
+      ys[i] = y + q * pixels;
+      ++q;
+      if (++oc == s.oc) {
+        oc = 0;
+        ++n;
+      }
+    }
+    if (pairs && count == 2) {
+      flat_tile<T, kFlatChunk / 2, 2>(s, g, xs, wk, bs, ys, 0, off, masks);
+    } else if (pairs) {
+      flat_tile<T, kFlatChunk / 2, 1>(s, g, xs, wk, bs, ys, 0, off, masks);
+    } else {
+      for (int64_t v0 = 0; v0 < g.f_vecs; v0 += kFlatChunk)
+        flat_tile<T, kFlatChunk, 1>(s, g, xs, wk, bs, ys, v0, off, masks);
+    }
+    }
+  }
+}
+#endif
+
+// NCHW through NHWC tiles.  Work item: image n, a block of t_cw channels,
+// a band of t_rows output rows.  The band's input rows are transposed into
+// a zero-padded scratch (pixels of t_cw channels, pad columns never
+// written, pad rows zeroed), every output pixel of it is then interior to
+// the NHWC kernel (vectors across channels, no clipping), and the output
+// tile is transposed back into the m planes of each channel.  A tile fits
+// in L2, so the input and the output cross memory once each.  The NHWC
+// weight and bias are made from the NCHW ones here (the prepacked NCHW
+// format is the plain weight).
+template <class T>
+void depthwise_nchw_blocked(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                            char* ws, int nt) {
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, out_plane = s.oh * s.ow, cw = g.t_cw;
   T* tw = reinterpret_cast<T*>(ws + g.off_tw);
   T* tb = reinterpret_cast<T*>(ws + g.off_tb);
-  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
   for (int64_t j = 0; j < g.m; ++j)
     for (int64_t k = 0; k < taps; ++k)
-      for (int64_t c = 0; c < gt.cp; ++c)
-        tw[(j * taps + k) * gt.cp + c] = c < s.c ? w[(c * g.m + j) * taps + k] : T(0);
+      for (int64_t c = 0; c < g.t_cp; ++c)
+        tw[(j * taps + k) * g.t_cp + c] = c < s.c ? w[(c * g.m + j) * taps + k] : T(0);
   for (int64_t j = 0; j < g.m; ++j)
-    for (int64_t c = 0; c < gt.cp; ++c) tb[j * gt.cp + c] = (bias && c < s.c) ? bias[c * g.m + j] : T(0);
-  int64_t ow_lo, ow_hi;
-  interior_columns(t, ow_lo, ow_hi);
-  const int64_t stride = round_up(g.t_image_elems * int64_t(sizeof(T)), kAlign);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t n = 0; n < s.n; ++n) {
+    for (int64_t c = 0; c < g.t_cp; ++c) tb[j * g.t_cp + c] = (bias && c < s.c) ? bias[c * g.m + j] : T(0);
+  // The tile as an unpadded NHWC problem of cw channels.
+  ConvShape t = s;
+  t.layout = Layout::NHWC;
+  t.n = 1;
+  t.c = cw;
+  t.oc = cw * g.m;
+  t.w = g.t_wp;
+  t.pt = t.pb = t.pl = t.pr = 0;
+  Geometry gt{};
+  gt.m = g.m;
+  gt.cp = g.t_cp;
+  const int64_t blocks = ceil_div(s.c, cw), bands = ceil_div(s.oh, g.t_rows);
+  const int64_t items = s.n * blocks * bands, row_elems = g.t_wp * cw;
+  const int64_t stride = round_up(g.t_tile_elems * int64_t(sizeof(T)), kAlign);
+#pragma omp parallel num_threads(nt)
+  {
     T* xt = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * stride);
-    T* yt = xt + in_plane * s.c;
-    const T* xn = x + n * s.c * in_plane;
-    transpose_copy(xn, in_plane, xt, s.c, s.c, in_plane);
-    for (int64_t oh = 0; oh < s.oh; ++oh) row_all_channels_nhwc(t, gt, xt, tw, tb, ow_lo, ow_hi, oh, yt + oh * s.ow * s.oc);
-    T* yn = y + n * s.oc * out_plane;
-    transpose_copy(yt, s.oc, yn, out_plane, out_plane, s.oc);
+    T* yt = xt + g.t_in_elems;
+    ConvShape tile = t;  // its rows vary per band
+    for (int64_t i = 0; i < g.t_in_elems; ++i) xt[i] = T(0);  // the pad columns stay zero
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < items; ++item) {
+      const int64_t n = item / (blocks * bands), c0 = (item / bands) % blocks * cw, band = item % bands;
+      const int64_t oh0 = band * g.t_rows, oh1 = min64(s.oh, oh0 + g.t_rows), rem = min64(cw, s.c - c0);
+      const int64_t r0 = oh0 * s.sh, in_rows = (oh1 - 1 - oh0) * s.sh + (s.kh - 1) * s.dh + 1;
+      const T* xc = x + (n * s.c + c0) * in_plane;
+      // Pad rows zeroed, image rows transposed in; channels rem..cw of a
+      // last, partial block keep stale lanes: their weights are zero and
+      // their outputs are not written back.
+      const int64_t ih_lo = max64(0, r0 - s.pt), ih_hi = min64(s.h, r0 - s.pt + in_rows);
+      for (int64_t i = 0; i < in_rows; ++i) {
+        const int64_t ih = r0 + i - s.pt;
+        if (ih < ih_lo || ih >= ih_hi)
+          for (int64_t k = 0; k < row_elems; ++k) xt[i * row_elems + k] = T(0);
+      }
+      if (ih_hi > ih_lo) gather_tile(s, g, xc, rem, ih_lo * s.w, ih_hi * s.w, r0 - s.pt, xt);
+      tile.h = in_rows;
+      tile.oh = oh1 - oh0;
+      for (int64_t oh = 0; oh < oh1 - oh0; ++oh)
+        row_all_channels_nhwc(tile, gt, xt, tw + c0, tb + c0, 0, s.ow, oh, yt + oh * s.ow * t.oc);
+      transpose_copy(yt, t.oc, y + (n * s.oc + c0 * g.m) * out_plane + oh0 * s.ow, out_plane, (oh1 - oh0) * s.ow,
+                     rem * g.m);
+    }
   }
 }
 
@@ -457,8 +800,14 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     pack_weight(s, g, w, own);
     wp = own;
   }
+#if defined(PYCONV_ISA_avx512)
+  if (s.layout == Layout::NCHW && g.flat) {
+    depthwise_nchw_flat(s, g, x, wp, bias, y, ws, nt);
+    return;
+  }
+#endif
   if (s.layout == Layout::NCHW && g.via_nhwc) {
-    depthwise_nchw_via_nhwc(s, g, x, wp, bias, y, ws, nt);
+    depthwise_nchw_blocked(s, g, x, wp, bias, y, ws, nt);
     return;
   }
   if (s.layout == Layout::NCHW) {

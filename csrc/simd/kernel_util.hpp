@@ -32,9 +32,11 @@ inline int thread_index() {
 
 #if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
 // 8x8 float / 4x4 double block transposed in ymm registers: rows i < B of
-// s (stride ss), columns j < nc, become d[j * ds + i].  Columns past nc are
-// neither read (masked loads) nor written.
-inline void transpose_block(const float* s, int64_t ss, float* d, int64_t ds, int64_t nc) {
+// s (stride ss), columns j < nc; column j leaves as one vector through
+// store(j, v).  Columns past nc are not read (masked loads).
+template <class Store>
+__attribute__((always_inline)) inline void transpose_block_with(const float* s, int64_t ss, int64_t nc,
+                                                                Store&& store) {
   __m256 r[8];
   if (nc == 8) {
     for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(s + i * ss);
@@ -54,14 +56,21 @@ inline void transpose_block(const float* s, int64_t ss, float* d, int64_t ds, in
     u[h + 2] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0x44);
     u[h + 3] = _mm256_shuffle_ps(t[h + 1], t[h + 3], 0xEE);
   }
-  for (int j = 0; j < nc; ++j) {
+  auto column = [&](int j) {
     const int q = j & 3;
-    const __m256 o = j < 4 ? _mm256_permute2f128_ps(u[q], u[q + 4], 0x20) : _mm256_permute2f128_ps(u[q], u[q + 4], 0x31);
-    _mm256_storeu_ps(d + j * ds, o);
+    return j < 4 ? _mm256_permute2f128_ps(u[q], u[q + 4], 0x20) : _mm256_permute2f128_ps(u[q], u[q + 4], 0x31);
+  };
+  if (nc == 8) {
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) store(j, column(j));
+  } else {
+    for (int j = 0; j < nc; ++j) store(j, column(j));
   }
 }
 
-inline void transpose_block(const double* s, int64_t ss, double* d, int64_t ds, int64_t nc) {
+template <class Store>
+__attribute__((always_inline)) inline void transpose_block_with(const double* s, int64_t ss, int64_t nc,
+                                                                Store&& store) {
   __m256d r[4];
   if (nc == 4) {
     for (int i = 0; i < 4; ++i) r[i] = _mm256_loadu_pd(s + i * ss);
@@ -73,7 +82,20 @@ inline void transpose_block(const double* s, int64_t ss, double* d, int64_t ds, 
   const __m256d t2 = _mm256_unpacklo_pd(r[2], r[3]), t3 = _mm256_unpackhi_pd(r[2], r[3]);
   const __m256d o[4] = {_mm256_permute2f128_pd(t0, t2, 0x20), _mm256_permute2f128_pd(t1, t3, 0x20),
                         _mm256_permute2f128_pd(t0, t2, 0x31), _mm256_permute2f128_pd(t1, t3, 0x31)};
-  for (int j = 0; j < nc; ++j) _mm256_storeu_pd(d + j * ds, o[j]);
+  for (int j = 0; j < nc; ++j) store(j, o[j]);
+}
+
+inline void store_block_column(float* d, __m256 v) { _mm256_storeu_ps(d, v); }
+inline void store_block_column(double* d, __m256d v) { _mm256_storeu_pd(d, v); }
+
+// The block into d: column j to d[j * ds + i] (i < B), columns past nc
+// neither read nor written.
+inline void transpose_block(const float* s, int64_t ss, float* d, int64_t ds, int64_t nc) {
+  transpose_block_with(s, ss, nc, [&](int j, __m256 v) { _mm256_storeu_ps(d + j * ds, v); });
+}
+
+inline void transpose_block(const double* s, int64_t ss, double* d, int64_t ds, int64_t nc) {
+  transpose_block_with(s, ss, nc, [&](int j, __m256d v) { _mm256_storeu_pd(d + j * ds, v); });
 }
 #endif
 
@@ -104,6 +126,15 @@ inline void transpose_copy(const T* src, int64_t ss, T* dst, int64_t ds, int64_t
     for (int64_t j = 0; j < cols; ++j)
       for (int64_t k = i; k < i1; ++k) dst[j * ds + k] = src[k * ss + j];
   }
+}
+
+// Threads in the current OpenMP team (1 without OpenMP).
+inline int thread_count() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
 }
 
 // The fused activation on a vector (NaN stays NaN: see vec.hpp).

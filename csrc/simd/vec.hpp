@@ -178,6 +178,8 @@ struct Vec<float> {
   static R set1(float a) { return _mm512_set1_ps(a); }
   static R load(const float* p) { return _mm512_loadu_ps(p); }
   static R load_n(const float* p, int n) { return _mm512_maskz_loadu_ps(mask(n), p); }
+  // Lanes of bit mask m (zero elsewhere; nothing outside m is read).
+  static R load_mask(const float* p, unsigned m) { return _mm512_maskz_loadu_ps(static_cast<__mmask16>(m), p); }
   static void store(float* p, R a) { _mm512_storeu_ps(p, a); }
   static void store_n(float* p, R a, int n) { _mm512_mask_storeu_ps(p, mask(n), a); }
   static R swap(R a, int w) {
@@ -224,6 +226,7 @@ struct Vec<double> {
   static R set1(double a) { return _mm512_set1_pd(a); }
   static R load(const double* p) { return _mm512_loadu_pd(p); }
   static R load_n(const double* p, int n) { return _mm512_maskz_loadu_pd(mask(n), p); }
+  static R load_mask(const double* p, unsigned m) { return _mm512_maskz_loadu_pd(static_cast<__mmask8>(m), p); }
   static void store(double* p, R a) { _mm512_storeu_pd(p, a); }
   static void store_n(double* p, R a, int n) { _mm512_mask_storeu_pd(p, mask(n), a); }
   static R swap(R a, int w) {
