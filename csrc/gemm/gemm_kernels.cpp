@@ -240,6 +240,10 @@ void pack_im2col_nhwc(const ConvShape& s, const Geometry& g, const T* x, int64_t
 
 // ---- macro loops -------------------------------------------------------------------
 
+// Reductions at most this long make a micro-tile store-bound (see
+// conv_gemm_nchw).
+constexpr int64_t kShortK = 16;
+
 template <class T>
 void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
                     char* pack_base, int nt) {
@@ -261,16 +265,23 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
         const int64_t kc = min64(Bk::KC, g.K - k0);
         const bool first = k0 == 0, last = k0 + kc == g.K;
         pack_im2col_nchw(s, g, x, n, grp, k0, kc, p0, nc, bp);
+        auto tile = [&](int64_t ir, int64_t jr) {
+          const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
+          micro_kernel<T>(kc, apanel, bp + jr * kc, c + ir * g.ldy + jr, g.ldy,
+                          static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
+                          !first, last, e, ir, 0);
+        };
         for (int64_t i0 = 0; i0 < g.M; i0 += Bk::MC) {
           const int64_t mc = min64(Bk::MC, g.M - i0);
-          for (int64_t jr = 0; jr < nc; jr += Bk::NR) {
-            const T* bpanel = bp + jr * kc;
-            for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) {
-              const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
-              micro_kernel<T>(kc, apanel, bpanel, c + ir * g.ldy + jr, g.ldy,
-                              static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
-                              !first, last, e, ir, 0);
-            }
+          if (kc <= kShortK) {
+            // A few FMAs per output: the tiles are stores, so each band of
+            // MR output rows is written along its length (MR streams at a
+            // time, not all M rows a panel at a time).
+            for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR)
+              for (int64_t jr = 0; jr < nc; jr += Bk::NR) tile(ir, jr);
+          } else {
+            for (int64_t jr = 0; jr < nc; jr += Bk::NR)
+              for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) tile(ir, jr);
           }
         }
       }
