@@ -15,6 +15,7 @@
 #include <omp.h>
 #endif
 
+#include "core/buffer_pool.hpp"
 #include "core/dispatch.hpp"
 #include "core/threading.hpp"
 #include "conv/conv.hpp"
@@ -462,6 +463,32 @@ PYBIND11_MODULE(_core, m) {
     return total;
   }, py::arg("elem_bytes"), py::arg("iters"), py::arg("nthreads"));
   m.def("default_num_threads", &default_num_threads);
+  // Result arrays on recycled memory (core/buffer_pool.hpp): C-contiguous,
+  // writeable, owned by a capsule that hands the block back when the array
+  // (and every view of it) is gone.
+  m.def("empty", [](const std::vector<py::ssize_t>& shape, const py::dtype& dt) {
+    size_t count = 1;
+    for (py::ssize_t d : shape) {
+      if (d < 0) throw std::invalid_argument("empty: negative dimension");
+      count *= static_cast<size_t>(d);
+    }
+    void* p = buffer_pool().acquire(std::max<size_t>(count * static_cast<size_t>(dt.itemsize()), 1));
+    py::capsule owner(p, [](void* q) { buffer_pool().release(q); });
+    return py::array(dt, shape, {}, p, owner);
+  }, py::arg("shape"), py::arg("dtype"));
+  m.def("pool_info", [] {
+    py::dict d;
+    d["kept_bytes"] = buffer_pool().kept();
+    d["limit_bytes"] = buffer_pool().limit();
+    d["hits"] = buffer_pool().hits();
+    d["misses"] = buffer_pool().misses();
+    return d;
+  });
+  m.def("pool_trim", [] { return buffer_pool().trim(); });
+  m.def("pool_set_limit", [](int64_t bytes) {
+    if (bytes < 0) throw std::invalid_argument("pool_set_limit: negative");
+    buffer_pool().set_limit(static_cast<size_t>(bytes));
+  }, py::arg("bytes"));
   m.def("build_info", [] {
     py::dict d;
     d["compiler"] = compiler();

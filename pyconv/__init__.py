@@ -58,20 +58,24 @@ from ._pool import (
 )
 from ._prepack import PackedWeight, prepack
 from ._runtime import (
+    buffer_pool_info,
     config,
     get_num_threads,
     num_threads,
     peak_gflops,
+    release_buffers,
+    set_buffer_pool_limit,
     set_max_isa,
     set_num_threads,
     show_config,
 )
-from ._runtime import _apply_env_isa
+from ._runtime import _apply_env_isa, _apply_env_pool
 from . import reference
 from . import _threadpool
 
 _apply_env_isa()
-del _apply_env_isa
+_apply_env_pool()
+del _apply_env_isa, _apply_env_pool
 _threadpool.install()  # threadpoolctl sees and limits pyconv's pool
 
 __all__ = [
@@ -79,6 +83,7 @@ __all__ = [
     "__version__",
     "avg_pool2d",
     "avg_pool2d_grad",
+    "buffer_pool_info",
     "config",
     "conv2d",
     "conv2d_grad_bias",
@@ -98,6 +103,8 @@ __all__ = [
     "pool_output_shape",
     "prepack",
     "reference",
+    "release_buffers",
+    "set_buffer_pool_limit",
     "set_max_isa",
     "separable_conv2d",
     "set_num_threads",

@@ -11,6 +11,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
+from ._runtime import _empty
 from ._prepack import PackedWeight
 from ._typing import Activation, Algo, ArrayInput, FloatArray, IntOrPair, Layout, Padding, Plan, Shape
 from ._normalize import (
@@ -304,7 +305,7 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     if out is not None:
         y = check_out(fn, out, geo.out_shape, dtype, [a for a in (xa, wa, ba) if a is not None])
     else:
-        y = np.empty(geo.out_shape, dtype=dtype)
+        y = _empty(geo.out_shape, dtype)
     if geo.n == 0:
         return y
     xc = kernel_array(xa, dtype=dtype)
@@ -314,7 +315,7 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     start = time.perf_counter() if _VERBOSE else 0.0
     target = y
     if not y.flags.aligned:  # an unaligned out= view: compute aside, then copy
-        y = np.empty(geo.out_shape, dtype=dtype)
+        y = _empty(geo.out_shape, dtype)
     _core.conv2d(xc, wc, bc, y, geo.core_tuple(), 0 if lay == "NCHW" else 1, act, kernel, packed)
     if y is not target:
         np.copyto(target, y)

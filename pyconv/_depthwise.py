@@ -8,6 +8,7 @@ from typing import Optional
 import numpy as np
 
 from . import _core
+from ._runtime import _empty
 from ._typing import Activation, ArrayInput, FloatArray, IntOrPair, Layout, Padding
 from ._conv import _VERBOSE, _conv2d, verbose_line
 from ._normalize import (
@@ -173,7 +174,7 @@ def separable_conv2d(x: ArrayInput, depthwise_weight: ArrayInput, pointwise_weig
     pw_geo = conv_geometry(fn, dw_geo.out_shape, pw.shape, 1, 0, 1, 1, lay)
     if ba is not None and ba.shape != (pw_geo.oc,):
         raise ValueError(f"{fn}: bias must have shape ({pw_geo.oc},) to match pointwise_weight, got {ba.shape}")
-    y = np.empty(pw_geo.out_shape, dtype=xa.dtype)
+    y = _empty(pw_geo.out_shape, xa.dtype)
     if dw_geo.n == 0:
         return y
     if any(dw_geo.pads) and not np.isfinite(dw).all():

@@ -21,6 +21,7 @@ from typing import Any, List, NamedTuple, Optional, SupportsIndex, Tuple
 import numpy as np
 
 from . import _core
+from ._runtime import _empty
 from ._typing import ArrayInput, ExplicitPadding, FloatArray, IntOrPair, Layout, Padding, Shape
 from ._conv import _VERBOSE, _conv2d, verbose_line
 from .reference._grad import _grad_input as _reference_grad_input
@@ -112,7 +113,8 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     x_shape = (geo.n, geo.c, geo.h, geo.w) if nchw else (geo.n, geo.h, geo.w, geo.c)
     gy4 = gy if geo.batched else gy[None]
     if geo.n == 0:
-        out = np.zeros(x_shape, dtype=dtype)
+        out = _empty(x_shape, dtype)
+        out.fill(0)
         return out if geo.batched else out[0]
     if not np.isfinite(w).all():
         # The phase convolutions pad grad_out with zeros: a non-finite weight
@@ -125,7 +127,7 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     if nchw and geo.groups == geo.c and (oh, ow) == (geo.oh, geo.ow) and (sh > 1 or geo.oc > geo.c):
         # Depthwise, strided or with a multiplier: its own kernel, one pass
         # (the phases would be s*s small calls, or a grouped convolution).
-        dx = np.empty(x_shape, dtype=dtype)
+        dx = _empty(x_shape, dtype)
         start = time.perf_counter() if _VERBOSE else 0.0
         _core.depthwise_grad_input(kernel_array(w), kernel_array(gy4), dx, geo.core_tuple())
         if _VERBOSE:
@@ -136,7 +138,7 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     cols = _axis_phases(geo.w, ow, geo.kw, sw, dw, l)
     wt = _transposed_weight(w, geo.groups, lay)
     single = len(rows) == 1 and len(cols) == 1
-    dx = np.empty(x_shape, dtype=dtype)
+    dx = _empty(x_shape, dtype)
     phases: List[Optional[np.ndarray]] = []
     for pr in rows:
         for pc in cols:
@@ -310,7 +312,7 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
         w_shape = (geo.oc, geo.c // geo.groups, geo.kh, geo.kw)
     else:
         w_shape = (geo.kh, geo.kw, geo.c // geo.groups, geo.oc)
-    dw = np.empty(w_shape, dtype=dtype)
+    dw = _empty(w_shape, dtype)
     if geo.n == 0:
         dw[...] = 0
         return dw

@@ -9,6 +9,7 @@ from typing import Any, Literal, Optional, Tuple, Union, overload
 import numpy as np
 
 from . import _core
+from ._runtime import _empty
 from ._conv import _VERBOSE
 from ._typing import ArrayInput, FloatArray, IndexArray, IntOrPair, Layout, Padding, Shape
 from ._normalize import (
@@ -37,8 +38,8 @@ _MAX, _AVG = 0, 1
 def _run_forward(fn: str, xa: np.ndarray, geo: PoolGeometry, op: int, count_include_pad: bool,
                  want_indices: bool) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     dtype = result_dtype(xa)
-    y = np.empty(geo.out_shape, dtype=dtype)
-    idx = np.empty(geo.out_shape, dtype=np.int64) if want_indices else None
+    y = _empty(geo.out_shape, dtype)
+    idx = _empty(geo.out_shape, np.int64) if want_indices else None
     if geo.n == 0:
         return y, idx
     xc = kernel_array(xa, dtype=dtype)
@@ -451,7 +452,7 @@ def max_pool2d_grad(grad_out: ArrayInput, x: ArrayInput, kernel_size: IntOrPair,
     geo = pool_geometry(fn, xa.shape, kernel_size, stride, padding, dilation, ceil_mode, lay)
     _grad_operand(fn, geo, ga)
     dtype = result_dtype(ga, xa)
-    gx = np.empty(geo.in_shape, dtype=dtype)
+    gx = _empty(geo.in_shape, dtype)
     if geo.n == 0:
         return gx
     _core.pool_backward(kernel_array(xa, dtype=dtype), kernel_array(ga, dtype=dtype), gx,
@@ -514,7 +515,7 @@ def avg_pool2d_grad(grad_out: ArrayInput, input_shape: Shape, kernel_size: IntOr
     cip = count_include_pad_flag(fn, count_include_pad, geo)
     _grad_operand(fn, geo, ga)
     dtype = result_dtype(ga)
-    gx = np.empty(geo.in_shape, dtype=dtype)
+    gx = _empty(geo.in_shape, dtype)
     if geo.n == 0:
         return gx
     _core.pool_backward(None, kernel_array(ga, dtype=dtype), gx, geo.core_tuple(),

@@ -9,15 +9,19 @@ import platform
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, SupportsIndex
 
+import numpy as np
 import numpy.typing as npt
 
 from . import _core
 from ._typing import Config, Isa
 
 __all__ = [
+    "buffer_pool_info",
     "config",
     "peak_gflops",
     "get_num_threads",
+    "release_buffers",
+    "set_buffer_pool_limit",
     "num_threads",
     "set_max_isa",
     "set_num_threads",
@@ -359,3 +363,82 @@ def peak_gflops(dtype: npt.DTypeLike = "float32", threads: Optional[SupportsInde
         _peak_cache[key] = max(_core.peak_flops(dt.itemsize, _PEAK_ITERS, nt)
                                for _ in range(_PEAK_ATTEMPTS)) / 1e9
     return _peak_cache[key]
+
+
+# ---- result buffers ----------------------------------------------------------------
+
+
+def _empty(shape: Any, dtype: npt.DTypeLike) -> Any:
+    """``numpy.empty(shape, dtype)`` for a result pyconv allocates, on memory
+    recycled from earlier results of the same size (see :func:`buffer_pool_info`)."""
+    return _core.empty([int(d) for d in shape], np.dtype(dtype))
+
+
+def buffer_pool_info() -> Dict[str, int]:
+    """What the result-buffer pool holds.
+
+    Arrays that pyconv allocates for its results (not an ``out=`` array a
+    caller passes) take their memory from a pool: when such an array is
+    freed, its memory (if at least 256 KiB) is kept for the next result of
+    the same size instead of going back to the system, so a loop calling the
+    same layers again and again writes into warm pages rather than paying a
+    page fault per 4 KiB of every fresh result.  What is kept is bounded by a
+    limit (default 256 MiB; ``PYCONV_BUFFER_POOL_MB`` at import, or
+    :func:`set_buffer_pool_limit`).
+
+    Returns
+    -------
+    dict
+        ``kept_bytes`` (memory held for reuse now), ``limit_bytes``,
+        ``hits`` and ``misses`` (pooled allocations served from kept memory
+        or from the system, since import).
+
+    Examples
+    --------
+    >>> import numpy as np, pyconv
+    >>> sorted(pyconv.buffer_pool_info())
+    ['hits', 'kept_bytes', 'limit_bytes', 'misses']
+    """
+    return {str(k): int(v) for k, v in _core.pool_info().items()}
+
+
+def set_buffer_pool_limit(nbytes: SupportsIndex) -> None:
+    """Set how many bytes of freed results the pool may keep (0 disables it).
+
+    Memory kept beyond a lowered limit is released at once.
+
+    Raises
+    ------
+    TypeError
+        ``nbytes`` is not an integer.
+    ValueError
+        ``nbytes`` is negative.
+    """
+    try:
+        n = operator.index(nbytes)
+    except TypeError:
+        raise TypeError(f"set_buffer_pool_limit: nbytes must be an integer, got {type(nbytes).__name__}") from None
+    if n < 0:
+        raise ValueError(f"set_buffer_pool_limit: nbytes must be >= 0, got {n}")
+    _core.pool_set_limit(n)
+
+
+def release_buffers() -> int:
+    """Give every kept result buffer back to the system; returns the bytes released."""
+    return int(_core.pool_trim())
+
+
+def _apply_env_pool() -> None:
+    """``PYCONV_BUFFER_POOL_MB``: the pool's limit in MiB (0 disables it)."""
+    raw = os.environ.get("PYCONV_BUFFER_POOL_MB", "").strip()
+    if not raw:
+        return
+    try:
+        mb = float(raw)
+        if not mb >= 0:
+            raise ValueError
+    except ValueError:
+        warnings.warn(f"PYCONV_BUFFER_POOL_MB={raw!r} is not a size in MiB >= 0; ignored", RuntimeWarning,
+                      stacklevel=3)
+        return
+    _core.pool_set_limit(int(mb * (1 << 20)))

@@ -523,3 +523,84 @@ def test_verbose_prints_every_kernel_call(tmp_path):
     assert "algo=separable" in lines[0] and "algo=grad_weight" in lines[1]
     assert "algo=depthwise_grad_input" in lines[2]
     assert all(line.endswith("ms") for line in lines)
+
+
+# ==========================================================================
+# result buffers: recycled memory for the arrays pyconv allocates
+
+
+@pytest.fixture
+def pool_limit():
+    """Restore the pool's limit after a test that changes it."""
+    before = pyconv.buffer_pool_info()["limit_bytes"]
+    yield
+    pyconv.set_buffer_pool_limit(before)
+
+
+def test_pooled_results_are_plain_writeable_arrays(rng):
+    x = rng.standard_normal((4, 64, 32, 32)).astype(np.float32)  # results >= 256 KiB are pooled
+    y = pyconv.max_pool2d(x, 2)
+    assert y.flags.c_contiguous and y.flags.writeable and y.flags.aligned
+    assert y.dtype == np.float32 and y.shape == (4, 64, 16, 16)
+    assert y.ctypes.data % 64 == 0
+    y[...] = 1.0  # ours to write
+    assert np.all(y == 1.0)
+
+
+def test_freed_results_are_reused_and_views_keep_theirs(rng, pool_limit):
+    pyconv.set_buffer_pool_limit(64 << 20)
+    x = rng.standard_normal((2, 32, 64, 64)).astype(np.float32)
+    w = rng.standard_normal((32, 1, 3, 3)).astype(np.float32)
+    kw = dict(padding=1, groups=32)
+    first = pyconv.conv2d(x, w, **kw)
+    expected = first.copy()
+    view = first[1]  # keeps the block alive after `first` is gone
+    address = first.ctypes.data
+    del first
+    hits = pyconv.buffer_pool_info()["hits"]
+    second = pyconv.conv2d(x + 1, w, **kw)  # same size: must not get the viewed block
+    assert second.ctypes.data != address
+    np.testing.assert_array_equal(view, expected[1])
+    del view
+    third = pyconv.conv2d(x, w, **kw)  # now the block is free: reused
+    assert pyconv.buffer_pool_info()["hits"] > hits
+    np.testing.assert_array_equal(third, expected)
+    del second, third
+
+
+def test_pool_limit_and_release(rng, pool_limit):
+    x = rng.standard_normal((2, 16, 128, 128)).astype(np.float32)
+    pyconv.set_buffer_pool_limit(64 << 20)
+    pyconv.avg_pool2d(x, 2)  # the result dies at once
+    assert pyconv.buffer_pool_info()["kept_bytes"] >= 2 * 16 * 64 * 64 * 4
+    released = pyconv.release_buffers()
+    assert released >= 2 * 16 * 64 * 64 * 4
+    assert pyconv.buffer_pool_info()["kept_bytes"] == 0
+    pyconv.set_buffer_pool_limit(0)  # disabled: nothing is kept
+    pyconv.avg_pool2d(x, 2)  # the result dies at once
+    info = pyconv.buffer_pool_info()
+    assert info["kept_bytes"] == 0 and info["limit_bytes"] == 0
+    pyconv.set_buffer_pool_limit(1 << 30)
+    pyconv.avg_pool2d(x, 2)  # the result dies at once
+    kept = pyconv.buffer_pool_info()["kept_bytes"]
+    assert kept > 0
+    pyconv.set_buffer_pool_limit(kept - 1)  # lowered below what is kept: released at once
+    assert pyconv.buffer_pool_info()["kept_bytes"] == 0
+
+
+@pytest.mark.parametrize("value, exc", [(-1, ValueError), (1.5, TypeError), ("1", TypeError), (None, TypeError)])
+def test_bad_pool_limits(value, exc, pool_limit):
+    with pytest.raises(exc, match="set_buffer_pool_limit"):
+        pyconv.set_buffer_pool_limit(value)
+
+
+@pytest.mark.parametrize("value, limit", [("0", 0), ("16", 16 << 20), ("0.5", 1 << 19), ("lots", 256 << 20),
+                                          ("-3", 256 << 20)])
+def test_pool_limit_from_the_environment(value, limit):
+    code = "import pyconv; print(pyconv.buffer_pool_info()['limit_bytes'])"
+    env = {**__import__("os").environ, "PYCONV_BUFFER_POOL_MB": value}
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, capture_output=True, text=True,
+                         check=True)
+    assert int(out.stdout.strip()) == limit
+    if limit == 256 << 20:
+        assert "PYCONV_BUFFER_POOL_MB" in out.stderr
