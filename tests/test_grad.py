@@ -300,6 +300,14 @@ EDGE_CASES = {
     "same_s2_d2": (1, 3, 10, 7, 5, 3, 3, 2, "SAME", 2, 1),
     # a one-pixel image
     "one_pixel": (3, 2, 1, 1, 3, 3, 3, 2, 1, 1, 1),
+    # depthwise stride 1 with the output as wide as the input: flat planes on
+    # AVX-512 (taps as masked shifts of the flattened plane): multiplier 2,
+    # a 5x5 kernel (25 taps: passes of 12), dilation, more output rows than
+    # input rows, planes of several vectors
+    "flat_depthwise_m2": (3, 5, 7, 7, 10, 3, 3, 1, 1, 1, 5),
+    "flat_depthwise_5x5_dilated": (2, 3, 9, 9, 3, 5, 5, 1, "same", 2, 3),
+    "flat_depthwise_taller_output": (2, 4, 5, 6, 4, 3, 3, 1, ((3, 2), (1, 1)), 1, 4),
+    "flat_depthwise_big_planes": (2, 3, 20, 20, 3, 3, 3, 1, 1, 1, 3),
 }
 
 

@@ -158,6 +158,12 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
   return g;
 }
 
+// Bytes of the flat geometry's tables (flat_tables) at the start of the
+// weight gradient's workspace.
+int64_t flat_table_bytes(const ConvShape& s, const Geometry& g) {
+  return round_up(s.kh * s.kw * 8, kAlign) + round_up(s.kh * s.kw * g.f_vecs * 2, kAlign);
+}
+
 template <class T>
 void pack_weight(const ConvShape& s, const Geometry& g, const T* w, T* wp) {
   if (s.layout == Layout::NCHW) {
@@ -658,13 +664,13 @@ void flat_tile(const ConvShape& s, const Geometry& g, const T* const* xs, const 
   }
 }
 
+// The flat geometry's tables: each tap's shift of the flattened plane, and
+// per tap and vector of output pixels the lanes whose tap lies inside the
+// image.
 template <class T>
-void depthwise_nchw_flat(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
-                         char* ws, int nt) {
+void flat_tables(const ConvShape& s, const Geometry& g, int64_t* off, uint16_t* masks) {
   constexpr int N = Vec<T>::N;
-  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, pixels = s.oh * s.ow;
-  int64_t* off = reinterpret_cast<int64_t*>(ws + g.off_foff);
-  uint16_t* masks = reinterpret_cast<uint16_t*>(ws + g.off_fmask);
+  const int64_t pixels = s.oh * s.ow;
   for (int64_t kh = 0; kh < s.kh; ++kh)
     for (int64_t kw = 0; kw < s.kw; ++kw) {
       const int64_t t = kh * s.kw + kw, dr = kh * s.dh - s.pt, dc = kw * s.dw - s.pl;
@@ -678,6 +684,16 @@ void depthwise_nchw_flat(const ConvShape& s, const Geometry& g, const T* x, cons
         masks[t * g.f_vecs + v] = static_cast<uint16_t>(m);
       }
     }
+}
+
+template <class T>
+void depthwise_nchw_flat(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                         char* ws, int nt) {
+  constexpr int N = Vec<T>::N;
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, pixels = s.oh * s.ow;
+  int64_t* off = reinterpret_cast<int64_t*>(ws + g.off_foff);
+  uint16_t* masks = reinterpret_cast<uint16_t*>(ws + g.off_fmask);
+  flat_tables<T>(s, g, off, masks);
   // Work item: two output planes (n, oc) if a plane is at most half a
   // chunk (more independent FMA chains), else one plane in chunks.
   const int64_t out_planes = s.n * s.oc, m = s.oc / s.c;
@@ -896,9 +912,69 @@ int64_t dw_grad_plane_stride(const Geometry& g) {
   return round_up(g.plane_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 }
 
+#if defined(PYCONV_ISA_avx512)
+// Weight gradient on flat planes (the forward's flat geometry):
+// dW[oc, t] = sum over images and output vectors of dY[n, oc] times input
+// plane c = oc / m shifted by tap t, with the forward's lane masks (taps in
+// the padding add nothing).  One vector accumulator per tap for all the
+// images, summed across lanes once per output channel: no padded copy of
+// each plane and no lane sums per plane.  Output channels are the work
+// items, each summed in one fixed order.
+template <class T>
+void grad_weight_flat(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, char* ws, int nt) {
+  using V = Vec<T>;
+  constexpr int N = V::N, TG = 12;  // taps per pass: a 3x3 kernel in one pass over dY
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, pixels = s.oh * s.ow, m = s.oc / s.c;
+  const int64_t vecs = ceil_div(pixels, N);
+  int64_t* off = reinterpret_cast<int64_t*>(ws);
+  uint16_t* masks = reinterpret_cast<uint16_t*>(ws + round_up(taps * 8, kAlign));
+  flat_tables<T>(s, g, off, masks);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t oc = 0; oc < s.oc; ++oc) {
+    const int64_t c = oc / m;
+    for (int64_t t0 = 0; t0 < taps; t0 += TG) {
+      const int tg = static_cast<int>(min64(TG, taps - t0));
+      typename V::R acc[TG];
+#pragma GCC unroll 16
+      for (int i = 0; i < TG; ++i) acc[i] = V::zero();
+      for (int64_t n = 0; n < s.n; ++n) {
+        const uintptr_t xp = reinterpret_cast<uintptr_t>(x + (n * s.c + c) * in_plane);
+        const T* dp = dy + (n * s.oc + oc) * pixels;
+        for (int64_t v = 0; v < vecs; ++v) {
+          const int64_t lanes = pixels - v * N;
+          const typename V::R dv = lanes >= N ? V::load(dp + v * N) : V::load_n(dp + v * N, int(lanes));
+#pragma GCC unroll 16
+          for (int i = 0; i < TG; ++i) {
+            if (i >= tg) break;
+            const int64_t t = t0 + i;
+            // As an integer: before the plane's start it is no pointer
+            // into the array (those lanes are masked, never read).
+            const T* src = reinterpret_cast<const T*>(xp + (v * N + off[t]) * int64_t(sizeof(T)));
+            acc[i] = V::fma(V::load_mask(src, masks[t * g.f_vecs + v]), dv, acc[i]);
+          }
+        }
+      }
+      alignas(64) T lanes_out[N];
+      for (int i = 0; i < tg; ++i) {
+        V::store(lanes_out, acc[i]);
+        T sum = lanes_out[0];
+        for (int l = 1; l < N; ++l) sum += lanes_out[l];
+        dw[oc * taps + t0 + i] = sum;
+      }
+    }
+  }
+}
+#endif
+
 template <class T>
 void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
   const Geometry g = make_geometry<T>(s, 1, true);
+#if defined(PYCONV_ISA_avx512)
+  if (g.flat) {
+    grad_weight_flat(s, g, x, dy, dw, static_cast<char*>(workspace), nt);
+    return;
+  }
+#endif
   char* ws = static_cast<char*>(workspace);
   int64_t* off = reinterpret_cast<int64_t*>(ws);
   tap_offsets(s, g, off);
@@ -925,6 +1001,10 @@ void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, v
 }
 
 int64_t grad_weight_depthwise_workspace(const ConvShape& s, int elem_bytes, int nt) {
+  if (s.layout == Layout::NCHW) {
+    const Geometry g = elem_bytes == 4 ? make_geometry<float>(s, 1, true) : make_geometry<double>(s, 1, true);
+    if (g.flat) return flat_table_bytes(s, g);
+  }
   const int64_t plane = elem_bytes == 4 ? dw_grad_plane_stride<float>(make_geometry<float>(s, 1, true))
                                         : dw_grad_plane_stride<double>(make_geometry<double>(s, 1, true));
   return dw_grad_scratch_offset(s) + nt * plane;
