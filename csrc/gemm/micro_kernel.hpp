@@ -4,6 +4,7 @@
 // namespace, like vec.hpp.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 #include "core/problem.hpp"
 #include "simd/kernel_util.hpp"
@@ -46,24 +47,26 @@ struct Epilogue {
 
 // C[0:mr, 0:nr] (+)= A_panel * B_panel over kc with NB of the kNB vectors
 // of B's columns (NB = 1: an edge panel of at most N columns, half the
-// FMAs of a full tile).
-template <class T, int NB>
+// FMAs of a full tile) and the first MT of the panel's MR rows (mr <= MT:
+// a short edge panel, or a GEMM of few rows, computes only those).
+template <class T, int NB, int MT>
 void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr, int nr,
                 bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int MR = Blocking<T>::MR, NR = Blocking<T>::NR, N = V::N;
+  static_assert(MT <= MR, "rows of one packed panel");
   // The C tile is read (accumulate) and written after the k loop; its rows
   // are ldc apart and usually out of cache, so ask for them now and let the
   // misses overlap with the FMAs instead of stalling the epilogue.
   #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < MT; ++i) {
     __builtin_prefetch(c + i * ldc, 1);
     __builtin_prefetch(c + i * ldc + NR - 1, 1);
   }
-  R acc[MR][NB];
+  R acc[MT][NB];
   #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
+  for (int i = 0; i < MT; ++i)
     #pragma GCC unroll 16
     for (int j = 0; j < NB; ++j) acc[i][j] = V::zero();
   for (int64_t k = 0; k < kc; ++k) {
@@ -71,7 +74,7 @@ void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, 
     #pragma GCC unroll 16
     for (int j = 0; j < NB; ++j) bv[j] = V::load(b + k * NR + j * N);
     #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < MT; ++i) {
       const R av = V::set1(a[k * MR + i]);
       #pragma GCC unroll 16
       for (int j = 0; j < NB; ++j) acc[i][j] = V::fma(av, bv[j], acc[i][j]);
@@ -85,7 +88,7 @@ void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, 
   if (nr == NR) {
     if (!accumulate && (!last || (!e.bias && e.act == Activation::None))) {
       #pragma GCC unroll 16
-      for (int i = 0; i < MR; ++i) {
+      for (int i = 0; i < MT; ++i) {
         if (i >= mr) break;
         #pragma GCC unroll 16
         for (int j = 0; j < NB; ++j) V::store(c + i * ldc + j * N, acc[i][j]);
@@ -93,7 +96,7 @@ void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, 
       return;
     }
     #pragma GCC unroll 16
-    for (int i = 0; i < MR; ++i) {
+    for (int i = 0; i < MT; ++i) {
       if (i >= mr) break;
       const R row_bias = last && e.bias && e.bias_per_row ? V::set1(e.bias[row0 + i]) : V::zero();
       #pragma GCC unroll 16
@@ -114,7 +117,7 @@ void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, 
   // masked vectors: nothing outside the tile is read or written.
   const bool full = nr == NR;
   #pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
+  for (int i = 0; i < MT; ++i) {
     if (i >= mr) break;
     #pragma GCC unroll 16
     for (int j = 0; j < NB; ++j) {
@@ -143,10 +146,20 @@ void micro_tile(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, 
 template <class T>
 inline void micro_kernel(int64_t kc, const T* __restrict a, const T* __restrict b, T* c, int64_t ldc, int mr,
                          int nr, bool accumulate, bool last, const Epilogue<T>& e, int64_t row0, int64_t col0) {
+  constexpr int MR = Blocking<T>::MR, Q = MR / 3;  // 12 rows: 4 and 8; 6: 2 and 4; 4: 1 and 2
+  auto rows = [&](auto nb) {
+    constexpr int NB = decltype(nb)::value;
+    if (mr <= Q)
+      micro_tile<T, NB, Q>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+    else if (mr <= 2 * Q)
+      micro_tile<T, NB, 2 * Q>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+    else
+      micro_tile<T, NB, MR>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+  };
   if (nr <= Vec<T>::N)
-    micro_tile<T, 1>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+    rows(std::integral_constant<int, 1>{});
   else
-    micro_tile<T, kNB>(kc, a, b, c, ldc, mr, nr, accumulate, last, e, row0, col0);
+    rows(std::integral_constant<int, kNB>{});
 }
 
 // Size of the blocks `extent` is cut into: at most `max_block`, a multiple
