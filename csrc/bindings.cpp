@@ -239,6 +239,51 @@ void dw_grad_input_entry(py::array w, py::array gy, py::array gx, const ShapeTup
 }
 
 template <class T>
+void run_transpose_taps(const TapsTranspose& t, const py::array& w, py::array& out) {
+  const py::dtype dt = py::dtype::of<T>();
+  check_buffer(w, "weight", dt, t.groups * t.og * t.cg * t.kh * t.kw, false);
+  check_buffer(out, "out", dt, t.groups * t.og * t.cg * t.nr * t.nc, true);
+  const T* wp = static_cast<const T*>(w.data());
+  T* op = static_cast<T*>(out.mutable_data());
+  const WeightKernels& k = *active_kernels().weights;
+  const int nt = kernel_threads();
+  py::gil_scoped_release release;
+  (sizeof(T) == 4 ? reinterpret_cast<TransposeTapsFn<T>>(k.transpose_taps_f32)
+                  : reinterpret_cast<TransposeTapsFn<T>>(k.transpose_taps_f64))(t, wp, op, nt);
+}
+
+// The transposed problem's weight (see TapsTranspose): w's shape gives the
+// sizes, rows/cols the taps taken (each in range, checked here).
+void transpose_taps_entry(py::array w, py::array out, int layout, int64_t groups, const std::vector<int64_t>& rows,
+                          const std::vector<int64_t>& cols) {
+  if (w.ndim() != 4) throw std::invalid_argument("transpose_taps: weight must be 4-D");
+  if (layout != 0 && layout != 1) throw std::invalid_argument("transpose_taps: bad layout code");
+  TapsTranspose t{};
+  t.layout = layout == 0 ? Layout::NCHW : Layout::NHWC;
+  const int64_t oc = layout == 0 ? w.shape(0) : w.shape(3);
+  t.cg = layout == 0 ? w.shape(1) : w.shape(2);
+  t.kh = layout == 0 ? w.shape(2) : w.shape(0);
+  t.kw = layout == 0 ? w.shape(3) : w.shape(1);
+  if (groups < 1 || oc % groups) throw std::invalid_argument("transpose_taps: bad groups");
+  t.groups = groups;
+  t.og = oc / groups;
+  for (int64_t r : rows)
+    if (r < 0 || r >= t.kh) throw std::invalid_argument("transpose_taps: row tap out of range");
+  for (int64_t c : cols)
+    if (c < 0 || c >= t.kw) throw std::invalid_argument("transpose_taps: column tap out of range");
+  t.nr = static_cast<int64_t>(rows.size());
+  t.nc = static_cast<int64_t>(cols.size());
+  t.rows = rows.data();
+  t.cols = cols.data();
+  if (w.dtype().is(py::dtype::of<float>()))
+    run_transpose_taps<float>(t, w, out);
+  else if (w.dtype().is(py::dtype::of<double>()))
+    run_transpose_taps<double>(t, w, out);
+  else
+    throw py::type_error("transpose_taps: only float32 and float64");
+}
+
+template <class T>
 void run_interleave(const PhaseLayout& p, const py::list& phases, py::array& dx) {
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(dx, "grad_x", dt, p.n * p.c * p.h * p.w, true);
@@ -404,6 +449,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("shape"), py::arg("layout"));
   m.def("depthwise_grad_input", &dw_grad_input_entry, py::arg("weight"), py::arg("grad_out"), py::arg("out"),
         py::arg("shape"));
+  m.def("transpose_taps", &transpose_taps_entry, py::arg("weight"), py::arg("out"), py::arg("layout"),
+        py::arg("groups"), py::arg("rows"), py::arg("cols"));
   m.def("interleave_phases", &interleave_entry, py::arg("grad_x"), py::arg("phases"), py::arg("n"),
         py::arg("c"), py::arg("h"), py::arg("w"), py::arg("sh"), py::arg("sw"), py::arg("layout"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),

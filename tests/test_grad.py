@@ -998,3 +998,55 @@ def test_depthwise_input_gradient_non_finite_weight(isa, rng, stride, multiplier
     np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
     finite = np.isfinite(ref)
     np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-10, atol=1e-10 * max(1, np.abs(ref[finite]).max()))
+
+
+# ==========================================================================
+# the transposed problem's weight, made in C++ for the input-gradient phases
+
+
+def _phase_weight_numpy(w, groups, layout, row_taps, col_taps):
+    if layout == "NCHW":
+        oc, cg, kh, kw = w.shape
+        og = oc // groups
+        wt = w.reshape(groups, og, cg, kh, kw).transpose(0, 2, 1, 3, 4).reshape(groups * cg, og, kh, kw)
+        return wt[:, :, list(row_taps)][:, :, :, list(col_taps)]
+    kh, kw, cg, oc = w.shape
+    og = oc // groups
+    wt = w.reshape(kh, kw, cg, groups, og).transpose(0, 1, 4, 3, 2).reshape(kh, kw, og, groups * cg)
+    return wt[list(row_taps)][:, list(col_taps)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("oc, cg, kh, kw, groups, row_taps, col_taps", [
+    (8, 5, 3, 3, 1, (2, 1, 0), (2, 1, 0)),        # stride 1: every tap, flipped
+    (6, 4, 3, 3, 2, (2, 0), (1,)),                # a stride-2 phase, grouped
+    (3, 7, 1, 1, 1, (0,), (0,)),                  # 1x1: one tap, stores overlap 15 kernels ahead
+    (1, 3, 1, 1, 1, (0,), (0,)),                  # one kernel per row: only the masked store
+    (17, 2, 4, 4, 1, (3, 1), (2, 0)),             # 16 taps loaded, 4 kept
+    (4, 3, 5, 5, 1, (4, 3, 2, 1, 0), (4, 2, 0)),  # 25 taps: more than a vector
+    (10, 3, 7, 7, 5, (6, 4, 2, 0), (5, 3, 1)),
+])
+def test_phase_weight_matches_numpy(isa, rng, layout, dtype, oc, cg, kh, kw, groups, row_taps, col_taps):
+    from pyconv._grad import _phase_weight
+
+    w = rand(rng, weight_shape(layout, cg * groups, oc, kh, kw, groups), dtype)
+    got = _phase_weight(w, groups, layout, row_taps, col_taps)
+    expected = _phase_weight_numpy(w, groups, layout, row_taps, col_taps)
+    assert got.flags.c_contiguous and got.dtype == w.dtype
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_transpose_taps_rejects_bad_taps():
+    from pyconv import _core
+
+    w = np.ones((4, 2, 3, 3), np.float32)
+    out = np.empty((2, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="row tap out of range"):
+        _core.transpose_taps(w, out, 0, 1, [3], [0])
+    with pytest.raises(ValueError, match="column tap out of range"):
+        _core.transpose_taps(w, out, 0, 1, [0], [-1])
+    with pytest.raises(ValueError, match="wrong size"):
+        _core.transpose_taps(w, np.empty((2, 4, 2, 1), np.float32), 0, 1, [0], [0])
+    with pytest.raises(ValueError, match="groups"):
+        _core.transpose_taps(w, out, 0, 3, [0], [0])

@@ -88,6 +88,26 @@ struct GradInputKernels {
   GradInputFn<double> run_f64;
 };
 
+// The weight of a convolution's transposed problem (the input gradient's
+// phases): input and output channels swapped within each group, kernel
+// taps picked by index lists.  NCHW (OIHW): out (groups*cg, og, nr, nc)
+// from w (groups*og, cg, kh, kw); NHWC (HWIO): out (nr, nc, og, groups*cg)
+// from w (kh, kw, cg, groups*og); out[.., a, b, ..] = w[.., rows[a], cols[b], ..].
+struct TapsTranspose {
+  Layout layout;
+  int64_t groups, og, cg, kh, kw, nr, nc;
+  const int64_t* rows;
+  const int64_t* cols;
+};
+
+template <class T>
+using TransposeTapsFn = void (*)(const TapsTranspose& t, const T* w, T* out, int nthreads);
+
+struct WeightKernels {
+  TransposeTapsFn<float> transpose_taps_f32;
+  TransposeTapsFn<double> transpose_taps_f64;
+};
+
 struct IsaKernels {
   const char* name;
   const AlgoKernels* direct;
@@ -98,6 +118,7 @@ struct IsaKernels {
   const GradWeightKernels* grad_weight;            // any convolution (packed GEMM)
   const GradWeightKernels* depthwise_grad_weight;  // groups == C_in, NCHW
   const GradInputKernels* depthwise_grad_input;    // groups == C_in, NCHW
+  const WeightKernels* weights;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
 };
@@ -122,7 +143,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
 }  // namespace pyconv

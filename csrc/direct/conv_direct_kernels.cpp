@@ -442,8 +442,10 @@ const AlgoKernels kDirect = {
     &conv_direct<float>,     &conv_direct<double>,
 };
 
-const IsaKernels kKernels = {PYCONV_ISA_NAME, &kDirect, &kGemm, &kDepthwise, &kPool, &kSeparable, &kGradWeight,
-                             &kDepthwiseGradWeight, &kDepthwiseGradInput, &peak_flops};
+const IsaKernels kKernels = {PYCONV_ISA_NAME,        &kDirect,    &kGemm,
+                             &kDepthwise,            &kPool,      &kSeparable,
+                             &kGradWeight,           &kDepthwiseGradWeight, &kDepthwiseGradInput,
+                             &kWeights,              &peak_flops};
 
 }  // namespace PYCONV_ISA_NS
 }  // namespace pyconv
