@@ -1050,3 +1050,23 @@ def test_transpose_taps_rejects_bad_taps():
         _core.transpose_taps(w, np.empty((2, 4, 2, 1), np.float32), 0, 1, [0], [0])
     with pytest.raises(ValueError, match="groups"):
         _core.transpose_taps(w, out, 0, 3, [0], [0])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c, oc, n, h, w", [
+    (1, 5, 1, 3, 3), (2, 8, 3, 7, 9), (3, 32, 2, 20, 20), (4, 13, 2, 5, 33), (3, 17, 1, 1, 1),
+])
+def test_thin_pointwise_weight_gradient(isa, rng, dtype, c, oc, n, h, w):
+    """1x1 NCHW layers with at most 4 input channels: dot products of whole
+    planes (pixels in the lanes, a masked tail), against the reference, and
+    bitwise the same for 1 and 2 threads."""
+    x = rand(rng, (n, c, h, w), dtype)
+    gy = rand(rng, (n, oc, h, w), dtype)
+    gw = pyconv.conv2d_grad_weight(x, gy, (oc, c, 1, 1))
+    assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), (oc, c, 1, 1)), dtype)
+    with pyconv.num_threads(1):
+        one = pyconv.conv2d_grad_weight(x, gy, (oc, c, 1, 1))
+    np.testing.assert_array_equal(gw, one)
+    # unbatched input: the same sums
+    gw3 = pyconv.conv2d_grad_weight(x[0], gy[0], (oc, c, 1, 1))
+    assert_close(gw3, ref.conv2d_grad_weight(f64(x[:1]), f64(gy[:1]), (oc, c, 1, 1)), dtype)

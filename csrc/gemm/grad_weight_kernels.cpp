@@ -235,8 +235,81 @@ void pack_b_nhwc(const ConvShape& s, const T* dyg, int64_t r0, int64_t nr, int64
 
 // ---- the driver ----------------------------------------------------------------
 
+// 1x1, stride 1, unpadded NCHW layers with at most kThinInputs input
+// channels (an RGB image's first 1x1 layer): dW is OC x C dot products of
+// whole planes, and the GEMM would spend a 16- or 32-wide tile on 3
+// columns.  Here pixels are the vector lanes: kThinRows output channels x
+// C accumulators, each x vector loaded once per row block and each dY
+// vector once, lanes summed once at the end.  Row blocks are the work
+// items, each summed over images and pixels in one fixed order.
+constexpr int64_t kThinInputs = 4;
+constexpr int kThinRows = 8;
+
+inline bool thin_pointwise(const ConvShape& s) {
+  return s.layout == Layout::NCHW && s.groups == 1 && s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 &&
+         s.pt == 0 && s.pb == 0 && s.pl == 0 && s.pr == 0 && s.c >= 1 && s.c <= kThinInputs;
+}
+
+template <class T, int C>
+void thin_rows(const ConvShape& s, const T* x, const T* dy, T* dw, int64_t oc0, int rows) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+  const int64_t P = s.h * s.w, full = P / N * N;
+  typename V::R acc[kThinRows][C];
+#pragma GCC unroll 8
+  for (int r = 0; r < kThinRows; ++r)
+#pragma GCC unroll 4
+    for (int k = 0; k < C; ++k) acc[r][k] = V::zero();
+  for (int64_t n = 0; n < s.n; ++n) {
+    const T* xn = x + n * C * P;
+    const T* dn = dy + (n * s.oc + oc0) * P;
+    auto step = [&](int64_t p, int lanes) {
+      typename V::R xv[C];
+#pragma GCC unroll 4
+      for (int k = 0; k < C; ++k) xv[k] = lanes == N ? V::load(xn + k * P + p) : V::load_n(xn + k * P + p, lanes);
+#pragma GCC unroll 8
+      for (int r = 0; r < kThinRows; ++r) {
+        if (r >= rows) break;
+        const typename V::R d = lanes == N ? V::load(dn + r * P + p) : V::load_n(dn + r * P + p, lanes);
+#pragma GCC unroll 4
+        for (int k = 0; k < C; ++k) acc[r][k] = V::fma(d, xv[k], acc[r][k]);
+      }
+    };
+    for (int64_t p = 0; p < full; p += N) step(p, N);
+    if (full < P) step(full, static_cast<int>(P - full));
+  }
+  alignas(64) T lanes_out[N];
+  for (int r = 0; r < rows; ++r)
+    for (int k = 0; k < C; ++k) {
+      V::store(lanes_out, acc[r][k]);
+      T sum = lanes_out[0];
+      for (int l = 1; l < N; ++l) sum += lanes_out[l];
+      dw[(oc0 + r) * C + k] = sum;
+    }
+}
+
+template <class T>
+void grad_weight_thin(const ConvShape& s, const T* x, const T* dy, T* dw, int nt) {
+  const int64_t blocks = ceil_div(s.oc, kThinRows);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t b = 0; b < blocks; ++b) {
+    const int64_t oc0 = b * kThinRows;
+    const int rows = static_cast<int>(min64(kThinRows, s.oc - oc0));
+    switch (s.c) {
+      case 1: thin_rows<T, 1>(s, x, dy, dw, oc0, rows); break;
+      case 2: thin_rows<T, 2>(s, x, dy, dw, oc0, rows); break;
+      case 3: thin_rows<T, 3>(s, x, dy, dw, oc0, rows); break;
+      default: thin_rows<T, 4>(s, x, dy, dw, oc0, rows); break;
+    }
+  }
+}
+
 template <class T>
 void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
+  if (thin_pointwise(s)) {
+    grad_weight_thin(s, x, dy, dw, nt);
+    return;
+  }
   using Bk = Blocking<T>;
   const GwPlan g = make_plan<T>(s, nt);
   char* ws = static_cast<char*>(workspace);
@@ -292,6 +365,7 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
 }
 
 int64_t grad_weight_workspace(const ConvShape& s, int elem_bytes, int nt) {
+  if (thin_pointwise(s)) return 0;
   return elem_bytes == 4 ? make_plan<float>(s, nt).total : make_plan<double>(s, nt).total;
 }
 
