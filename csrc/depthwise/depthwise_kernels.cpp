@@ -586,14 +586,24 @@ template <class T>
 void gather_tile(const ConvShape& s, const Geometry& g, const T* xc, int64_t rem, int64_t p_lo, int64_t p_hi,
                  int64_t ih_base, T* xt) {
   const int64_t in_plane = s.h * s.w, cw = g.t_cw;
-  auto tile_pixel = [&](int64_t p) { return xt + ((p / s.w - ih_base) * g.t_wp + p % s.w + s.pl) * cw; };
+  // The tile pixel of input pixel p, walked with running (row, column)
+  // counters: a division per pixel was a tenth of a stride-2 layer's time.
+  int64_t row = p_lo / s.w, col = p_lo % s.w;
+  auto next_pixel = [&]() {
+    T* d = xt + ((row - ih_base) * g.t_wp + col + s.pl) * cw;
+    if (++col == s.w) {
+      col = 0;
+      ++row;
+    }
+    return d;
+  };
 #if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
   constexpr int64_t B = 32 / sizeof(T);
   const int64_t full = rem / B * B;
   for (int64_t p = p_lo; p < p_hi; p += B) {
     const int64_t nc = min64(B, p_hi - p);
     T* d[B];
-    for (int64_t j = 0; j < nc; ++j) d[j] = tile_pixel(p + j);
+    for (int64_t j = 0; j < nc; ++j) d[j] = next_pixel();
     const T* src = xc + p;
     for (int64_t k = 0; k < full; k += B)
       transpose_block_with(src + k * in_plane, in_plane, nc,
@@ -603,7 +613,7 @@ void gather_tile(const ConvShape& s, const Geometry& g, const T* xc, int64_t rem
   }
 #else
   for (int64_t p = p_lo; p < p_hi; ++p) {
-    T* d = tile_pixel(p);
+    T* d = next_pixel();
     for (int64_t k = 0; k < rem; ++k) d[k] = xc[k * in_plane + p];
   }
 #endif
