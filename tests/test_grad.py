@@ -308,6 +308,12 @@ EDGE_CASES = {
     "flat_depthwise_5x5_dilated": (2, 3, 9, 9, 3, 5, 5, 1, "same", 2, 3),
     "flat_depthwise_taller_output": (2, 4, 5, 6, 4, 3, 3, 1, ((3, 2), (1, 1)), 1, 4),
     "flat_depthwise_big_planes": (2, 3, 20, 20, 3, 3, 3, 1, 1, 1, 3),
+    # depthwise through channel-blocked tiles (stride 2, or rows <= 32 and
+    # at least one vector of channels): a full and a partial block with a
+    # multiplier, tall planes in several bands, 25 taps (passes of 12)
+    "blocked_depthwise_s2_m2": (2, 20, 13, 14, 40, 3, 3, 2, 1, 1, 20),
+    "blocked_depthwise_tall_bands": (1, 33, 300, 12, 33, 3, 3, (1, 2), 1, 1, 33),
+    "blocked_depthwise_5x5_dilated": (2, 17, 20, 20, 17, 5, 5, 2, "same", 2, 17),
 }
 
 

@@ -976,6 +976,93 @@ void grad_weight_flat(const ConvShape& s, const Geometry& g, const T* x, const T
 }
 #endif
 
+// Weight gradient through channel-blocked NHWC tiles, for the shapes the
+// forward sends there (Geometry::via_nhwc): one vector of channels per
+// block.  For each image and band of output rows, the padded input band is
+// gathered into a pixel-major tile (gather_tile) and the band of each
+// multiplier slot's dY transposed beside it; every output pixel then adds
+// dY * x under each tap into one vector per tap, channels in the lanes, so
+// no lane sums at all (the plane-wise path sums lanes per plane and tap).
+// Blocks are the work items, summing images and bands in one fixed order.
+struct GwTile {
+  int64_t rows, in_rows, in_elems, dy_elems, stride_bytes;
+};
+
+template <class T>
+GwTile gw_tile(const ConvShape& s, const Geometry& g) {
+  constexpr int64_t V = Vec<T>::N, e = sizeof(T);
+  GwTile t{};
+  const int64_t reach = (s.kh - 1) * s.dh + 1, in_row = g.t_wp * V * e, out_row = s.ow * V * e;
+  t.rows = s.oh;
+  while (t.rows > 1 && ((t.rows - 1) * s.sh + reach) * in_row + t.rows * out_row > kBlockedScratchBytes / 2) --t.rows;
+  t.in_rows = (t.rows - 1) * s.sh + reach;
+  t.in_elems = t.in_rows * g.t_wp * V;
+  t.dy_elems = t.rows * s.ow * V;
+  t.stride_bytes = round_up((t.in_elems + t.dy_elems) * e, kAlign);
+  return t;
+}
+
+template <class T>
+void grad_weight_blocked(const ConvShape& s, const Geometry& g0, const T* x, const T* dy, T* dw, char* ws, int nt) {
+  using V = Vec<T>;
+  constexpr int N = V::N, TG = 12;
+  Geometry g = g0;
+  g.t_cw = N;  // gather_tile's block width
+  const GwTile t = gw_tile<T>(s, g);
+  const int64_t taps = s.kh * s.kw, in_plane = s.h * s.w, out_plane = s.oh * s.ow, m = s.oc / s.c;
+  const int64_t blocks = ceil_div(s.c, N), bands = ceil_div(s.oh, t.rows), row_elems = g.t_wp * N;
+#pragma omp parallel num_threads(nt)
+  {
+    T* xt = reinterpret_cast<T*>(ws + thread_index() * t.stride_bytes);
+    T* dt = xt + t.in_elems;
+    for (int64_t i = 0; i < t.in_elems; ++i) xt[i] = T(0);  // pad columns stay zero
+    alignas(64) T acc_mem[TG * N];
+#pragma omp for schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * N, rem = min64(N, s.c - c0);
+      for (int64_t j = 0; j < m; ++j)
+        for (int64_t t0 = 0; t0 < taps; t0 += TG) {
+          const int tg = static_cast<int>(min64(TG, taps - t0));
+          typename V::R acc[TG];
+#pragma GCC unroll 16
+          for (int i = 0; i < TG; ++i) acc[i] = V::zero();
+          for (int64_t n = 0; n < s.n; ++n)
+            for (int64_t band = 0; band < bands; ++band) {
+              const int64_t oh0 = band * t.rows, oh1 = min64(s.oh, oh0 + t.rows);
+              const int64_t r0 = oh0 * s.sh, in_rows = (oh1 - 1 - oh0) * s.sh + (s.kh - 1) * s.dh + 1;
+              const int64_t ih_lo = max64(0, r0 - s.pt), ih_hi = min64(s.h, r0 - s.pt + in_rows);
+              for (int64_t i = 0; i < in_rows; ++i) {
+                const int64_t ih = r0 + i - s.pt;
+                if (ih < ih_lo || ih >= ih_hi)
+                  for (int64_t k = 0; k < row_elems; ++k) xt[i * row_elems + k] = T(0);
+              }
+              // Lanes rem..N of a last, partial block: zero dY, so they add nothing.
+              if (rem < N)
+                for (int64_t k = 0; k < t.dy_elems; ++k) dt[k] = T(0);
+              const T* xc = x + (n * s.c + c0) * in_plane;
+              if (ih_hi > ih_lo) gather_tile(s, g, xc, rem, ih_lo * s.w, ih_hi * s.w, r0 - s.pt, xt);
+              const int64_t pixels = (oh1 - oh0) * s.ow;
+              transpose_copy(dy + (n * s.oc + c0 * m + j) * out_plane + oh0 * s.ow, m * out_plane, dt, N, rem, pixels);
+              for (int64_t oh = 0; oh < oh1 - oh0; ++oh)
+                for (int64_t ow = 0; ow < s.ow; ++ow) {
+                  const typename V::R d = V::load(dt + (oh * s.ow + ow) * N);
+                  const T* base = xt + ((oh * s.sh) * g.t_wp + ow * s.sw) * N;
+#pragma GCC unroll 16
+                  for (int i = 0; i < TG; ++i) {
+                    if (i >= tg) break;
+                    const int64_t tap = t0 + i, kh = tap / s.kw, kw = tap % s.kw;
+                    acc[i] = V::fma(d, V::load(base + (kh * s.dh * g.t_wp + kw * s.dw) * N), acc[i]);
+                  }
+                }
+            }
+          for (int i = 0; i < tg; ++i) V::store(acc_mem + i * N, acc[i]);
+          for (int64_t l = 0; l < rem; ++l)
+            for (int i = 0; i < tg; ++i) dw[((c0 + l) * m + j) * taps + t0 + i] = acc_mem[i * N + l];
+        }
+    }
+  }
+}
+
 template <class T>
 void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
   const Geometry g = make_geometry<T>(s, 1, true);
@@ -985,6 +1072,10 @@ void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, v
     return;
   }
 #endif
+  if (g.via_nhwc) {
+    grad_weight_blocked(s, g, x, dy, dw, static_cast<char*>(workspace), nt);
+    return;
+  }
   char* ws = static_cast<char*>(workspace);
   int64_t* off = reinterpret_cast<int64_t*>(ws);
   tap_offsets(s, g, off);
@@ -1014,6 +1105,7 @@ int64_t grad_weight_depthwise_workspace(const ConvShape& s, int elem_bytes, int 
   if (s.layout == Layout::NCHW) {
     const Geometry g = elem_bytes == 4 ? make_geometry<float>(s, 1, true) : make_geometry<double>(s, 1, true);
     if (g.flat) return flat_table_bytes(s, g);
+    if (g.via_nhwc) return nt * (elem_bytes == 4 ? gw_tile<float>(s, g).stride_bytes : gw_tile<double>(s, g).stride_bytes);
   }
   const int64_t plane = elem_bytes == 4 ? dw_grad_plane_stride<float>(make_geometry<float>(s, 1, true))
                                         : dw_grad_plane_stride<double>(make_geometry<double>(s, 1, true));
