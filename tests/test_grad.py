@@ -1043,21 +1043,6 @@ def test_phase_weight_matches_numpy(isa, rng, layout, dtype, oc, cg, kh, kw, gro
     np.testing.assert_array_equal(got, expected)
 
 
-def test_transpose_taps_rejects_bad_taps():
-    from pyconv import _core
-
-    w = np.ones((4, 2, 3, 3), np.float32)
-    out = np.empty((2, 4, 1, 1), np.float32)
-    with pytest.raises(ValueError, match="row tap out of range"):
-        _core.transpose_taps(w, out, 0, 1, [3], [0])
-    with pytest.raises(ValueError, match="column tap out of range"):
-        _core.transpose_taps(w, out, 0, 1, [0], [-1])
-    with pytest.raises(ValueError, match="wrong size"):
-        _core.transpose_taps(w, np.empty((2, 4, 2, 1), np.float32), 0, 1, [0], [0])
-    with pytest.raises(ValueError, match="groups"):
-        _core.transpose_taps(w, out, 0, 3, [0], [0])
-
-
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("c, oc, n, h, w", [
     (1, 5, 1, 3, 3), (2, 8, 3, 7, 9), (3, 32, 2, 20, 20), (4, 13, 2, 5, 33), (3, 17, 1, 1, 1),

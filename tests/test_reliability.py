@@ -1972,5 +1972,23 @@ def _child_main(argv: List[str]) -> int:
     return 2
 
 
+def test_transpose_taps_rejects_bad_taps():
+    """The C++ guards of the grad-input weight transposition (private: the
+    Python layer passes only valid taps; here because a C++ throw aborts
+    under the sanitizers once torch is loaded, see .ci/sanitize)."""
+    from pyconv import _core
+
+    w = np.ones((4, 2, 3, 3), np.float32)
+    out = np.empty((2, 4, 1, 1), np.float32)
+    with pytest.raises(ValueError, match="row tap out of range"):
+        _core.transpose_taps(w, out, 0, 1, [3], [0])
+    with pytest.raises(ValueError, match="column tap out of range"):
+        _core.transpose_taps(w, out, 0, 1, [0], [-1])
+    with pytest.raises(ValueError, match="wrong size"):
+        _core.transpose_taps(w, np.empty((2, 4, 2, 1), np.float32), 0, 1, [0], [0])
+    with pytest.raises(ValueError, match="groups"):
+        _core.transpose_taps(w, out, 0, 3, [0], [0])
+
+
 if __name__ == "__main__":
     sys.exit(_child_main(sys.argv[1:]))
