@@ -898,13 +898,7 @@ void tap_dots(const ConvShape& s, const Geometry& g, const T* scratch, const int
       for (int i = 0; i < TG; ++i) acc[i] = V::fma(dv, V::load_n(row + off[i] + full, rest), acc[i]);
     }
   }
-  alignas(64) T lanes[N];
-  for (int i = 0; i < TG; ++i) {
-    V::store(lanes, acc[i]);
-    T sum = lanes[0];
-    for (int l = 1; l < N; ++l) sum += lanes[l];
-    out[i] = sum;
-  }
+  for (int i = 0; i < TG; ++i) out[i] = sum_lanes<T>(acc[i]);
 }
 
 template <class T>
@@ -967,13 +961,7 @@ void grad_weight_flat(const ConvShape& s, const Geometry& g, const T* x, const T
           }
         }
       }
-      alignas(64) T lanes_out[N];
-      for (int i = 0; i < tg; ++i) {
-        V::store(lanes_out, acc[i]);
-        T sum = lanes_out[0];
-        for (int l = 1; l < N; ++l) sum += lanes_out[l];
-        dw[oc * taps + t0 + i] = sum;
-      }
+      for (int i = 0; i < tg; ++i) dw[oc * taps + t0 + i] = sum_lanes<T>(acc[i]);
     }
   }
 }

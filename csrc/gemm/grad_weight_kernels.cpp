@@ -278,14 +278,8 @@ void thin_rows(const ConvShape& s, const T* x, const T* dy, T* dw, int64_t oc0, 
     for (int64_t p = 0; p < full; p += N) step(p, N);
     if (full < P) step(full, static_cast<int>(P - full));
   }
-  alignas(64) T lanes_out[N];
   for (int r = 0; r < rows; ++r)
-    for (int k = 0; k < C; ++k) {
-      V::store(lanes_out, acc[r][k]);
-      T sum = lanes_out[0];
-      for (int l = 1; l < N; ++l) sum += lanes_out[l];
-      dw[(oc0 + r) * C + k] = sum;
-    }
+    for (int k = 0; k < C; ++k) dw[(oc0 + r) * C + k] = sum_lanes<T>(acc[r][k]);
 }
 
 template <class T>

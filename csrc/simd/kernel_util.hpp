@@ -137,6 +137,17 @@ inline int thread_count() {
 #endif
 }
 
+// The lanes of v summed in lane order, lane 0 first (the rounding of a
+// scalar loop over them, so a result does not depend on how it is called).
+template <class T>
+inline T sum_lanes(typename Vec<T>::R v) {
+  alignas(64) T lanes[Vec<T>::N];
+  Vec<T>::store(lanes, v);
+  T sum = lanes[0];
+  for (int l = 1; l < Vec<T>::N; ++l) sum += lanes[l];
+  return sum;
+}
+
 // The fused activation on a vector (NaN stays NaN: see vec.hpp).
 template <class T>
 inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
