@@ -213,10 +213,11 @@ void grad_weight_entry(py::array x, py::array gy, py::array gw, const ShapeTuple
 }
 
 template <class T>
-void run_dw_grad_input(const ConvShape& s, const py::array& w, const py::array& gy, py::array& gx) {
+void run_grad_input(const ConvShape& s, const py::array& w, const py::array& gy, py::array& gx,
+                    GradInputAlgo algo) {
   validate_conv(s);  // before any size is trusted
   const py::dtype dt = py::dtype::of<T>();
-  check_buffer(w, "weight", dt, s.oc * s.kh * s.kw, false);
+  check_buffer(w, "weight", dt, s.oc * (s.c / s.groups) * s.kh * s.kw, false);
   check_buffer(gy, "grad_out", dt, s.n * s.oc * s.oh * s.ow, false);
   check_buffer(gx, "out", dt, s.n * s.c * s.h * s.w, true);
   const T* wp = static_cast<const T*>(w.data());
@@ -225,15 +226,23 @@ void run_dw_grad_input(const ConvShape& s, const py::array& w, const py::array& 
   const IsaKernels& k = active_kernels();
   const int nt = kernel_threads();
   py::gil_scoped_release release;
-  depthwise_grad_input<T>(k, s, wp, gyp, gxp, nt);
+  conv2d_grad_input<T>(k, s, wp, gyp, gxp, algo, nt);
 }
 
-void dw_grad_input_entry(py::array w, py::array gy, py::array gx, const ShapeTuple& shape) {
-  const ConvShape s = make_shape(shape, 0, 0, false);
+void grad_input_entry(py::array w, py::array gy, py::array gx, const ShapeTuple& shape, int layout,
+                      const std::string& algo) {
+  const ConvShape s = make_shape(shape, layout, 0, false);
+  GradInputAlgo a;
+  if (algo == "depthwise")
+    a = GradInputAlgo::Depthwise;
+  else if (algo == "col2im")
+    a = GradInputAlgo::Col2im;
+  else
+    throw py::value_error("conv2d_grad_input: algo must be 'depthwise' or 'col2im', got '" + algo + "'");
   if (w.dtype().is(py::dtype::of<float>()))
-    run_dw_grad_input<float>(s, w, gy, gx);
+    run_grad_input<float>(s, w, gy, gx, a);
   else if (w.dtype().is(py::dtype::of<double>()))
-    run_dw_grad_input<double>(s, w, gy, gx);
+    run_grad_input<double>(s, w, gy, gx, a);
   else
     throw py::type_error("conv2d_grad_input: only float32 and float64 are computed natively");
 }
@@ -447,8 +456,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("layout"), py::arg("activation"));
   m.def("conv2d_grad_weight", &grad_weight_entry, py::arg("x"), py::arg("grad_out"), py::arg("out"),
         py::arg("shape"), py::arg("layout"));
-  m.def("depthwise_grad_input", &dw_grad_input_entry, py::arg("weight"), py::arg("grad_out"), py::arg("out"),
-        py::arg("shape"));
+  m.def("conv2d_grad_input", &grad_input_entry, py::arg("weight"), py::arg("grad_out"), py::arg("out"),
+        py::arg("shape"), py::arg("layout"), py::arg("algo"));
   m.def("transpose_taps", &transpose_taps_entry, py::arg("weight"), py::arg("out"), py::arg("layout"),
         py::arg("groups"), py::arg("rows"), py::arg("cols"));
   m.def("interleave_phases", &interleave_entry, py::arg("grad_x"), py::arg("phases"), py::arg("n"),

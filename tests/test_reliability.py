@@ -1990,5 +1990,30 @@ def test_transpose_taps_rejects_bad_taps():
         _core.transpose_taps(w, out, 0, 3, [0], [0])
 
 
+
+def test_native_grad_input_rejects_layers_it_cannot_serve():
+    """The C++ guards of the native input gradients (private: the Python
+    layer routes only layers they serve)."""
+    from pyconv import _core
+    from pyconv._normalize import conv_geometry
+
+    w = np.ones((8, 2, 3, 3), np.float32)
+    gy = np.ones((1, 8, 5, 5), np.float32)
+    out = np.empty((1, 4, 5, 5), np.float32)
+    grouped = conv_geometry("t", out.shape, w.shape, 1, 1, 1, 2, "NCHW").core_tuple()
+    with pytest.raises(ValueError, match="groups == 1 only"):
+        _core.conv2d_grad_input(w, gy, out, grouped, 0, "col2im")
+    with pytest.raises(ValueError, match="NCHW groups == C_in only"):
+        _core.conv2d_grad_input(w, gy, out, grouped, 0, "depthwise")
+    with pytest.raises(ValueError, match="algo must be"):
+        _core.conv2d_grad_input(w, gy, out, grouped, 0, "phases")
+    with pytest.raises(ValueError, match="weight"):
+        plain = conv_geometry("t", out.shape, (8, 4, 3, 3), 1, 1, 1, 1, "NCHW").core_tuple()
+        _core.conv2d_grad_input(w, gy, out, plain, 0, "col2im")
+    depthwise = conv_geometry("t", (1, 5, 5, 4), (3, 3, 1, 4), 1, 1, 1, 4, "NHWC").core_tuple()
+    with pytest.raises(ValueError, match="NCHW groups == C_in only"):
+        _core.conv2d_grad_input(np.ones((3, 3, 1, 4), np.float32), np.ones((1, 5, 5, 4), np.float32),
+                                np.empty((1, 5, 5, 4), np.float32), depthwise, 1, "depthwise")
+
 if __name__ == "__main__":
     sys.exit(_child_main(sys.argv[1:]))

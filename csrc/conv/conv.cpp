@@ -174,14 +174,17 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
 }
 
 template <class T>
-void depthwise_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
-                          int nthreads) {
+void conv2d_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
+                       GradInputAlgo algo, int nthreads) {
   validate(s);
-  require(s.groups == s.c && s.layout == Layout::NCHW, "the depthwise input gradient serves NCHW depthwise only");
+  if (algo == GradInputAlgo::Depthwise)
+    require(s.groups == s.c && s.layout == Layout::NCHW, "the depthwise input gradient serves NCHW groups == C_in only");
+  else
+    require(s.groups == 1, "the col2im input gradient serves groups == 1 only");
   const int nt = useful_threads(s, nthreads);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
-  const GradInputKernels& gk = *k.depthwise_grad_input;
+  const GradInputKernels& gk = algo == GradInputAlgo::Depthwise ? *k.depthwise_grad_input : *k.col2im_grad_input;
   void* ws = acquire_workspace(cache, oneoff, gk.workspace_bytes(s, sizeof(T), nt));
   if constexpr (sizeof(T) == 4)
     gk.run_f32(s, w, grad_y, grad_x, ws, nt);
@@ -196,7 +199,8 @@ void depthwise_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, c
   template void separable_conv2d<T>(const IsaKernels&, const ConvShape&, const ConvShape&, const T*,  \
                                     const T*, const T*, const T*, T*, int);                  \
   template void conv2d_grad_weight<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int); \
-  template void depthwise_grad_input<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*, int);
+  template void conv2d_grad_input<T>(const IsaKernels&, const ConvShape&, const T*, const T*, T*,       \
+                                     GradInputAlgo, int);
 PYCONV_INSTANTIATE(float)
 PYCONV_INSTANTIATE(double)
 #undef PYCONV_INSTANTIATE

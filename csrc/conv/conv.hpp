@@ -49,10 +49,14 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
                         int nthreads);
 void validate_conv(const ConvShape& s);
 
-// Input gradient of an NCHW depthwise convolution (groups == C_in).
+// Input gradient of a convolution by a native kernel: Depthwise (NCHW,
+// groups == C_in) or Col2im (groups == 1, either layout: one GEMM and a
+// col2im, for few input channels); std::invalid_argument for a layer the
+// kernel cannot serve.
+enum class GradInputAlgo : int { Depthwise = 0, Col2im = 1 };
 template <class T>
-void depthwise_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
-                          int nthreads);
+void conv2d_grad_input(const IsaKernels& k, const ConvShape& s, const T* w, const T* grad_y, T* grad_x,
+                       GradInputAlgo algo, int nthreads);
 
 // An input-gradient grid split into stride phases (csrc/conv/phases.cpp):
 // phase (a, b), a < min(sh, h), b < min(sw, w), holds positions a + sh*u,

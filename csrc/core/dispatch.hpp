@@ -76,8 +76,9 @@ struct GradWeightKernels {
   GradWeightFn<double> run_f64;
 };
 
-// Input gradient of an NCHW depthwise convolution (csrc/depthwise): grad_x
-// written whole from the weight (plain OIHW) and grad_y.
+// Input gradient of a convolution: grad_x written whole from the weight
+// (plain, in s.layout) and grad_y.  NCHW depthwise layers (csrc/depthwise),
+// and GEMM + col2im for groups == 1 (csrc/gemm/grad_input_kernels.cpp).
 template <class T>
 using GradInputFn = void (*)(const ConvShape& s, const T* w, const T* grad_y, T* grad_x, void* workspace,
                              int nthreads);
@@ -118,6 +119,7 @@ struct IsaKernels {
   const GradWeightKernels* grad_weight;            // any convolution (packed GEMM)
   const GradWeightKernels* depthwise_grad_weight;  // groups == C_in, NCHW
   const GradInputKernels* depthwise_grad_input;    // groups == C_in, NCHW
+  const GradInputKernels* col2im_grad_input;       // groups == 1
   const WeightKernels* weights;
   // FLOP/s of `iters` rounds of independent FMAs on the calling thread.
   double (*peak_flops)(int elem_bytes, int64_t iters);
@@ -143,7 +145,7 @@ Isa best_isa();
 
 // Defined by each ISA's object library.
 namespace pyconv {
-namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
-namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
-namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
+namespace generic { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput, kCol2imGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
+namespace avx2 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput, kCol2imGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
+namespace avx512 { extern const IsaKernels kKernels; extern const AlgoKernels kDirect, kGemm, kDepthwise; extern const PoolKernels kPool; extern const SeparableKernels kSeparable; extern const GradWeightKernels kGradWeight, kDepthwiseGradWeight; extern const GradInputKernels kDepthwiseGradInput, kCol2imGradInput; extern const WeightKernels kWeights; double peak_flops(int, int64_t); }
 }  // namespace pyconv

@@ -444,7 +444,7 @@ const AlgoKernels kDirect = {
 
 const IsaKernels kKernels = {PYCONV_ISA_NAME,        &kDirect,    &kGemm,
                              &kDepthwise,            &kPool,      &kSeparable,
-                             &kGradWeight,           &kDepthwiseGradWeight, &kDepthwiseGradInput,
+                             &kGradWeight,           &kDepthwiseGradWeight, &kDepthwiseGradInput, &kCol2imGradInput,
                              &kWeights,              &peak_flops};
 
 }  // namespace PYCONV_ISA_NS

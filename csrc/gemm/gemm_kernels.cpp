@@ -244,10 +244,42 @@ void pack_im2col_nhwc(const ConvShape& s, const Geometry& g, const T* x, int64_t
 // conv_gemm_nchw).
 constexpr int64_t kShortK = 16;
 
+// Columns [p0, p0 + nc) of image n, group grp of the NCHW GEMM (nc <= g.block),
+// into c (row = output channel of the group, rows ldc apart), on the
+// calling thread; bp is its packing buffer (g.pack_elems).
+template <class T>
+void gemm_block_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wg, int64_t n, int64_t grp,
+                     int64_t p0, int64_t nc, T* c, int64_t ldc, const Epilogue<T>& e, T* bp) {
+  using Bk = Blocking<T>;
+  for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
+    const int64_t kc = min64(Bk::KC, g.K - k0);
+    const bool first = k0 == 0, last = k0 + kc == g.K;
+    pack_im2col_nchw(s, g, x, n, grp, k0, kc, p0, nc, bp);
+    auto tile = [&](int64_t ir, int64_t jr) {
+      const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
+      micro_kernel<T>(kc, apanel, bp + jr * kc, c + ir * ldc + jr, ldc,
+                      static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
+                      !first, last, e, ir, 0);
+    };
+    for (int64_t i0 = 0; i0 < g.M; i0 += Bk::MC) {
+      const int64_t mc = min64(Bk::MC, g.M - i0);
+      if (kc <= kShortK) {
+        // A few FMAs per output: the tiles are stores, so each band of
+        // MR output rows is written along its length (MR streams at a
+        // time, not all M rows a panel at a time).
+        for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR)
+          for (int64_t jr = 0; jr < nc; jr += Bk::NR) tile(ir, jr);
+      } else {
+        for (int64_t jr = 0; jr < nc; jr += Bk::NR)
+          for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) tile(ir, jr);
+      }
+    }
+  }
+}
+
 template <class T>
 void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
                     char* pack_base, int nt) {
-  using Bk = Blocking<T>;
   const int64_t col_blocks = ceil_div(g.N, g.block);
   const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 #pragma omp parallel num_threads(nt)
@@ -261,29 +293,28 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
       T* c = y + (n * s.oc + grp * g.ocg) * g.ldy + p0;  // row = output channel of the group
       const T* wg = wp + grp * g.panels_w * g.panel_w_len;
       const Epilogue<T> e{bias ? bias + grp * g.ocg : nullptr, true, s.act};
-      for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
-        const int64_t kc = min64(Bk::KC, g.K - k0);
-        const bool first = k0 == 0, last = k0 + kc == g.K;
-        pack_im2col_nchw(s, g, x, n, grp, k0, kc, p0, nc, bp);
-        auto tile = [&](int64_t ir, int64_t jr) {
-          const T* apanel = wg + (ir / Bk::MR) * g.panel_w_len + k0 * Bk::MR;
-          micro_kernel<T>(kc, apanel, bp + jr * kc, c + ir * g.ldy + jr, g.ldy,
-                          static_cast<int>(min64(Bk::MR, g.M - ir)), static_cast<int>(min64(Bk::NR, nc - jr)),
-                          !first, last, e, ir, 0);
-        };
-        for (int64_t i0 = 0; i0 < g.M; i0 += Bk::MC) {
-          const int64_t mc = min64(Bk::MC, g.M - i0);
-          if (kc <= kShortK) {
-            // A few FMAs per output: the tiles are stores, so each band of
-            // MR output rows is written along its length (MR streams at a
-            // time, not all M rows a panel at a time).
-            for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR)
-              for (int64_t jr = 0; jr < nc; jr += Bk::NR) tile(ir, jr);
-          } else {
-            for (int64_t jr = 0; jr < nc; jr += Bk::NR)
-              for (int64_t ir = i0; ir < i0 + mc; ir += Bk::MR) tile(ir, jr);
-          }
-        }
+      gemm_block_nchw(s, g, x, wg, n, grp, p0, nc, c, g.ldy, e, bp);
+    }
+  }
+}
+
+// Rows (output pixels) [r0, r0 + mc) of group grp of the NHWC GEMM (mc <=
+// g.block), into c (column = output channel of the group, rows ldc apart),
+// on the calling thread; ap is its packing buffer (g.pack_elems).
+template <class T>
+void gemm_block_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wg, int64_t grp, int64_t r0,
+                     int64_t mc, T* c, int64_t ldc, const Epilogue<T>& e, T* ap) {
+  using Bk = Blocking<T>;
+  for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
+    const int64_t kc = min64(Bk::KC, g.K - k0);
+    const bool first = k0 == 0, last = k0 + kc == g.K;
+    pack_im2col_nhwc(s, g, x, grp, r0, mc, k0, kc, ap);
+    for (int64_t jr = 0; jr < g.N; jr += Bk::NR) {
+      const T* bpanel = wg + (jr / Bk::NR) * g.panel_w_len + k0 * Bk::NR;
+      for (int64_t ir = 0; ir < mc; ir += Bk::MR) {
+        micro_kernel<T>(kc, ap + ir * kc, bpanel, c + ir * ldc + jr, ldc,
+                        static_cast<int>(min64(Bk::MR, mc - ir)), static_cast<int>(min64(Bk::NR, g.N - jr)),
+                        !first, last, e, 0, jr);
       }
     }
   }
@@ -292,7 +323,6 @@ void conv_gemm_nchw(const ConvShape& s, const Geometry& g, const T* x, const T* 
 template <class T>
 void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
                     char* pack_base, int nt) {
-  using Bk = Blocking<T>;
   const int64_t row_blocks = ceil_div(g.M, g.block);
   const int64_t pack_stride = round_up(g.pack_elems * static_cast<int64_t>(sizeof(T)), kAlign);
 #pragma omp parallel num_threads(nt)
@@ -306,19 +336,7 @@ void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
       T* c = y + r0 * s.oc + grp * g.ocg;  // column = output channel of the group
       const T* wg = wp + grp * g.panels_w * g.panel_w_len;
       const Epilogue<T> e{bias ? bias + grp * g.ocg : nullptr, false, s.act};
-      for (int64_t k0 = 0; k0 < g.K; k0 += Bk::KC) {
-        const int64_t kc = min64(Bk::KC, g.K - k0);
-        const bool first = k0 == 0, last = k0 + kc == g.K;
-        pack_im2col_nhwc(s, g, x, grp, r0, mc, k0, kc, ap);
-        for (int64_t jr = 0; jr < g.N; jr += Bk::NR) {
-          const T* bpanel = wg + (jr / Bk::NR) * g.panel_w_len + k0 * Bk::NR;
-          for (int64_t ir = 0; ir < mc; ir += Bk::MR) {
-            micro_kernel<T>(kc, ap + ir * kc, bpanel, c + ir * s.oc + jr, s.oc,
-                            static_cast<int>(min64(Bk::MR, mc - ir)), static_cast<int>(min64(Bk::NR, g.N - jr)),
-                            !first, last, e, 0, jr);
-          }
-        }
-      }
+      gemm_block_nhwc(s, g, x, wg, grp, r0, mc, c, s.oc, e, ap);
     }
   }
 }
@@ -415,6 +433,31 @@ void pointwise_band(const ConvShape& s, const T* mid, const T* packed, const T* 
     conv_gemm_nhwc(s, g, mid, packed, bias, y, ws + g.off_pack, 1);
   }
 }
+
+int64_t gemm_pixels_scratch_bytes(const ConvShape& s, int elem_bytes) {
+  return gemm_workspace_bytes(s, elem_bytes, 1, true);
+}
+
+template <class T>
+void gemm_pixels(const ConvShape& s, const T* x, const T* packed, int64_t n, int64_t p0, int64_t np, T* c,
+                 int64_t ldc, void* scratch) {
+  const Geometry g = make_geometry<T>(s, 1, true);
+  T* buf = reinterpret_cast<T*>(static_cast<char*>(scratch) + g.off_pack);
+  const bool nchw = g.nchw;
+  const Epilogue<T> e{nullptr, nchw, Activation::None};
+  for (int64_t q = 0; q < np; q += g.block) {
+    const int64_t m = min64(g.block, np - q);
+    if (nchw)
+      gemm_block_nchw(s, g, x, packed, n, int64_t(0), p0 + q, m, c + q, ldc, e, buf);
+    else
+      gemm_block_nhwc(s, g, x, packed, int64_t(0), n * g.pixels + p0 + q, m, c + q * ldc, ldc, e, buf);
+  }
+}
+
+template void gemm_pixels<float>(const ConvShape&, const float*, const float*, int64_t, int64_t, int64_t, float*,
+                                 int64_t, void*);
+template void gemm_pixels<double>(const ConvShape&, const double*, const double*, int64_t, int64_t, int64_t,
+                                  double*, int64_t, void*);
 
 template void pointwise_band<float>(const ConvShape&, const float*, const float*, const float*, float*, int64_t,
                                     void*);

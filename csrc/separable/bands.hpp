@@ -28,5 +28,14 @@ template <class T>
 void pointwise_band(const ConvShape& s, const T* mid, const T* packed, const T* bias, T* y, int64_t ldy,
                     void* scratch);
 
+// GEMM of convolution `s` (groups 1, no bias, no activation) for output
+// pixels [p0, p0 + np) of image n only, on the calling thread, written to
+// c: NCHW a row per output channel, NHWC a row per pixel, rows ldc apart.
+// `packed` is the GEMM's packed weight of s.
+int64_t gemm_pixels_scratch_bytes(const ConvShape& s, int elem_bytes);
+template <class T>
+void gemm_pixels(const ConvShape& s, const T* x, const T* packed, int64_t n, int64_t p0, int64_t np, T* c,
+                 int64_t ldc, void* scratch);
+
 }  // namespace PYCONV_ISA_NS
 }  // namespace pyconv
