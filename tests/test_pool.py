@@ -386,6 +386,40 @@ def test_max_pool2d_all_minus_inf_picks_a_real_cell(isa, dtype, layout):
     assert gx.sum() == y.size
 
 
+# (kernel, padding, h, w): the NCHW max gradient at stride 2 with windows up
+# to 3x3 is written row by row from column-phase buffers
+# (plane_max_grad_s2): every kernel shape, pads 0/1 and "same" (asymmetric),
+# odd and even sizes, a one-pixel plane, rows wider than two vectors.
+S2_GRAD_CASES = [
+    (3, 1, 112, 112), (3, 1, 13, 17), (3, 0, 9, 8), (2, 1, 10, 11), (2, 0, 6, 9), ((3, 2), (1, 0), 7, 7),
+    ((1, 3), (0, 1), 9, 12), (1, 0, 9, 9), (3, "same", 40, 70), (3, "same", 41, 33), (3, 1, 1, 1),
+    ((2, 3), 1, 5, 37),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", ["normal", "ties", "minus_inf", "nan"])
+@pytest.mark.parametrize("case", S2_GRAD_CASES, ids=lambda c: "_".join(map(str, c)))
+def test_max_pool2d_grad_stride2_rows(isa, rng, case, fill, dtype):
+    """Bitwise equal to the reference's scatter in output order: gradients
+    summed where windows share a winner (ties: small integers), -inf
+    stretches where a padded column could win (the exact rule takes
+    over), NaN winners."""
+    k, padding, h, w = case
+    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
+    if fill == "ties":
+        x = rng.integers(0, 3, x.shape).astype(dtype)
+    elif fill == "minus_inf":
+        x[:, :, ::3, : w // 2 + 1] = -np.inf
+        x[0, 1] = -np.inf
+    elif fill == "nan":
+        x[:, :, 1::4, 2::5] = np.nan
+    kwargs = dict(kernel_size=k, stride=2, padding=padding)
+    y = pyconv.max_pool2d(x, **kwargs)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    assert_bitwise(pyconv.max_pool2d_grad(g, x, **kwargs), ref.max_pool2d_grad(g, x, **kwargs))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_max_pool2d_nan_wins_and_first_nan_stays(isa, layout):
     """Hand-made: a NaN beats +inf; of two NaNs (different payloads) the first

@@ -15,7 +15,9 @@
 // into stride column phases (plane_padded, plane_padded_idx), so every
 // output row is whole vectors of plain loads.  2x2/stride 2 without padding
 // has its own loops straight from the input (plane_2x2_fast, plane_2x2);
-// the average gradient at stride 1 is a gather (avg_grad_plane).
+// the max gradient at stride 2 with windows up to 3x3 is written row by row
+// from column-phase buffers (plane_max_grad_s2); the average gradient at
+// stride 1 is a gather (avg_grad_plane).
 // NHWC: vectorised across channels, one output pixel at a time, the window
 // clipped to the image per pixel.
 // Global pools (window = the whole plane) have their own reduction loops.
@@ -24,6 +26,7 @@
 // thread in a fixed order, so results do not depend on the thread count.
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
@@ -43,6 +46,8 @@ struct Geometry {
   int64_t grad_rows, grad_wq;           // NCHW average gradient at stride 1 (see avg_grad_plane)
   int64_t sep_rows, sep_wq, sep_row;    // NCHW, sw <= 2: forward, and the max gradient (see plane_separable)
   bool separable, separable_idx;
+  bool grad_s2;                        // NCHW max gradient at stride 2 (see plane_max_grad_s2)
+  int64_t grad_s2_row;                 // its phase-split row buffers: elements per phase
   bool avg_gather;
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
@@ -83,6 +88,14 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
       g.scratch_elems = max64(g.scratch_elems, g.sep_rows * (2 * g.sep_wq + g.sep_row));
       const int64_t max_off = (s.kh - 1) * s.dh * s.w + (s.kw - 1) * s.dw;
       g.separable_idx = max_off < (int64_t(1) << std::numeric_limits<T>::digits);
+      g.grad_s2 = backward && s.op == PoolOp::Max && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 &&
+                  s.kh <= 3 && s.kw <= 3 && s.pl <= 1 && g.separable_idx;
+      if (g.grad_s2) {
+        // Rows of positions [-N, L - N): staged ow in [-2, wq + N + 1],
+        // phase positions in [-1, OW + N] and [0, ceil(W / 2)).
+        g.grad_s2_row = round_up(max64(g.sep_wq + 2 * N, ceil_div(s.w, 2) + N) + N, N);
+        g.scratch_elems = max64(g.scratch_elems, 2 * g.sep_rows * g.sep_wq + 8 * g.grad_s2_row + N);
+      }
     }
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
@@ -668,6 +681,196 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
   }
 }
 
+// ---- NCHW max gradient at stride 2 (windows up to 3x3) ----------------------
+//
+// ResNet's 3x3/2 pooling and its kin, written, not scattered.  The winners
+// come from the separable pass of plane_separable_idx (column tap per input
+// row, then row tap per output), read in place.  Input row ih, as column
+// phases (even columns, odd columns), collects the gradients whose winner
+// lies on it: output column ow's winner at column tap c is input column
+// 2*ow - pl + c, i.e. phase (c - pl) & 1 at position ow + floor((c - pl) / 2).
+// Per output row, the grad_out row (zero where the gradient goes elsewhere,
+// see below) and each output's winning tap pair are staged in two rows;
+// then each (row tap, phase) adds, block by block of positions, the staged
+// gradients whose key matches, read at the tap's shift: one aligned
+// read-modify-write of the phase row per block (shifted stores would
+// overlap and defeat store forwarding).  A row is complete once the next
+// output row's windows start below it; it is then written interleaved
+// (every cell, zeros included: no zeroing pass) and its buffers reused
+// (three rows live).  Order: output rows ascending, and within one the
+// column taps descending (a cell receives from a smaller ow at a larger
+// tap): the order of the sequential scatter in output order, so the sums
+// are bitwise the same.  An output whose winning value is -inf may have
+// been won by a padded column; its gradient goes through the exact scalar
+// rule instead.
+// One block of N phase positions [p, p + N) of plane_max_grad_s2: for each
+// row tap i (dst[i] null when the window's row i is outside the image) and
+// phase, the block's sum in a register (a new row starts from zero), the
+// column taps in descending order.  Column tap c adds the gradient staged
+// at ow = p - shift to phase (c - PL) & 1, shift (c - PL) >> 1: with the
+// taps and the pad known at compile time the six sums stay in registers.
+template <class T, int PL>
+inline void grad_s2_block(T* const (&dst)[3][2], const bool (&fresh)[3], int64_t kw, int64_t p, const T* gvb,
+                          const T* keyb) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  R sum[3][2];
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i)
+#pragma GCC unroll 2
+    for (int ph = 0; ph < 2; ++ph) sum[i][ph] = dst[i][ph] && !fresh[i] ? V::load(dst[i][ph] + p) : V::zero();
+  auto tap = [&](auto c_const) {
+    constexpr int c = decltype(c_const)::value;
+    constexpr int ph = (c - PL) & 1, shift = (c - PL) >> 1;
+    if (c >= kw) return;
+    const R gv = V::load(gvb + p - shift), key = V::load(keyb + p - shift);
+#pragma GCC unroll 3
+    for (int i = 0; i < 3; ++i) {
+      if (!dst[i][0]) continue;
+      const auto m = V::eq(key, V::set1(T(4 * i + c)));
+      sum[i][ph] = V::blend(sum[i][ph], V::add(sum[i][ph], gv), m);
+    }
+  };
+  tap(std::integral_constant<int, 2>{});
+  tap(std::integral_constant<int, 1>{});
+  tap(std::integral_constant<int, 0>{});
+#pragma GCC unroll 3
+  for (int i = 0; i < 3; ++i)
+#pragma GCC unroll 2
+    for (int ph = 0; ph < 2; ++ph)
+      if (dst[i][ph]) V::store(dst[i][ph] + p, sum[i][ph]);
+}
+
+template <class T>
+void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, const T* gy,
+                       T* gx, T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t wq = g.sep_wq, W = s.w, pl = s.pl, L = g.grad_s2_row, OW = s.ow;
+  T* hval = scratch;                           // [sep_rows][wq]
+  T* htap = scratch + g.sep_rows * wq;         // [sep_rows][wq]
+  T* ring = scratch + 2 * g.sep_rows * wq;     // [3 rows][2 phases][L], position p at [p + N]
+  T* gvb = ring + 6 * L + N;                   // staged gradient of ow at [ow], zeros around
+  T* keyb = gvb + L;                           // its winner's 4 * row tap + column tap, -1 around
+  auto sel = [](R& acc, R& tap, R x, R xtap) {
+    const auto m = V::take(x, acc);
+    acc = V::blend(acc, x, m);
+    tap = V::blend(tap, xtap, m);
+  };
+  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+    const T* src = plane + ih * W;
+    auto cols = [&](int64_t c) {
+      if (c >= 0 && c + N <= W) return V::load(src + c);
+      const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
+      return V::load_fill(src + c, lo, hi, ninf);
+    };
+    for (int64_t j = 0; j < wq; j += N) {
+      const int64_t c = 2 * j - pl;
+      R lo = cols(c), hi = cols(c + N), lo_tap = V::zero(), hi_tap = V::zero();
+      for (int64_t t = 1; t < s.kw; ++t) {
+        const R tv = V::set1(T(t));
+        sel(lo, lo_tap, cols(c + t), tv);
+        sel(hi, hi_tap, cols(c + t + N), tv);
+      }
+      V::store(hval + ih * wq + j, V::even(lo, hi));
+      V::store(htap + ih * wq + j, V::even(lo_tap, hi_tap));
+    }
+  }
+  const R zero = V::zero(), none = V::set1(T(-1)), inf_v = V::set1(ninf);
+  for (int64_t i = -N; i < L - N; i += N) {
+    V::store(gvb + i, zero);
+    V::store(keyb + i, none);
+  }
+  auto phase_row = [&](int64_t ih, int64_t phase) { return ring + ((ih % 3) * 2 + phase) * L + N; };
+  // A row's buffers are written (not added to) by the first output row
+  // that reaches it; rows no window reaches (kernel rows < stride) are
+  // written as zeros.
+  int64_t touched = -1;  // last input row any window has reached
+  int64_t flushed = 0;   // rows [0, flushed) are written
+  auto flush_until = [&](int64_t end) {
+    for (; flushed < end; ++flushed) {
+      T* row = gx + flushed * W;
+      if (flushed > touched) {
+        for (int64_t iw = 0; iw < W; ++iw) row[iw] = T(0);
+        continue;
+      }
+      const T* e = phase_row(flushed, 0);
+      const T* o = phase_row(flushed, 1);
+      int64_t m = 0;
+      for (; 2 * (m + N) <= W; m += N) V::store_interleaved(row + 2 * m, V::load(e + m), V::load(o + m));
+      if (2 * m < W) {
+        alignas(64) T pair[2 * N];
+        V::store_interleaved(pair, V::load(e + m), V::load(o + m));
+        const int rest = static_cast<int>(W - 2 * m);
+        V::store_n(row + 2 * m, V::load(pair), rest < N ? rest : N);
+        if (rest > N) V::store_n(row + 2 * m + N, V::load(pair + N), rest - N);
+      }
+    }
+  };
+  const int64_t plane_bytes = s.h * W * static_cast<int64_t>(sizeof(T));
+  const int64_t prefetch_step = round_up(ceil_div(plane_bytes, s.oh), 64);
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const int64_t ih0 = oh * 2 - s.pt;
+    int64_t k0, k1;
+    clip(ih0, s.h, s.kh, 1, k0, k1);
+    if (k0 >= k1) continue;  // (never: every window has a real row, PyTorch's padding rule)
+    const T* gyr = gy + oh * OW;
+    bool border = false;
+    for (int64_t j = 0; j < OW; j += N) {
+      const int count = static_cast<int>(min64(N, OW - j));
+      const R gv = count == N ? V::load(gyr + j) : V::load_n(gyr + j, count);
+      const int64_t r0 = (ih0 + k0) * wq + j;
+      R acc = V::load(hval + r0), ct = V::load(htap + r0), rt = V::set1(T(k0));
+      for (int64_t i = k0 + 1; i < k1; ++i) {
+        const int64_t r = (ih0 + i) * wq + j;
+        const auto m = V::take(V::load(hval + r), acc);
+        acc = V::blend(acc, V::load(hval + r), m);
+        ct = V::blend(ct, V::load(htap + r), m);
+        rt = V::blend(rt, V::set1(T(i)), m);
+      }
+      alignas(64) T val[N];
+      V::store(val, acc);
+      for (int l = 0; l < count; ++l) border |= val[l] == ninf;
+      V::store(gvb + j, V::blend(gv, zero, V::eq(acc, inf_v)));
+      V::store(keyb + j, V::fma(rt, V::set1(T(4)), ct));
+    }
+    // Positions p in [-1, OW + 1), a block of N at a time; every (row tap,
+    // phase) sum of the block in registers, taps in descending order.
+    T* dst[3][2];
+    bool fresh[3];
+    for (int64_t i = 0; i < 3; ++i) {
+      const bool real = i >= k0 && i < k1;
+      fresh[i] = ih0 + i > touched;
+      dst[i][0] = real ? phase_row(ih0 + i, 0) : nullptr;
+      dst[i][1] = real ? phase_row(ih0 + i, 1) : nullptr;
+    }
+    for (int64_t p = -1; p < OW + 1; p += N) {
+      if (pl == 0)
+        grad_s2_block<T, 0>(dst, fresh, s.kw, p, gvb, keyb);
+      else
+        grad_s2_block<T, 1>(dst, fresh, s.kw, p, gvb, keyb);
+    }
+    touched = ih0 + k1 - 1;
+    if (border)
+      for (int64_t ow = 0; ow < OW; ++ow) {
+        T v;
+        int64_t at;
+        border_pixel<T, true, true>(s, tb, plane, ih0, k0, k1, ow, &v, &at);
+        if (v != ninf) continue;
+        phase_row(at / W, (at % W) & 1)[(at % W) >> 1] += gyr[ow];
+      }
+    flush_until(min64(s.h, (oh + 1) * 2 - s.pt));
+    // The next plane's input, a share per output row: read from memory
+    // while this plane computes (the horizontal pass alone is too short to
+    // hide it; prefetches never fault, past the last plane included).
+    for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(plane + s.h * W) + b);
+  }
+  flush_until(s.h);
+}
+
 // ---- NCHW 2x2 / stride 2 max pooling (no padding) -----------------------------
 //
 // The most common pooling gets its own loop: windows tile the plane, so
@@ -1032,6 +1235,10 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
       }
       if (max && tiling) {
         plane_2x2<T, kGradient>(s, x + p * in_plane, nullptr, nullptr, gyp, gxp);
+        continue;
+      }
+      if (max && g.grad_s2) {
+        plane_max_grad_s2<T>(s, g, tb, x + p * in_plane, gyp, gxp, scratch);
         continue;
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
