@@ -766,16 +766,14 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
       const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
       return V::load_fill(src + c, lo, hi, ninf);
     };
+    // Each tap's columns of N outputs are the even lanes of two vectors:
+    // taken first, so the winner is chosen on N lanes, not 2N.
     for (int64_t j = 0; j < wq; j += N) {
       const int64_t c = 2 * j - pl;
-      R lo = cols(c), hi = cols(c + N), lo_tap = V::zero(), hi_tap = V::zero();
-      for (int64_t t = 1; t < s.kw; ++t) {
-        const R tv = V::set1(T(t));
-        sel(lo, lo_tap, cols(c + t), tv);
-        sel(hi, hi_tap, cols(c + t + N), tv);
-      }
-      V::store(hval + ih * wq + j, V::even(lo, hi));
-      V::store(htap + ih * wq + j, V::even(lo_tap, hi_tap));
+      R acc = V::even(cols(c), cols(c + N)), tap = V::zero();
+      for (int64_t t = 1; t < s.kw; ++t) sel(acc, tap, V::even(cols(c + t), cols(c + t + N)), V::set1(T(t)));
+      V::store(hval + ih * wq + j, acc);
+      V::store(htap + ih * wq + j, tap);
     }
   }
   const R zero = V::zero(), none = V::set1(T(-1)), inf_v = V::set1(ninf);
@@ -830,10 +828,9 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
         ct = V::blend(ct, V::load(htap + r), m);
         rt = V::blend(rt, V::set1(T(i)), m);
       }
-      alignas(64) T val[N];
-      V::store(val, acc);
-      for (int l = 0; l < count; ++l) border |= val[l] == ninf;
-      V::store(gvb + j, V::blend(gv, zero, V::eq(acc, inf_v)));
+      const auto lost = V::eq(acc, inf_v);
+      border |= V::any_n(lost, count);
+      V::store(gvb + j, V::blend(gv, zero, lost));
       V::store(keyb + j, V::fma(rt, V::set1(T(4)), ct));
     }
     // Positions p in [-1, OW + 1), a block of N at a time; every (row tap,
@@ -865,8 +862,11 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
     // The next plane's input, a share per output row: read from memory
     // while this plane computes (the horizontal pass alone is too short to
     // hide it; prefetches never fault, past the last plane included).
-    for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64)
+    for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64) {
       __builtin_prefetch(reinterpret_cast<const char*>(plane + s.h * W) + b);
+    }
+    for (int64_t b = oh * OW * int64_t(sizeof(T)); b < (oh + 1) * OW * int64_t(sizeof(T)); b += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(gy + s.oh * OW) + b);
   }
   flush_until(s.h);
 }

@@ -63,6 +63,8 @@ struct Vec {
   }
   static R blend(R a, R b, M m) { R r; for (int i = 0; i < N; ++i) r.v[i] = m.b[i] ? b.v[i] : a.v[i]; return r; }
   static M eq(R a, R b) { M m; for (int i = 0; i < N; ++i) m.b[i] = a.v[i] == b.v[i]; return m; }
+  // Whether any of the first n lanes of m is set.
+  static bool any_n(M m, int n) { bool r = false; for (int i = 0; i < n; ++i) r |= m.b[i]; return r; }
   // (a0 b0 a1 b1 ...) to p[0 .. 2N)
   static void store_interleaved(T* p, R a, R b) {
     for (int i = 0; i < N; ++i) { p[2 * i] = a.v[i]; p[2 * i + 1] = b.v[i]; }
@@ -120,6 +122,7 @@ struct Vec<float> {
   }
   static R blend(R a, R b, M m) { return _mm256_blendv_ps(a, b, m); }
   static M eq(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
+  static bool any_n(M m, int n) { return (_mm256_movemask_ps(m) & ((1 << n) - 1)) != 0; }
   static void store_interleaved(float* p, R a, R b) {
     const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5 ...
     store(p, _mm256_permute2f128_ps(lo, hi, 0x20));
@@ -158,6 +161,7 @@ struct Vec<double> {
   }
   static R blend(R a, R b, M m) { return _mm256_blendv_pd(a, b, m); }
   static M eq(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
+  static bool any_n(M m, int n) { return (_mm256_movemask_pd(m) & ((1 << n) - 1)) != 0; }
   static void store_interleaved(double* p, R a, R b) {
     const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);  // a0 b0 | a2 b2, a1 b1 | a3 b3
     store(p, _mm256_permute2f128_pd(lo, hi, 0x20));
@@ -207,6 +211,7 @@ struct Vec<float> {
   }
   static R blend(R a, R b, M m) { return _mm512_mask_blend_ps(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
+  static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static void store_interleaved(float* p, R a, R b) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -252,6 +257,7 @@ struct Vec<double> {
   }
   static R blend(R a, R b, M m) { return _mm512_mask_blend_pd(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
+  static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static void store_interleaved(double* p, R a, R b) {
     const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
     const __m512i hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
