@@ -102,6 +102,37 @@ def conv_problems(draw):
     return x, wt, b, kwargs
 
 
+# (n, c, h, w, oc, k, stride, padding, dilation, groups): the direct
+# kernel's 6x4 tiles (AVX-512: groups of >= 64 float32 or >= 32 float64
+# output channels, rows of >= 32 pixels): a full and a partial block of 4
+# vectors, two groups, rows of 32-41 pixels (tiles of 6 and narrower),
+# stride, dilation, bias and activation.
+WIDE_TILE_CASES = {
+    "oc64_row32": (1, 5, 6, 32, 64, 3, 1, 1, 1, 1),
+    "oc80_partial_block": (2, 7, 5, 35, 80, 3, 1, "same", 1, 1),
+    "oc130_two_blocks": (1, 3, 4, 41, 130, 2, 1, 0, 1, 1),
+    "groups2_oc64_each": (1, 6, 5, 33, 128, 3, 1, 1, 1, 2),
+    "stride2_dilated": (1, 4, 9, 80, 72, 3, 2, 2, 2, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", list(WIDE_TILE_CASES), ids=list(WIDE_TILE_CASES))
+def test_direct_wide_channel_tiles(isa, rng, case, layout, dtype):
+    n, c, h, w, oc, k, stride, padding, dilation, groups = WIDE_TILE_CASES[case]
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=k, kw=k, groups=groups, layout=layout,
+                           dtype=dtype, bias=True)
+    check_conv(x, wt, b, dtype=dtype, algo="direct", stride=stride, padding=padding, dilation=dilation,
+               groups=groups, layout=layout, activation="relu")
+    packed = pyconv.prepack(wt, groups=groups, layout=layout)
+    np.testing.assert_array_equal(
+        pyconv.conv2d(x, packed, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      layout=layout, activation="relu", algo="direct"),
+        pyconv.conv2d(x, wt, b, stride=stride, padding=padding, dilation=dilation, groups=groups,
+                      layout=layout, activation="relu", algo="direct"))
+
+
 @given(problem=conv_problems())
 def test_conv2d_matches_reference(isa, problem):
     x, wt, b, kwargs = problem

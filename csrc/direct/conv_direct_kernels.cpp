@@ -7,7 +7,8 @@
 // packed as [group][oc block][kh][kw][ic][BW], and every input value is
 // broadcast once and multiplied into all of them.  A register tile of TW
 // output pixels x NB vectors reuses each weight load TW times and each
-// broadcast NB times (AVX2: 6x2 = 12 of 16 ymm; AVX-512: 12x2 = 24 of 32 zmm).
+// broadcast NB times (AVX2: 6x2 = 12 of 16 ymm; AVX-512: 12x2 = 24 of 32 zmm,
+// or 6x4 for groups of >= 64 output channels on wide rows).
 // Vectorising over channels (rather than output width) serves every stride
 // and dilation with contiguous loads and needs no gathers.
 //
@@ -35,6 +36,19 @@ namespace {
 
 #if defined(PYCONV_ISA_avx512)
 constexpr int kTileW = 12;  // 12 px x 2 zmm accumulators = 24 of 32 registers
+// Pairs of packed blocks (4 vectors: 6 px x 4 zmm = 24 registers) per tile
+// when a group has that many output channels and the rows are wide: each
+// broadcast input value then feeds 4 FMAs instead of 2, and a tile reads
+// its input once for 64 channels instead of twice for 2 x 32.  Measured on
+// 3x3 layers (2 threads): 64 -> 64 on 224x224 +12%, 128 -> 256 on 56x56
+// +4%; rows of 28 or 14 pixels even, 7-pixel rows -15% (one tile of 7
+// becomes 4 + 3), so only rows of at least kWideMinRow pixels, and not 1x1
+// kernels (runs of pixels, mostly served by the GEMM).  The packed weight
+// keeps its 2-vector blocks (a prepacked weight cannot know the rows it
+// will meet): a pair tile reads two adjacent blocks.
+constexpr int kWideNB = 4;
+constexpr int kTileW4 = 6;
+constexpr int64_t kWideMinRow = 32;
 #elif defined(PYCONV_ISA_avx2)
 constexpr int kTileW = 6;   // 6 px x 2 ymm accumulators = 12 of 16 registers
 #else
@@ -233,12 +247,15 @@ inline void store_tile(const Steps& st, T* y, typename Vec<T>::R (&r)[TW], int64
     for (int t = 0; t < TW; ++t) y[l * st.yc + t] = buf[t][l];
 }
 
-// TW output pixels x (NB * V) output channels of one group.
+// TW output pixels x (NB * V) output channels of one group.  Weights in
+// packed blocks of PB = min(NB, 2) vectors; NB = 4 reads two adjacent
+// blocks, `pair` elements apart.
 template <class T, int TW, int NB>
 void tile_general(const ConvShape& s, const Steps& st, const T* x, const T* w, const T* b, T* y,
-                  int64_t valid) {
+                  int64_t valid, int64_t pair) {
   using V = Vec<T>;
-  constexpr int BW = NB * V::N;
+  constexpr int PB = NB > 2 ? 2 : NB;
+  constexpr int BW = PB * V::N;
   const int64_t IG = st.ig;
   typename V::R acc[TW][NB];
   for (int t = 0; t < TW; ++t)
@@ -249,7 +266,7 @@ void tile_general(const ConvShape& s, const Steps& st, const T* x, const T* w, c
       const T* wk = w + (kh * s.kw + kw) * IG * BW;
       for (int64_t ic = 0; ic < st.ic_loop; ++ic) {
         typename V::R wv[NB];
-        for (int j = 0; j < NB; ++j) wv[j] = V::load(wk + ic * BW + j * V::N);
+        for (int j = 0; j < NB; ++j) wv[j] = V::load(wk + (j / PB) * pair + ic * BW + (j % PB) * V::N);
         for (int t = 0; t < TW; ++t) {
           const typename V::R xv = V::set1(xk[t * st.px + ic]);
           for (int j = 0; j < NB; ++j) acc[t][j] = V::fma(xv, wv[j], acc[t][j]);
@@ -303,7 +320,7 @@ inline int64_t out_offset(const ConvShape& s, int64_t n, int64_t oh, int64_t oc)
 }
 
 template <class T>
-using GeneralTile = void (*)(const ConvShape&, const Steps&, const T*, const T*, const T*, T*, int64_t);
+using GeneralTile = void (*)(const ConvShape&, const Steps&, const T*, const T*, const T*, T*, int64_t, int64_t);
 template <class T>
 using DepthwiseTile = void (*)(const ConvShape&, const Steps&, int64_t, const T*, const T*, const T*, T*, int);
 
@@ -329,6 +346,14 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
   const int64_t C = s.c, IG = icg(s), OG = ocg(s), OB = p.ob, BW = p.bw;
   const Steps st = make_steps(s, p);
   const int64_t wblock = s.kh * s.kw * IG * BW;
+#if defined(PYCONV_ISA_avx512)
+  static constexpr auto tiles4 = general_tiles<T, kWideNB>(std::make_integer_sequence<int, kTileW4>{});
+  // Work blocks of two packed blocks (the last may be a single one).
+  const bool pairs = p.nb == 2 && OB >= 2 && s.ow >= kWideMinRow && s.kh * s.kw > 1;
+#else
+  const bool pairs = false;
+#endif
+  const int64_t per = pairs ? 2 : 1, WB = ceil_div(OB, per);  // packed blocks per work block, work blocks
   // A 1x1 stride-1 layer without padding maps output pixel q to input pixel
   // q, so an image is one long row of pixels: it is cut into runs of whole
   // tiles (one partial tile per image instead of one per row: a 14-pixel
@@ -344,26 +369,34 @@ void compute_general(const ConvShape& s, const Plan& p, const T* xp, const T* wp
   // input, on one thread: 89 -> 93 GFLOP/s).  Otherwise the rows vary fastest, so that consecutive
   // units share one weight block and overlapping input rows.
   const bool blocks_inner = OB * wblock * static_cast<int64_t>(sizeof(T)) <= (int64_t(256) << 10);
-  const int64_t items = s.n * s.groups * OB * runs;
+  const int64_t items = s.n * s.groups * WB * runs;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t it = 0; it < items; ++it) {
-    const int64_t r = blocks_inner ? (it / OB) % runs : it % runs;
-    const int64_t ob = blocks_inner ? it % OB : (it / runs) % OB;
-    const int64_t g = (it / (OB * runs)) % s.groups, n = it / (OB * runs * s.groups);
+    const int64_t r = blocks_inner ? (it / WB) % runs : it % runs;
+    const int64_t ob = (blocks_inner ? it % WB : (it / runs) % WB) * per;
+    const int64_t g = (it / (WB * runs)) % s.groups, n = it / (WB * runs * s.groups);
     const int64_t oh = flat ? 0 : r, q0 = flat ? r * run : 0, q1 = flat ? min64(q0 + run, pixels) : s.ow;
     const T* xrow = xp + ((n * p.hp + oh * s.sh) * p.wp) * C + g * IG;
     const T* wblk = wp + (g * OB + ob) * wblock;
     const T* bblk = bp + (g * OB + ob) * BW;
     T* yrow = y + out_offset(s, n, oh, g * OG + ob * BW);
-    const int64_t valid = min64(BW, OG - ob * BW);
+    const bool pair = pairs && ob + 1 < OB;
+    const int64_t valid = min64(pair ? 2 * BW : BW, OG - ob * BW);
+#if defined(PYCONV_ISA_avx512)
+    const GeneralTile<T>* fns = pair ? tiles4.fn : tiles;
+    const int64_t tile_w = pair ? kTileW4 : kTileW;
+#else
+    const GeneralTile<T>* fns = tiles;
+    const int64_t tile_w = kTileW;
+#endif
     // The fewest tiles that cover the run, of balanced widths: a tile
     // narrower than 4 pixels has too few accumulator chains to hide the FMA
     // latency (a 7-pixel row as 6 + 1 spent a third of its time in the 1).
-    const int64_t len = q1 - q0, ntiles = ceil_div(len, kTileW);
+    const int64_t len = q1 - q0, ntiles = ceil_div(len, tile_w);
     const int64_t base = len / ntiles, wider = len % ntiles;
     for (int64_t i = 0, q = q0; i < ntiles; ++i) {
       const int64_t tw = base + (i < wider ? 1 : 0);
-      tiles[tw](s, st, xrow + q * st.px, wblk, bblk, yrow + q * st.ypx, valid);
+      fns[tw](s, st, xrow + q * st.px, wblk, bblk, yrow + q * st.ypx, valid, wblock);
       q += tw;
     }
   }
