@@ -420,6 +420,18 @@ def test_max_pool2d_grad_stride2_rows(isa, rng, case, fill, dtype):
     assert_bitwise(pyconv.max_pool2d_grad(g, x, **kwargs), ref.max_pool2d_grad(g, x, **kwargs))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_grad_stride2_large(isa, rng, dtype):
+    """A gradient of 8 MiB with rows of whole cache lines: written around
+    the caches (non-temporal stores on AVX-512), still bitwise the reference."""
+    c = 8 if dtype == np.float32 else 4
+    x = rng.standard_normal((4, c, 256, 256)).astype(dtype)
+    x[:, :, 5::7, 3::11] = np.nan
+    y = pyconv.max_pool2d(x, 3, 2, 1)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    assert_bitwise(pyconv.max_pool2d_grad(g, x, 3, 2, 1), ref.max_pool2d_grad(g, x, 3, 2, 1))
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_max_pool2d_nan_wins_and_first_nan_stays(isa, layout):
     """Hand-made: a NaN beats +inf; of two NaNs (different payloads) the first

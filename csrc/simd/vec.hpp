@@ -212,6 +212,7 @@ struct Vec<float> {
   static R blend(R a, R b, M m) { return _mm512_mask_blend_ps(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
+  static void stream(float* p, R a) { _mm512_stream_ps(p, a); }  // p 64-byte aligned
   static void store_interleaved(float* p, R a, R b) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const __m512i hi = _mm512_set_epi32(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8);
@@ -258,6 +259,7 @@ struct Vec<double> {
   static R blend(R a, R b, M m) { return _mm512_mask_blend_pd(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
+  static void stream(double* p, R a) { _mm512_stream_pd(p, a); }  // p 64-byte aligned
   static void store_interleaved(double* p, R a, R b) {
     const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
     const __m512i hi = _mm512_set_epi64(15, 7, 14, 6, 13, 5, 12, 4);
