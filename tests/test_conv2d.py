@@ -133,6 +133,21 @@ def test_direct_wide_channel_tiles(isa, rng, case, layout, dtype):
                       layout=layout, activation="relu", algo="direct"))
 
 
+# (c, oc, k): the direct kernel's OIHW weight packing, which transposes
+# chunks of (input channel, tap) columns through a stack tile of 256
+# columns: chunks of 28 input channels and a ragged last one (3x3), 10
+# (5x5), one (16x16: exactly 256 taps), and kernels beyond the tile (17x17:
+# element by element); partial blocks of output channels.
+PACK_CASES = [(70, 40, 3), (23, 17, 5), (3, 20, 16), (2, 9, 17)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("c, oc, k", PACK_CASES)
+def test_direct_weight_packing_chunks(isa, rng, c, oc, k, dtype):
+    x, wt, b = conv_inputs(rng, n=1, c=c, h=k + 2, w=k + 3, oc=oc, kh=k, kw=k, dtype=dtype, bias=True)
+    check_conv(x, wt, b, dtype=dtype, algo="direct", padding=1)
+
+
 @given(problem=conv_problems())
 def test_conv2d_matches_reference(isa, problem):
     x, wt, b, kwargs = problem
