@@ -352,7 +352,8 @@ using GeneralTile = void (*)(const ConvShape&, const Steps&, const T*, const T*,
 template <class T>
 using DepthwiseTile = void (*)(const ConvShape&, const Steps&, int64_t, const T*, const T*, const T*, T*, int);
 
-// Tables indexed by tile width 1..kTileW (index 0 unused), so a row of any
+// Tables indexed by tile width 1..kTileW (1..kTileW4 for the pair tiles;
+// index 0 unused), so a row of any
 // width is covered by full tiles plus one narrower tile.
 template <class T, int NB, int... W>
 constexpr auto general_tiles(std::integer_sequence<int, W...>) {

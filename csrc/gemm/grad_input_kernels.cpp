@@ -16,8 +16,9 @@
 // the kernel's reach over the stride, so a band shares input rows with its
 // neighbours only, and the even bands run (in parallel) before the odd
 // ones.  Every grad_x element therefore receives its band sums in a fixed
-// order, and each band sum is taken in a fixed (kh, kw) order: results are
-// bitwise identical for any thread count.
+// order, and each band sum is taken in a fixed order (NCHW: per input row,
+// kh then kw; NHWC: oh, kh, ow, kw): results are bitwise identical for any
+// thread count.
 #include <cstdint>
 #include <cstring>
 
@@ -71,7 +72,7 @@ Plan make_plan(const ConvShape& s, int elem, int nt) {
   p.row_len = round_up(p.margin + max64(s.ow + reach, ceil_div(s.w, s.sw)) + 1, 16);
   p.cols_bytes = round_up(p.rows * p.band * s.ow * elem, kAlign);
   p.gemm_scratch = round_up(gemm_pixels_scratch_bytes(pw, elem), kAlign);
-  p.row_bytes = round_up(s.sw * p.row_len * elem, kAlign);
+  p.row_bytes = s.layout == Layout::NCHW ? round_up(s.sw * p.row_len * elem, kAlign) : 0;
   p.per_thread = p.cols_bytes + p.gemm_scratch + p.row_bytes;
   int64_t off = 0;
   p.off_wt = off;
@@ -82,13 +83,6 @@ Plan make_plan(const ConvShape& s, int elem, int nt) {
   p.total = off + nt * p.per_thread;
   return p;
 }
-
-// The col2im of NHWC: a pixel's row of cols holds (kh, kw, c) like the
-// weight, so for each kh its KW*C values land on one input row, contiguous
-// when dw == 1 (the columns a window covers), C apart per kw otherwise.
-template <class T>
-void col2im_band_nhwc(const ConvShape& s, const Plan& p, const T* cols, int64_t n, int64_t oh0, int64_t oh1,
-                      T* dx);
 
 template <class T>
 inline void add_into(T* dst, const T* src, int64_t n) {
@@ -140,6 +134,10 @@ void col2im_band(const ConvShape& s, const Plan& p, const T* cols, int64_t ld, i
   }
 }
 
+// The col2im of NHWC: a pixel's row of cols holds (kh, kw, c) like the
+// weight, so for each kh its KW*C values land on one input row, contiguous
+// when dw == 1 (the columns a window covers), C apart per kw otherwise.
+// Added straight into dx in (oh, kh, ow, kw) order.
 template <class T>
 void col2im_band_nhwc(const ConvShape& s, const Plan& p, const T* cols, int64_t n, int64_t oh0, int64_t oh1,
                       T* dx) {

@@ -16,8 +16,9 @@
 //
 // Determinism: threads split dW's rows and columns; each dW element
 // accumulates the KC blocks of r in order on one thread, and KC does not
-// depend on the thread count.  A small dW (LeNet's 6x25, a 3->32 1x1 layer)
-// has too few tiles to share, so its reduction is also cut into `parts`:
+// depend on the thread count.  A small dW (LeNet's 6x25 and 16x150, under
+// kSplitMaxDw elements) has too few tiles to share, so its reduction is
+// also cut into `parts`:
 // KC-aligned ranges of r whose partial sums go to separate buffers and are
 // then added in part order.  The number of parts depends on the shape only,
 // never on the thread count, so results stay bitwise identical for any
@@ -52,6 +53,14 @@ struct GwPlan {
 constexpr int64_t kSplitBelowTiles = 4;
 constexpr int64_t kMaxParts = 8;
 constexpr int64_t kMinPartBlocks = 4;
+// ... and only a dW of fewer elements than this: a larger one has the
+// columns (NR panels) to give each thread tiles of its own, and splitting
+// its reduction as well made units of unequal cost (13 KC blocks in parts
+// of 5, 5 and 3: one thread idle a quarter of the time).  Measured on 2
+// threads: resnet50_res4_1x1 6.0-6.4 -> 4.9-5.3 ms, mbv1_pw_14 5.7-6.0 ->
+// 4.5-5.2, vgg16_c1_2 23.7 -> 21.2; LeNet's 16x150 dW keeps its parts
+// (0.32 vs 0.43 ms).
+constexpr int64_t kSplitMaxDw = 16384;
 
 // A run of pixels r0 + off .. r0 + off + len - 1 on one output row.
 struct Segment {
@@ -78,7 +87,8 @@ GwPlan make_plan(const ConvShape& s, int nt) {
   g.tiles = s.groups * row_blocks * ceil_div(g.N, g.nb);
   const int64_t full_tiles = s.groups * ceil_div(g.M, Bk::MC) * ceil_div(g.N, Bk::NC);  // thread-count free
   const int64_t blocks = ceil_div(g.R, Bk::KC);
-  g.parts = full_tiles < kSplitBelowTiles ? max64(1, min64(kMaxParts, blocks / kMinPartBlocks)) : 1;
+  const bool split = full_tiles < kSplitBelowTiles && g.M * g.N < kSplitMaxDw;
+  g.parts = split ? max64(1, min64(kMaxParts, blocks / kMinPartBlocks)) : 1;
   g.part_len = ceil_div(blocks, g.parts) * Bk::KC;
   g.parts = ceil_div(g.R, g.part_len);
   g.units = g.parts * g.tiles;

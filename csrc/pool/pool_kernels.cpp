@@ -94,12 +94,14 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
       g.scratch_elems = max64(g.scratch_elems, g.sep_rows * (2 * g.sep_wq + g.sep_row));
       const int64_t max_off = (s.kh - 1) * s.dh * s.w + (s.kw - 1) * s.dw;
       g.separable_idx = max_off < (int64_t(1) << std::numeric_limits<T>::digits);
+      // (Output rows as wide as the input needs, ceil(w / 2) <= ow + 1, as
+      // the shape rule makes them: the phase rows written are [-1, ow].)
       g.grad_s2 = backward && s.op == PoolOp::Max && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 &&
-                  s.kh <= 3 && s.kw <= 3 && s.pl <= 1 && g.separable_idx;
+                  s.kh <= 3 && s.kw <= 3 && s.pl <= 1 && ceil_div(s.w, 2) <= s.ow + 1 && g.separable_idx;
       if (g.grad_s2) {
         g.grad_stream = s.n * s.c * s.h * s.w * e >= kStreamBytes;
-        // Rows of positions [-N, L - N): staged ow in [-2, wq + N + 1],
-        // phase positions in [-1, OW + N] and [0, ceil(W / 2)).
+        // Rows of positions [-N, L - N): staged ow read in [-2, ow + N],
+        // phase positions in [-1, ow + N) and [0, ceil(W / 2)).
         g.grad_s2_row = round_up(max64(g.sep_wq + 2 * N, ceil_div(s.w, 2) + N) + N, N);
         g.scratch_elems = max64(g.scratch_elems, 2 * g.sep_rows * g.sep_wq + 8 * g.grad_s2_row + N);
       }
@@ -750,7 +752,7 @@ inline void grad_s2_block(T* const (&dst)[3][2], const bool (&fresh)[3], int64_t
 
 template <class T>
 void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, const T* gy,
-                       T* gx, T* scratch) {
+                       T* gx, T* scratch, bool next) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N;
@@ -879,14 +881,17 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
         phase_row(at / W, (at % W) & 1)[(at % W) >> 1] += gyr[ow];
       }
     flush_until(min64(s.h, (oh + 1) * 2 - s.pt));
-    // The next plane's input, a share per output row: read from memory
-    // while this plane computes (the horizontal pass alone is too short to
-    // hide it; prefetches never fault, past the last plane included).
-    for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64) {
-      __builtin_prefetch(reinterpret_cast<const char*>(plane + s.h * W) + b);
+    // The next plane's input and grad_out (`next`: the call has one), a
+    // share per output row: read from memory while this plane computes
+    // (the horizontal pass alone is too short to hide it).
+    if (next) {
+      const char* next_x = reinterpret_cast<const char*>(plane + s.h * W);
+      const char* next_gy = reinterpret_cast<const char*>(gy + s.oh * OW);
+      for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64)
+        __builtin_prefetch(next_x + b);
+      for (int64_t b = oh * OW * int64_t(sizeof(T)); b < (oh + 1) * OW * int64_t(sizeof(T)); b += 64)
+        __builtin_prefetch(next_gy + b);
     }
-    for (int64_t b = oh * OW * int64_t(sizeof(T)); b < (oh + 1) * OW * int64_t(sizeof(T)); b += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(gy + s.oh * OW) + b);
   }
   flush_until(s.h);
 #if defined(PYCONV_ISA_avx512)
@@ -1261,7 +1266,7 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
         continue;
       }
       if (max && g.grad_s2) {
-        plane_max_grad_s2<T>(s, g, tb, x + p * in_plane, gyp, gxp, scratch);
+        plane_max_grad_s2<T>(s, g, tb, x + p * in_plane, gyp, gxp, scratch, p + 1 < planes);
         continue;
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
