@@ -350,26 +350,14 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
     if geo.n == 0:
         dw[...] = 0
         return dw
-    if geo.layout == "NHWC" and geo.groups == geo.c > 1:
-        # Depthwise: a handful of taps per filter, no GEMM worth its packing;
-        # the depthwise kernel reduces NCHW planes, so bring both operands there.
-        x4 = xa if geo.batched else xa[None]
-        g4 = gy if geo.batched else gy[None]
-        xc = kernel_array(x4.transpose(0, 3, 1, 2), dtype=dtype)
-        gyc = kernel_array(g4.transpose(0, 3, 1, 2), dtype=dtype)
-        oihw = np.empty((geo.oc, 1, geo.kh, geo.kw), dtype=dtype)
-        start = time.perf_counter() if _VERBOSE else 0.0
-        _core.conv2d_grad_weight(xc, gyc, oihw, geo.core_tuple(), 0)
-        if _VERBOSE:
-            verbose_line("conv2d_grad_weight", geo, dtype, "grad_weight(depthwise,NCHW)", start)
-        dw[...] = oihw.transpose(2, 3, 1, 0)
-        return dw
     xc = kernel_array(xa, dtype=dtype)
     gyc = kernel_array(gy, dtype=dtype)
     start = time.perf_counter() if _VERBOSE else 0.0
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
     if _VERBOSE:
-        verbose_line("conv2d_grad_weight", geo, dtype, "grad_weight", start)
+        depthwise = geo.groups == geo.c and (geo.layout == "NCHW" or geo.c > 1)
+        verbose_line("conv2d_grad_weight", geo, dtype, "grad_weight(depthwise)" if depthwise else "grad_weight",
+                     start)
     return dw
 
 

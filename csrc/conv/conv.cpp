@@ -162,10 +162,11 @@ void conv2d_grad_weight(const IsaKernels& k, const ConvShape& s, const T* x, con
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   // Depthwise layers have a reduction of a few taps per filter: a GEMM
-  // would be mostly padding, so they have their own kernel (NCHW; the
-  // Python layer brings NHWC depthwise problems to NCHW).
-  const GradWeightKernels& gk =
-      s.groups == s.c && s.layout == Layout::NCHW ? *k.depthwise_grad_weight : *k.grad_weight;
+  // would be mostly padding, so they have their own kernel (NCHW planes;
+  // NHWC operands are transposed to them first).  A single channel with
+  // NHWC operands is a plain GEMM (its planes are its images).
+  const bool depthwise = s.groups == s.c && (s.layout == Layout::NCHW || s.c > 1);
+  const GradWeightKernels& gk = depthwise ? *k.depthwise_grad_weight : *k.grad_weight;
   void* ws = acquire_workspace(cache, oneoff, gk.workspace_bytes(s, sizeof(T), nt));
   if constexpr (sizeof(T) == 4)
     gk.run_f32(s, x, grad_y, grad_w, ws, nt);
