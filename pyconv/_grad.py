@@ -121,11 +121,13 @@ def _serves_col2im(geo: ConvGeometry) -> bool:
     NHWC a stride-1 layer with a small kernel and a short reduction keeps
     its phase (one direct convolution: 0.7-0.9x for col2im at 16 output
     channels, 3x3), so NHWC stride 1 also needs _COL2IM_NHWC_S1_OUT output
-    channels or a kernel of at least 5x5."""
+    channels or a kernel of at least 5x5, and never a 1x1 kernel (its
+    columns are the gradient itself: 8x80x80x32 -> 3 took 1.1-1.6 ms that
+    way, 0.4 as the phase's direct convolution)."""
     if geo.groups != 1 or geo.c > _COL2IM_MAX_IN or geo.oc < _COL2IM_MIN_OUT:
         return False
     if geo.layout == "NHWC" and geo.stride == (1, 1):
-        return geo.oc >= _COL2IM_NHWC_S1_OUT or geo.kh * geo.kw >= 25
+        return geo.kh * geo.kw > 1 and (geo.oc >= _COL2IM_NHWC_S1_OUT or geo.kh * geo.kw >= 25)
     return True
 
 

@@ -68,19 +68,31 @@ void interleave_phases(const PhaseLayout& p, const T* const* phases, T* dx, int 
     }
     return;
   }
-  const int64_t rows = p.n * p.h;
+  // NHWC: per image row, each of the pw phase rows' pixels (C values) to
+  // every pw-th pixel; a few channels are copied inline (a memcpy call per
+  // 3-channel pixel cost more than the copy: 8x160x160x3 0.5 -> 0.1 ms).
+  const int64_t rows = p.n * p.h, C = p.c;
 #pragma omp parallel for num_threads(nthreads) schedule(static)
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t n = r / p.h, ih = r % p.h, a = ih % p.sh, u = ih / p.sh;
     const int64_t ua = ceil_div(p.h - a, p.sh);
-    for (int64_t iw = 0; iw < p.w; ++iw) {
-      const int64_t b = iw % p.sw, v = iw / p.sw, vb = ceil_div(p.w - b, p.sw);
+    T* row = dx + (n * p.h + ih) * p.w * C;
+    for (int64_t b = 0; b < pw; ++b) {
+      const int64_t vb = ceil_div(p.w - b, p.sw);  // pixels of this phase in the row
       const T* base = phases[a * pw + b];
-      T* dst = dx + ((n * p.h + ih) * p.w + iw) * p.c;
-      if (base)
-        std::memcpy(dst, base + ((n * ua + u) * vb + v) * p.c, p.c * sizeof(T));
-      else
-        std::memset(dst, 0, p.c * sizeof(T));
+      T* dst = row + b * C;
+      const int64_t step = p.sw * C;
+      if (!base) {
+        for (int64_t v = 0; v < vb; ++v) std::memset(dst + v * step, 0, C * sizeof(T));
+        continue;
+      }
+      const T* src = base + (n * ua + u) * vb * C;
+      if (C >= 16) {
+        for (int64_t v = 0; v < vb; ++v) std::memcpy(dst + v * step, src + v * C, C * sizeof(T));
+      } else {
+        for (int64_t v = 0; v < vb; ++v)
+          for (int64_t c = 0; c < C; ++c) dst[v * step + c] = src[v * C + c];
+      }
     }
   }
 }
