@@ -53,7 +53,13 @@ def separable_conv2d(
     activation: int,
 ) -> None: ...
 def conv2d_grad_weight(x: _Array, grad_out: _Array, out: _Array, shape: Sequence[int], layout: int) -> None: ...
-def conv2d_grad_input(weight: _Array, grad_out: _Array, out: _Array, shape: Sequence[int], layout: int, algo: str
+def conv2d_grad_input(
+    weight: _Array,
+    grad_out: _Array,
+    out: _Array,
+    shape: Sequence[int],
+    layout: int,
+    algo: str,
 ) -> None: ...
 def interleave_phases(
     grad_x: _Array,

@@ -15,9 +15,9 @@ with a multiplier of 16 or more included), whose phases would be
 convolutions to those few channels: one GEMM to a band of columns, then a
 col2im that adds them up in a fixed order (csrc/gemm/grad_input_kernels.cpp,
 deterministic for any thread count too: 1.5-2.8x the depthwise kernel on
-single-channel layers, 1.3-4.4x the phases on 2-4 channels).  The weight gradient has its own GEMM kernel
-(csrc/gemm/grad_weight_kernels.cpp) reducing over every pixel of every
-image in a fixed order.
+single-channel layers, 1.3-4.4x the phases on 2-4 channels).  The weight
+gradient has its own GEMM kernel (csrc/gemm/grad_weight_kernels.cpp)
+reducing over every pixel of every image in a fixed order.
 """
 
 from __future__ import annotations
