@@ -1201,12 +1201,9 @@ void write_row(const ConvShape& s, const Geometry& g, const T* scratch, int64_t 
     const T* b = scratch + (((s.pl + 1) % 2) * g.hp + r) * g.wq + (s.pl + 1) / 2;
     int64_t v = 0;
     for (; 2 * (v + V::N) <= s.w; v += V::N) V::store_interleaved(dst + 2 * v, V::load(a + v), V::load(b + v));
-    if (2 * v < s.w) {  // the rest: masked loads, interleaved through a stack pair, masked stores
-      alignas(64) T pair[2 * V::N];
+    if (2 * v < s.w) {  // the rest: masked loads and stores
       const int rest = static_cast<int>(s.w - 2 * v);
-      V::store_interleaved(pair, V::load_n(a + v, (rest + 1) / 2), V::load_n(b + v, rest / 2));
-      V::store_n(dst + 2 * v, V::load(pair), rest < V::N ? rest : V::N);
-      if (rest > V::N) V::store_n(dst + 2 * v + V::N, V::load(pair + V::N), rest - V::N);
+      store_interleaved_n<T>(dst + 2 * v, V::load_n(a + v, (rest + 1) / 2), V::load_n(b + v, rest / 2), rest);
     }
     return;
   }

@@ -598,6 +598,16 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
   return true;
 }
 
+// Max pooling's winner step with its tap: where x beats acc (Vec::take),
+// acc and tap take x and xtap.
+template <class T>
+inline void take_winner(typename Vec<T>::R& acc, typename Vec<T>::R& tap, typename Vec<T>::R x,
+                        typename Vec<T>::R xtap) {
+  const auto m = Vec<T>::take(x, acc);
+  acc = Vec<T>::blend(acc, x, m);
+  tap = Vec<T>::blend(tap, xtap, m);
+}
+
 // Max pooling with the winners' flat indices, separable like
 // plane_separable: along each row the winning value and its column tap,
 // then down the window's rows the winner of those and its row tap.  The
@@ -617,11 +627,7 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
   T* htap = scratch + g.sep_rows * wq;              // [sep_rows][wq]: column tap of hval
   T* rows = scratch + 2 * g.sep_rows * wq;          // [sep_rows][sep_row]
   copy_rows(s, g, plane, ninf, rows);
-  auto sel = [](R& acc, R& tap, R x, R xtap) {
-    const auto m = V::take(x, acc);
-    acc = V::blend(acc, x, m);
-    tap = V::blend(tap, xtap, m);
-  };
+  auto sel = take_winner<T>;
   for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
     const T* rb = rows + ih * g.sep_row;
     for (int64_t j = 0; j < wq; j += N) {
@@ -763,11 +769,7 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
   T* ring = scratch + 2 * g.sep_rows * wq;     // [3 rows][2 phases][L], position p at [p + N]
   T* gvb = ring + 6 * L + N;                   // staged gradient of ow at [ow], zeros around
   T* keyb = gvb + L;                           // its winner's 4 * row tap + column tap, -1 around
-  auto sel = [](R& acc, R& tap, R x, R xtap) {
-    const auto m = V::take(x, acc);
-    acc = V::blend(acc, x, m);
-    tap = V::blend(tap, xtap, m);
-  };
+  auto sel = take_winner<T>;
   for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
     const T* src = plane + ih * W;
     auto cols = [&](int64_t c) {
@@ -820,13 +822,7 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
       }
 #endif
       for (; 2 * (m + N) <= W; m += N) V::store_interleaved(row + 2 * m, V::load(e + m), V::load(o + m));
-      if (2 * m < W) {
-        alignas(64) T pair[2 * N];
-        V::store_interleaved(pair, V::load(e + m), V::load(o + m));
-        const int rest = static_cast<int>(W - 2 * m);
-        V::store_n(row + 2 * m, V::load(pair), rest < N ? rest : N);
-        if (rest > N) V::store_n(row + 2 * m + N, V::load(pair + N), rest - N);
-      }
+      if (2 * m < W) store_interleaved_n<T>(row + 2 * m, V::load(e + m), V::load(o + m), static_cast<int>(W - 2 * m));
     }
   };
   const int64_t plane_bytes = s.h * W * static_cast<int64_t>(sizeof(T));

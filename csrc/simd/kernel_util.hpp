@@ -148,6 +148,17 @@ inline T sum_lanes(typename Vec<T>::R v) {
   return sum;
 }
 
+// The first n (<= 2N) values of (a0 b0 a1 b1 ...) to p, through a stack
+// pair and masked stores: a row's last, partial pair of vectors.
+template <class T>
+inline void store_interleaved_n(T* p, typename Vec<T>::R a, typename Vec<T>::R b, int n) {
+  using V = Vec<T>;
+  alignas(64) T pair[2 * V::N];
+  V::store_interleaved(pair, a, b);
+  V::store_n(p, V::load(pair), n < V::N ? n : V::N);
+  if (n > V::N) V::store_n(p + V::N, V::load(pair + V::N), n - V::N);
+}
+
 // The fused activation on a vector (NaN stays NaN: see vec.hpp).
 template <class T>
 inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
