@@ -133,6 +133,51 @@ def test_direct_wide_channel_tiles(isa, rng, case, layout, dtype):
                       layout=layout, activation="relu", algo="direct"))
 
 
+# (n, c, h, w, oc, k, padding, dilation): NCHW stride-1 layers with fewer
+# output channels than a vector, which the direct kernel runs with pixels in
+# the lanes over zero-padded planes ("frame" tiles) when the padded rows are
+# wide enough (AVX-512 float32: all of them; narrower vectors: some): 1-11
+# channels (two blocks above 8, balanced), a frame ending mid-vector, rows
+# narrower than a vector, asymmetric padding, dilation, 1x1.
+FRAME_CASES = {
+    "lenet_gi_16to6_5x5": (3, 16, 10, 10, 6, 5, 4, 1),
+    "head_64to3": (1, 64, 23, 29, 3, 3, 1, 1),
+    "one_channel": (2, 5, 9, 33, 1, 3, "same", 1),
+    "oc7_dilated": (2, 3, 17, 19, 7, 3, 2, 2),
+    "oc9_two_blocks": (1, 4, 12, 40, 9, 3, ((1, 2), (0, 1)), 1),
+    "oc11_two_blocks_5x5": (2, 3, 9, 70, 11, 5, 2, 1),
+    "narrow_rows_1x1": (4, 6, 5, 3, 2, 1, 0, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FRAME_CASES), ids=list(FRAME_CASES))
+def test_direct_pixel_lane_tiles(isa, rng, case, dtype):
+    """Against the reference (bias and activation fused), bitwise equal
+    across thread counts and for prepacked weights, and bitwise equal to the
+    channel-lane tiles (the same layer with zero filters appended, 16 output
+    channels: same terms in the same order).  Inputs near the right edge
+    are inf: the frame lanes past each row must not carry them into a
+    valid pixel."""
+    n, c, h, w, oc, k, padding, dilation = FRAME_CASES[case]
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=k, kw=k, dtype=dtype, bias=True)
+    kwargs = dict(padding=padding, dilation=dilation, activation="relu", algo="direct")
+    y = check_conv(x, wt, b, dtype=dtype, **kwargs)
+    wide = np.concatenate([wt, np.zeros((16 - oc,) + wt.shape[1:], dtype)])
+    np.testing.assert_array_equal(pyconv.conv2d(x, wide, np.concatenate([b, np.zeros(16 - oc, dtype)]),
+                                                **kwargs)[:, :oc], y)
+    np.testing.assert_array_equal(pyconv.conv2d(x, pyconv.prepack(wt), b, **kwargs), y)
+    pyconv.set_num_threads(1)
+    np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, **kwargs), y)
+    xi = x.copy()
+    xi[..., -1] = np.inf
+    yi = pyconv.conv2d(xi, wt, b, **kwargs)
+    with np.errstate(invalid="ignore"):  # inf - inf in the oracle too
+        ri = reference64(xi, wt, b, **{k: v for k, v in kwargs.items() if k != "algo"})
+    np.testing.assert_array_equal(np.isnan(yi), np.isnan(ri))
+    np.testing.assert_array_equal(np.isinf(yi), np.isinf(ri))
+
+
 # (c, oc, k): the direct kernel's OIHW weight packing, which transposes
 # chunks of (input channel, tap) columns through a stack tile of 256
 # columns: chunks of 28 input channels and a ragged last one (3x3), 10

@@ -359,6 +359,48 @@ def test_col2im_grad_input_bands(isa, rng, monkeypatch, case, layout, dtype):
     assert_bitwise(pyconv.conv2d_grad_input(gy, wt, x_shape, **kwargs), one, f"{case} with 2 threads")
 
 
+# (n, c, h, w, oc, k, padding, dilation): NCHW stride-1 layers with at most
+# 16 output channels, whose weight gradient runs with pixels in the lanes
+# over padded planes (csrc/gemm/grad_weight_kernels.cpp, "frame"): LeNet's
+# second layer, a single output channel, edge tiles of both kinds (oc not a
+# multiple of the row block, reduction not a multiple of the column block),
+# padding on every side, dilation, a frame ending mid-vector.
+FRAME_GW_CASES = {
+    "lenet_c2": (4, 6, 14, 14, 16, 5, 0, 1),
+    "one_output": (3, 5, 11, 9, 1, 3, 1, 1),
+    "oc7_same_dilated": (2, 3, 13, 21, 7, 3, "same", 2),
+    "oc10_asymmetric": (2, 2, 9, 30, 10, 4, ((2, 1), (0, 3)), 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(FRAME_GW_CASES), ids=list(FRAME_GW_CASES))
+def test_grad_weight_pixel_lanes(isa, rng, case, dtype):
+    """Against the reference, bitwise identical for 1 and 2 threads, and
+    with inf in x's last column and row: the lanes past each output row and
+    past the last one read real input there, which must be masked, not
+    multiplied by a zero of grad_out (NaN exactly where the reference has
+    it)."""
+    n, c, h, w, oc, k, padding, dilation = FRAME_GW_CASES[case]
+    kwargs = dict(padding=padding, dilation=dilation)
+    x = rand(rng, (n, c, h, w), dtype)
+    wt_shape = (oc, c, k, k)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt_shape, **kwargs), dtype)
+    pyconv.set_num_threads(1)
+    one = pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs)
+    assert_close(one, ref.conv2d_grad_weight(f64(x), f64(gy), wt_shape, **kwargs), dtype)
+    pyconv.set_num_threads(2)
+    assert_bitwise(pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs), one, f"{case} with 2 threads")
+    xi = x.copy()
+    xi[..., -1] = np.inf
+    xi[..., -1, :] = -np.inf
+    gi = pyconv.conv2d_grad_weight(xi, gy, wt_shape, **kwargs)
+    with np.errstate(invalid="ignore"):
+        ri = ref.conv2d_grad_weight(f64(xi), f64(gy), wt_shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(gi), np.isnan(ri))
+    np.testing.assert_array_equal(np.isinf(gi), np.isinf(ri))
+
+
 # (n, c, h, w, oc, kh, kw, stride, padding, dilation, groups): geometries the
 # property may draw only rarely, each one of _axis_phases' branches.
 EDGE_CASES = {

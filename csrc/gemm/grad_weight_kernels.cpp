@@ -14,6 +14,9 @@
 // with constant strides.  The extra memory is the per-thread packing
 // buffers, whatever the batch.
 //
+// NCHW stride-1 layers with at most 16 output channels take the pixel-lane
+// ("frame") kernel below instead: no im2col, pixels in the lanes.
+//
 // Determinism: threads split dW's rows and columns; each dW element
 // accumulates the KC blocks of r in order on one thread, and KC does not
 // depend on the thread count.  A small dW (LeNet's 6x25 and 16x150, under
@@ -24,6 +27,7 @@
 // never on the thread count, so results stay bitwise identical for any
 // thread count.
 #include <cstdint>
+#include <utility>
 
 #include "core/dispatch.hpp"
 #include "core/problem.hpp"
@@ -243,6 +247,150 @@ void pack_b_nhwc(const ConvShape& s, const T* dyg, int64_t r0, int64_t nr, int64
   }
 }
 
+// ---- pixel lanes over padded planes ("frame"), stride 1 -----------------------
+//
+// A layer with few output channels (LeNet's 6 and 16) gives the GEMM a dW of
+// 6 or 16 rows, and its B panels are an im2col of every pixel of every
+// image: packing cost as much as the products.  With stride 1 nothing needs
+// packing but a zero margin: x goes to planes of hp x wp (padded), dY to
+// frames of the same row length wp (zeros at ow >= OW), and then for tap
+// (kh, kw) of input channel ic, frame position q of dY meets plane position
+// q + ic * plane + kh * dh * wp + kw * dw of x: every dW element is a dot
+// product of two runs with constant offsets.  A tile is OCB output channels
+// x KB (ic, kh, kw) columns of dW in registers, pixels in lanes: per vector
+// of positions OCB dY loads and KB x loads feed OCB * KB FMAs, and the lanes
+// are summed once at the end.  x lanes at positions outside the output
+// (ow >= OW, the end of the frame) are masked to zero, so an inf or NaN
+// there never meets a zero of dY.  Each dW element is summed by one thread,
+// images and positions in order: bitwise identical for any thread count.
+#if defined(PYCONV_ISA_avx512)
+constexpr int kFrameOCB = 4, kFrameKB = 6;  // 24 accumulators + 4 dY + 1 x of 32 zmm
+#elif defined(PYCONV_ISA_avx2)
+constexpr int kFrameOCB = 2, kFrameKB = 6;  // 12 + 2 + 1 of 16 ymm
+#else
+constexpr int kFrameOCB = 2, kFrameKB = 4;
+#endif
+
+struct FramePlan {
+  int64_t hp, wp, plane;       // padded x planes
+  int64_t vecs, frame;         // vectors of positions per dY frame, its elements (vecs * lanes)
+  int64_t slack;               // zeros after the last x plane (the last vector's reach)
+  int64_t off_g, off_m, total;  // byte offsets in the workspace (x planes at 0)
+};
+
+template <class T>
+FramePlan make_frame_plan(const ConvShape& s) {
+  constexpr int64_t L = Vec<T>::N;
+  const int64_t e = sizeof(T);
+  FramePlan f{};
+  f.hp = s.h + s.pt + s.pb;
+  f.wp = s.w + s.pl + s.pr;
+  f.plane = f.hp * f.wp;
+  f.vecs = ceil_div(s.oh * f.wp, L);
+  f.frame = f.vecs * L;
+  f.slack = L + (s.kw - 1) * s.dw;
+  f.off_g = round_up((s.n * s.c * f.plane + f.slack) * e, kAlign);
+  f.off_m = f.off_g + round_up(s.n * s.oc * f.frame * e, kAlign);
+  f.total = f.off_m + round_up(f.vecs * static_cast<int64_t>(sizeof(typename Vec<T>::M)), kAlign);
+  return f;
+}
+
+template <class T, int OCB, int KB>
+void frame_tile(const ConvShape& s, const FramePlan& f, const T* xp, const T* gf, const typename Vec<T>::M* keep,
+                int64_t oc0, int64_t k0, T* dw) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::N;
+  const int64_t taps = s.kh * s.kw, Kg = s.c * taps;
+  int64_t off[KB];
+  for (int j = 0; j < KB; ++j) {
+    const int64_t k = k0 + j, t = k % taps;
+    off[j] = (k / taps) * f.plane + (t / s.kw) * s.dh * f.wp + (t % s.kw) * s.dw;
+  }
+  typename V::R acc[OCB][KB];
+#pragma GCC unroll 8
+  for (int i = 0; i < OCB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < KB; ++j) acc[i][j] = V::zero();
+  for (int64_t n = 0; n < s.n; ++n) {
+    const T* xn = xp + n * s.c * f.plane;
+    const T* gn = gf + (n * s.oc + oc0) * f.frame;
+    for (int64_t v = 0; v < f.vecs; ++v) {
+      typename V::R gv[OCB];
+#pragma GCC unroll 8
+      for (int i = 0; i < OCB; ++i) gv[i] = V::load(gn + i * f.frame + v * L);
+      const typename V::M m = keep[v];
+#pragma GCC unroll 8
+      for (int j = 0; j < KB; ++j) {
+        const typename V::R xv = V::load_keep(xn + off[j] + v * L, m);
+#pragma GCC unroll 8
+        for (int i = 0; i < OCB; ++i) acc[i][j] = V::fma(gv[i], xv, acc[i][j]);
+      }
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < OCB; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < KB; ++j) dw[(oc0 + i) * Kg + k0 + j] = sum_lanes<T>(acc[i][j]);
+}
+
+template <class T>
+using FrameTile = void (*)(const ConvShape&, const FramePlan&, const T*, const T*, const typename Vec<T>::M*,
+                           int64_t, int64_t, T*);
+template <class T>
+struct FrameRow { FrameTile<T> fn[kFrameKB + 1]; };
+template <class T, int OCB, int... K>
+constexpr FrameRow<T> frame_row(std::integer_sequence<int, K...>) {
+  return FrameRow<T>{{nullptr, &frame_tile<T, OCB, K + 1>...}};
+}
+template <class T, int... O>
+constexpr auto frame_tiles(std::integer_sequence<int, O...>) {
+  struct Table { FrameRow<T> row[sizeof...(O) + 1]; };
+  return Table{{FrameRow<T>{}, frame_row<T, O + 1>(std::make_integer_sequence<int, kFrameKB>{})...}};
+}
+
+template <class T>
+void grad_weight_frame(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
+  using V = Vec<T>;
+  constexpr int64_t L = V::N;
+  static constexpr auto tiles = frame_tiles<T>(std::make_integer_sequence<int, kFrameOCB>{});
+  const FramePlan f = make_frame_plan<T>(s);
+  char* ws = static_cast<char*>(workspace);
+  T* xp = reinterpret_cast<T*>(ws);
+  T* gf = reinterpret_cast<T*>(ws + f.off_g);
+  typename V::M* keep = reinterpret_cast<typename V::M*>(ws + f.off_m);
+  pad_planes(x, s.n * s.c, s.h, s.w, f.hp, f.wp, s.pt, s.pl, f.slack, xp, nt);
+  // dY frames: rows of wp with zeros past OW, zeros after the last row.
+  const int64_t OHW = s.oh * s.ow;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < s.n * s.oc; ++i) {
+    const T* src = dy + i * OHW;
+    T* d = gf + i * f.frame;
+    for (int64_t oh = 0; oh < s.oh; ++oh) {
+      for (int64_t ow = 0; ow < s.ow; ++ow) d[oh * f.wp + ow] = src[oh * s.ow + ow];
+      for (int64_t ow = s.ow; ow < f.wp; ++ow) d[oh * f.wp + ow] = T(0);
+    }
+    for (int64_t q = s.oh * f.wp; q < f.frame; ++q) d[q] = T(0);
+  }
+  for (int64_t v = 0; v < f.vecs; ++v) {
+    unsigned bits = 0;
+    for (int64_t l = 0; l < L; ++l) {
+      const int64_t q = v * L + l;
+      if (q < s.oh * f.wp && q % f.wp < s.ow) bits |= 1u << l;
+    }
+    keep[v] = V::lanes_mask(bits);
+  }
+  // Tiles of balanced sizes: OC rows in ob blocks, Kg columns in kb blocks.
+  const int64_t Kg = s.c * s.kh * s.kw;
+  const int64_t ob = ceil_div(s.oc, kFrameOCB), kb = ceil_div(Kg, kFrameKB);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t u = 0; u < ob * kb; ++u) {
+    const int64_t i = u / kb, j = u % kb;
+    const int64_t rows = s.oc / ob + (i < s.oc % ob ? 1 : 0), oc0 = i * (s.oc / ob) + min64(i, s.oc % ob);
+    const int64_t cols = Kg / kb + (j < Kg % kb ? 1 : 0), k0 = j * (Kg / kb) + min64(j, Kg % kb);
+    tiles.row[rows].fn[cols](s, f, xp, gf, keep, oc0, k0, dw);
+  }
+}
+
 // ---- the driver ----------------------------------------------------------------
 
 // 1x1, stride 1, unpadded NCHW layers with at most kThinInputs input
@@ -314,6 +462,10 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
     grad_weight_thin(s, x, dy, dw, nt);
     return;
   }
+  if (pixel_lane_grad_weight(s)) {
+    grad_weight_frame(s, x, dy, dw, workspace, nt);
+    return;
+  }
   using Bk = Blocking<T>;
   const GwPlan g = make_plan<T>(s, nt);
   char* ws = static_cast<char*>(workspace);
@@ -370,6 +522,7 @@ void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, void* works
 
 int64_t grad_weight_workspace(const ConvShape& s, int elem_bytes, int nt) {
   if (thin_pointwise(s)) return 0;
+  if (pixel_lane_grad_weight(s)) return elem_bytes == 4 ? make_frame_plan<float>(s).total : make_frame_plan<double>(s).total;
   return elem_bytes == 4 ? make_plan<float>(s, nt).total : make_plan<double>(s, nt).total;
 }
 

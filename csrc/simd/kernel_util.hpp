@@ -128,6 +128,30 @@ inline void transpose_copy(const T* src, int64_t ss, T* dst, int64_t ds, int64_t
   }
 }
 
+// NCHW planes (planes x h x w) -> planes of hp x wp, the input at row pt,
+// column pl, zeros around it, then `slack` zeros after the last plane.
+template <class T>
+void pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t hp, int64_t wp, int64_t pt,
+                int64_t pl, int64_t slack, T* dst, int nt) {
+  const int64_t plane = hp * wp;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t i = 0; i < planes; ++i) {
+    const T* src = x + i * h * w;
+    for (int64_t r = 0; r < hp; ++r) {
+      T* d = dst + i * plane + r * wp;
+      const int64_t ih = r - pt;
+      if (ih < 0 || ih >= h) {
+        for (int64_t j = 0; j < wp; ++j) d[j] = T(0);
+        continue;
+      }
+      for (int64_t j = 0; j < pl; ++j) d[j] = T(0);
+      for (int64_t j = 0; j < w; ++j) d[pl + j] = src[ih * w + j];
+      for (int64_t j = pl + w; j < wp; ++j) d[j] = T(0);
+    }
+  }
+  for (int64_t j = 0; j < slack; ++j) dst[planes * plane + j] = T(0);
+}
+
 // Threads in the current OpenMP team (1 without OpenMP).
 inline int thread_count() {
 #ifdef _OPENMP

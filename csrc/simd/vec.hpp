@@ -65,6 +65,10 @@ struct Vec {
   static M eq(R a, R b) { M m; for (int i = 0; i < N; ++i) m.b[i] = a.v[i] == b.v[i]; return m; }
   // Whether any of the first n lanes of m is set.
   static bool any_n(M m, int n) { bool r = false; for (int i = 0; i < n; ++i) r |= m.b[i]; return r; }
+  // Lane i of the mask is bit i of `bits`; load_keep: p's lanes where m is
+  // set, zeros elsewhere (p[0..N) must be readable: some ISAs load them all).
+  static M lanes_mask(unsigned bits) { M m; for (int i = 0; i < N; ++i) m.b[i] = (bits >> i) & 1u; return m; }
+  static R load_keep(const T* p, M m) { R r; for (int i = 0; i < N; ++i) r.v[i] = m.b[i] ? p[i] : T(0); return r; }
   // (a0 b0 a1 b1 ...) to p[0 .. 2N)
   static void store_interleaved(T* p, R a, R b) {
     for (int i = 0; i < N; ++i) { p[2 * i] = a.v[i]; p[2 * i + 1] = b.v[i]; }
@@ -123,6 +127,11 @@ struct Vec<float> {
   static R blend(R a, R b, M m) { return _mm256_blendv_ps(a, b, m); }
   static M eq(R a, R b) { return _mm256_cmp_ps(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (_mm256_movemask_ps(m) & ((1 << n) - 1)) != 0; }
+  static M lanes_mask(unsigned bits) {
+    const __m256i bit = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+    return _mm256_castsi256_ps(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(bits)), bit), bit));
+  }
+  static R load_keep(const float* p, M m) { return _mm256_and_ps(load(p), m); }
   static void store_interleaved(float* p, R a, R b) {
     const __m256 lo = _mm256_unpacklo_ps(a, b), hi = _mm256_unpackhi_ps(a, b);  // a0 b0 a1 b1 | a4 b4 a5 b5 ...
     store(p, _mm256_permute2f128_ps(lo, hi, 0x20));
@@ -162,6 +171,11 @@ struct Vec<double> {
   static R blend(R a, R b, M m) { return _mm256_blendv_pd(a, b, m); }
   static M eq(R a, R b) { return _mm256_cmp_pd(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (_mm256_movemask_pd(m) & ((1 << n) - 1)) != 0; }
+  static M lanes_mask(unsigned bits) {
+    const __m256i bit = _mm256_setr_epi64x(1, 2, 4, 8);
+    return _mm256_castsi256_pd(_mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(bits), bit), bit));
+  }
+  static R load_keep(const double* p, M m) { return _mm256_and_pd(load(p), m); }
   static void store_interleaved(double* p, R a, R b) {
     const __m256d lo = _mm256_unpacklo_pd(a, b), hi = _mm256_unpackhi_pd(a, b);  // a0 b0 | a2 b2, a1 b1 | a3 b3
     store(p, _mm256_permute2f128_pd(lo, hi, 0x20));
@@ -212,6 +226,8 @@ struct Vec<float> {
   static R blend(R a, R b, M m) { return _mm512_mask_blend_ps(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_ps_mask(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
+  static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
+  static R load_keep(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
   static void stream(float* p, R a) { _mm512_stream_ps(p, a); }  // p 64-byte aligned
   static void store_interleaved(float* p, R a, R b) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -259,6 +275,8 @@ struct Vec<double> {
   static R blend(R a, R b, M m) { return _mm512_mask_blend_pd(m, a, b); }
   static M eq(R a, R b) { return _mm512_cmp_pd_mask(a, b, _CMP_EQ_OQ); }
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
+  static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
+  static R load_keep(const double* p, M m) { return _mm512_maskz_loadu_pd(m, p); }
   static void stream(double* p, R a) { _mm512_stream_pd(p, a); }  // p 64-byte aligned
   static void store_interleaved(double* p, R a, R b) {
     const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
