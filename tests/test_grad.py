@@ -541,6 +541,25 @@ def test_grad_weight_spans_several_chunks(isa, rng, layout, dtype, groups):
     assert_close(gw, per_image, dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_grad_weight_several_row_blocks(isa, rng, layout, dtype):
+    """dW rows beyond one GEMM row block (768 with AVX-512 float32; fewer
+    on other paths): NCHW rows are 800 output channels, NHWC rows 96 * 3 * 3
+    = 864 (input channel, tap) pairs; both split into blocks of a few
+    hundred with edge panels, the same for 1 and 2 threads."""
+    c, oc = (20, 800) if layout == "NCHW" else (96, 24)
+    x = rand(rng, input_shape(layout, 2, c, 6, 7), dtype)
+    wt = rand(rng, weight_shape(layout, c, oc, 3, 3, 1), dtype)
+    kwargs = dict(padding=1, layout=layout)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype)
+    pyconv.set_num_threads(1)
+    one = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    assert_close(one, ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
+    pyconv.set_num_threads(2)
+    assert_bitwise(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs), one, "2 threads")
+
+
 # ==========================================================================
 # determinism
 
