@@ -314,7 +314,15 @@ def _plain(value: Any) -> bool:
     get their own (error) answers.
     """
     t = type(value)
-    return t is int or t is str or (t is tuple and all(_plain(v) for v in value))
+    if t is int or t is str:
+        return True
+    if t is not tuple:
+        return False
+    for v in value:  # (a loop, not all() over a generator: this runs on every call)
+        tv = type(v)
+        if tv is not int and tv is not str and not (tv is tuple and _plain(v)):
+            return False
+    return True
 
 
 @functools.lru_cache(maxsize=512)
