@@ -17,7 +17,7 @@ col2im that adds them up in a fixed order (csrc/gemm/grad_input_kernels.cpp,
 deterministic for any thread count too: 1.5-2.8x the depthwise kernel on
 single-channel layers, 1.3-4.4x the phases on 2-4 channels).  The weight
 gradient has its own GEMM kernel (csrc/gemm/grad_weight_kernels.cpp)
-reducing over every pixel of every image in a fixed order; NCHW stride-1
+reducing over every pixel of every image in a fixed order; stride-1
 layers with at most 16 output channels (LeNet) skip the GEMM's im2col
 packing: pixels in the vector lanes over zero-padded planes, each dW
 element a dot product of two runs (1.3-4x the GEMM there).
@@ -360,8 +360,7 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
     start = time.perf_counter() if _VERBOSE else 0.0
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
     if _VERBOSE:
-        pixel_lanes = (geo.layout == "NCHW" and geo.groups == 1 and geo.stride == (1, 1)
-                       and geo.kh * geo.kw > 1 and geo.oc <= 16)
+        pixel_lanes = geo.groups == 1 and geo.stride == (1, 1) and geo.kh * geo.kw > 1 and geo.oc <= 16
         depthwise = geo.groups == geo.c and not pixel_lanes and (geo.layout == "NCHW" or geo.c > 1)
         kernel = "depthwise" if depthwise else "pixel_lanes" if pixel_lanes else "gemm"
         verbose_line("conv2d_grad_weight", geo, dtype, f"grad_weight({kernel})", start)

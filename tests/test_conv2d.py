@@ -133,9 +133,10 @@ def test_direct_wide_channel_tiles(isa, rng, case, layout, dtype):
                       layout=layout, activation="relu", algo="direct"))
 
 
-# (n, c, h, w, oc, k, padding, dilation): NCHW stride-1 layers with fewer
-# output channels than a vector, which the direct kernel runs with pixels in
-# the lanes over zero-padded planes ("frame" tiles) when the padded rows are
+# (n, c, h, w, oc, k, padding, dilation): stride-1 layers with fewer output
+# channels than a vector, which the direct kernel runs with pixels in
+# the lanes over zero-padded NCHW planes ("frame" tiles; NHWC input is
+# transposed into them) when the padded rows are
 # wide enough (AVX-512 float32: all of them; narrower vectors: some): 1-11
 # channels (two blocks above 8, balanced), a frame ending mid-vector, rows
 # narrower than a vector, asymmetric padding, dilation, 1x1.
@@ -151,26 +152,32 @@ FRAME_CASES = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", list(FRAME_CASES), ids=list(FRAME_CASES))
-def test_direct_pixel_lane_tiles(isa, rng, case, dtype):
+def test_direct_pixel_lane_tiles(isa, rng, case, layout, dtype):
     """Against the reference (bias and activation fused), bitwise equal
     across thread counts and for prepacked weights, and bitwise equal to the
     channel-lane tiles (the same layer with zero filters appended, 16 output
-    channels: same terms in the same order).  Inputs near the right edge
+    channels: same terms in the same order).  Inputs in the last column
     are inf: the frame lanes past each row must not carry them into a
     valid pixel."""
     n, c, h, w, oc, k, padding, dilation = FRAME_CASES[case]
-    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=k, kw=k, dtype=dtype, bias=True)
-    kwargs = dict(padding=padding, dilation=dilation, activation="relu", algo="direct")
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=k, kw=k, layout=layout, dtype=dtype, bias=True)
+    kwargs = dict(padding=padding, dilation=dilation, layout=layout, activation="relu", algo="direct")
     y = check_conv(x, wt, b, dtype=dtype, **kwargs)
-    wide = np.concatenate([wt, np.zeros((16 - oc,) + wt.shape[1:], dtype)])
-    np.testing.assert_array_equal(pyconv.conv2d(x, wide, np.concatenate([b, np.zeros(16 - oc, dtype)]),
-                                                **kwargs)[:, :oc], y)
-    np.testing.assert_array_equal(pyconv.conv2d(x, pyconv.prepack(wt), b, **kwargs), y)
+    nchw = layout == "NCHW"
+    zeros = np.zeros(((16 - oc,) + wt.shape[1:]) if nchw else (wt.shape[:3] + (16 - oc,)), dtype)
+    wide = np.concatenate([wt, zeros], axis=0 if nchw else 3)
+    yw = pyconv.conv2d(x, wide, np.concatenate([b, np.zeros(16 - oc, dtype)]), **kwargs)
+    np.testing.assert_array_equal(yw[:, :oc] if nchw else yw[..., :oc], y)
+    np.testing.assert_array_equal(pyconv.conv2d(x, pyconv.prepack(wt, layout=layout), b, **kwargs), y)
     pyconv.set_num_threads(1)
     np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, **kwargs), y)
     xi = x.copy()
-    xi[..., -1] = np.inf
+    if nchw:
+        xi[..., -1] = np.inf
+    else:
+        xi[:, :, -1, :] = np.inf
     yi = pyconv.conv2d(xi, wt, b, **kwargs)
     with np.errstate(invalid="ignore"):  # inf - inf in the oracle too
         ri = reference64(xi, wt, b, **{k: v for k, v in kwargs.items() if k != "algo"})

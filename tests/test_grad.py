@@ -359,8 +359,8 @@ def test_col2im_grad_input_bands(isa, rng, monkeypatch, case, layout, dtype):
     assert_bitwise(pyconv.conv2d_grad_input(gy, wt, x_shape, **kwargs), one, f"{case} with 2 threads")
 
 
-# (n, c, h, w, oc, k, padding, dilation): NCHW stride-1 layers with at most
-# 16 output channels, whose weight gradient runs with pixels in the lanes
+# (n, c, h, w, oc, k, padding, dilation): stride-1 layers with at most 16
+# output channels, whose weight gradient runs with pixels in the lanes
 # over padded planes (csrc/gemm/grad_weight_kernels.cpp, "frame"): LeNet's
 # second layer, a single output channel, edge tiles of both kinds (oc not a
 # multiple of the row block, reduction not a multiple of the column block),
@@ -374,26 +374,28 @@ FRAME_GW_CASES = {
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("case", list(FRAME_GW_CASES), ids=list(FRAME_GW_CASES))
-def test_grad_weight_pixel_lanes(isa, rng, case, dtype):
+def test_grad_weight_pixel_lanes(isa, rng, case, layout, dtype):
     """Against the reference, bitwise identical for 1 and 2 threads, and
     with inf in x's last column and row: the lanes past each output row and
     past the last one read real input there, which must be masked, not
     multiplied by a zero of grad_out (NaN exactly where the reference has
     it)."""
     n, c, h, w, oc, k, padding, dilation = FRAME_GW_CASES[case]
-    kwargs = dict(padding=padding, dilation=dilation)
-    x = rand(rng, (n, c, h, w), dtype)
-    wt_shape = (oc, c, k, k)
+    kwargs = dict(padding=padding, dilation=dilation, layout=layout)
+    x = rand(rng, input_shape(layout, n, c, h, w), dtype)
+    wt_shape = weight_shape(layout, c, oc, k, k, 1)
     gy = rand(rng, pyconv.conv_output_shape(x.shape, wt_shape, **kwargs), dtype)
     pyconv.set_num_threads(1)
     one = pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs)
     assert_close(one, ref.conv2d_grad_weight(f64(x), f64(gy), wt_shape, **kwargs), dtype)
     pyconv.set_num_threads(2)
     assert_bitwise(pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs), one, f"{case} with 2 threads")
-    xi = x.copy()
+    xi = act_to_nchw(x, layout).copy()
     xi[..., -1] = np.inf
     xi[..., -1, :] = -np.inf
+    xi = act_to_layout(xi, layout)
     gi = pyconv.conv2d_grad_weight(xi, gy, wt_shape, **kwargs)
     with np.errstate(invalid="ignore"):
         ri = ref.conv2d_grad_weight(f64(xi), f64(gy), wt_shape, **kwargs)

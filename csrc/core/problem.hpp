@@ -48,12 +48,12 @@ static inline int64_t icg(const ConvShape& s) { return s.c / s.groups; }
 static inline int64_t ocg(const ConvShape& s) { return s.oc / s.groups; }
 
 // The weight gradient with pixels in the vector lanes over padded planes
-// (grad_weight_kernels.cpp): NCHW, one group, stride 1, a kernel larger than
-// 1x1 and at most 16 output channels (a dW with few rows, where a GEMM's
-// im2col packing costs as much as its products).  Single-channel layers
-// included (groups == C_in == 1 would otherwise be depthwise).
+// (grad_weight_kernels.cpp): one group, stride 1, a kernel larger than 1x1
+// and at most 16 output channels (a dW with few rows, where a GEMM's im2col
+// packing costs as much as its products), either layout.  Single-channel
+// NCHW layers included (groups == C_in == 1 would otherwise be depthwise).
 static inline bool pixel_lane_grad_weight(const ConvShape& s) {
-  return s.layout == Layout::NCHW && s.groups == 1 && s.sh == 1 && s.sw == 1 && s.kh * s.kw > 1 && s.oc <= 16;
+  return s.groups == 1 && s.sh == 1 && s.sw == 1 && s.kh * s.kw > 1 && s.oc <= 16;
 }
 
 }  // namespace pyconv

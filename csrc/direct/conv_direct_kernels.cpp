@@ -16,9 +16,9 @@
 // spilled to a small stack buffer and each channel's TW pixels are copied to
 // their row, so no NHWC scratch and no second pass over the output exist.
 //
-// NCHW stride-1 layers with fewer output channels than a vector has lanes
+// Stride-1 layers with fewer output channels than a vector has lanes
 // (LeNet's 6, input gradients to a few channels) put pixels in the lanes
-// instead, over zero-padded planes (compute_frame, "frame" tiles).
+// instead, over zero-padded NCHW planes (compute_frame, "frame" tiles).
 //
 // Depthwise layers (one input and one output channel per group) would use
 // one lane in V that way, so they get their own loop, vectorised across
@@ -120,8 +120,7 @@ Plan make_plan(const ConvShape& s, bool prepacked) {
     // Measured (AVX-512, 2 threads): 64 -> 3 on 112x112 2.7x, 4 -> 4 5x5
     // on 32x32 3x, 16 -> 8 3x3 on 32x32 1.6x, LeNet's 16 -> 6 5x5 input
     // gradient 1.7x.
-    p.frame = s.layout == Layout::NCHW && s.groups == 1 && s.sh == 1 && s.sw == 1 && s.oc < p.lanes &&
-              4 * s.oc * p.wp < 3 * p.lanes * s.ow;
+    p.frame = s.groups == 1 && s.sh == 1 && s.sw == 1 && s.oc < p.lanes && 4 * s.oc * p.wp < 3 * p.lanes * s.ow;
   }
   const int64_t e = sizeof(T);
   int64_t off = 0;
@@ -494,12 +493,13 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
   }
 }
 
-// ---- pixel-lane tiles (few output channels, stride 1, NCHW) ---------------
+// ---- pixel-lane tiles (few output channels, stride 1) ----------------------
 //
 // A layer with fewer output channels than a vector has (LeNet's 6, the
 // input gradient of a layer with few input channels) would fill a fraction
 // of each channel vector.  Its input is zero-padded instead into NCHW planes
-// of hp x wp, and output pixel (oh, ow) is "frame" position q = oh * wp + ow:
+// of hp x wp (NHWC input transposed on the way, in register blocks), and
+// output pixel (oh, ow) is "frame" position q = oh * wp + ow:
 // tap (kh, kw) of position q reads plane position q + kh * dh * wp + kw * dw,
 // so consecutive positions read consecutive inputs and a vector of positions
 // is one unaligned load per tap.  Positions with ow >= OW (the frame's
@@ -507,7 +507,8 @@ void compute_depthwise(const ConvShape& s, const Plan& p, const T* xp, const T* 
 // vectors of positions: each tap loads PV vectors and broadcasts OCB weights.
 // The weights are the channel-lane packed blocks (so prepacked weights serve
 // both kinds of tile), and the terms are added in the same order (kh, kw,
-// ic), so both give bitwise the same result.
+// ic), so both give bitwise the same result.  Results go to NCHW or NHWC
+// output from a stack row per channel.
 
 // OCB channels x PV vectors of frame positions q0.. of one image.  x: the
 // image's first plane at q0; w: packed weights at the tile's first channel;
@@ -538,8 +539,11 @@ void tile_frame(const ConvShape& s, const Plan& p, const T* x, const T* w, const
         }
       }
     }
-  // Each channel's positions through a stack row, then its valid runs.
+  // Each channel's positions through a stack row, then its valid runs
+  // (NCHW: a channel's run is contiguous; NHWC: pixels oc apart).
   const int64_t q1 = min64(q0 + PV * L, s.oh * p.wp), OHW = s.oh * s.ow;
+  const bool nchw = s.layout == Layout::NCHW;
+  const int64_t ypix = nchw ? 1 : s.oc, ych = nchw ? OHW : 1;
   alignas(64) T row[PV * L];
 #pragma GCC unroll 8
   for (int j = 0; j < OCB; ++j) {
@@ -547,10 +551,11 @@ void tile_frame(const ConvShape& s, const Plan& p, const T* x, const T* w, const
 #pragma GCC unroll 8
     for (int v = 0; v < PV; ++v)
       V::store(row + v * L, activate<T>(s.has_bias ? V::add(acc[j][v], bv) : acc[j][v], s.act));
-    T* yc = y + j * OHW;
+    T* yc = y + j * ych;
     for (int64_t q = q0; q < q1;) {
       const int64_t oh = q / p.wp, ow = q - oh * p.wp, run = min64(q1 - q, p.wp - ow);
-      for (int64_t i = 0, e = min64(run, s.ow - ow); i < e; ++i) yc[oh * s.ow + ow + i] = row[q - q0 + i];
+      T* dst = yc + (oh * s.ow + ow) * ypix;
+      for (int64_t i = 0, e = min64(run, s.ow - ow); i < e; ++i) dst[i * ypix] = row[q - q0 + i];
       q += run;
     }
   }
@@ -600,7 +605,7 @@ void compute_frame(const ConvShape& s, const Plan& p, const T* xp, const T* wp, 
     const int64_t t = u - first[k], base = vecs / ntiles[k], wider = vecs % ntiles[k];
     const int64_t pv = base + (t < wider ? 1 : 0), v0 = t * base + min64(t, wider);
     tiles.row[ocb].fn[pv](s, p, xp + n * s.c * plane + v0 * L, wp + oc0, bp + oc0,
-                          y + (n * OC + oc0) * OHW, v0 * L);
+                          y + n * OC * OHW + oc0 * (s.layout == Layout::NCHW ? OHW : 1), v0 * L);
   }
 }
 
@@ -618,7 +623,10 @@ void conv_direct(const ConvShape& s, const T* x, const T* w, const T* prepacked,
     wp = own;
   }
   if (p.frame) {
-    pad_planes(x, s.n * s.c, s.h, s.w, p.hp, p.wp, s.pt, s.pl, frame_slack(s, p), xp, nt);
+    if (s.layout == Layout::NCHW)
+      pad_planes(x, s.n * s.c, s.h, s.w, p.hp, p.wp, s.pt, s.pl, frame_slack(s, p), xp, nt);
+    else
+      pad_planes_nhwc(x, s.n, s.h, s.w, s.c, p.hp, p.wp, s.pt, s.pl, frame_slack(s, p), xp, nt);
     pack_bias(s, p, bias, bp);
     compute_frame(s, p, xp, wp, bp, y, nt);
     return;

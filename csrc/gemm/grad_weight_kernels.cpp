@@ -14,7 +14,7 @@
 // with constant strides.  The extra memory is the per-thread packing
 // buffers, whatever the batch.
 //
-// NCHW stride-1 layers with at most 16 output channels take the pixel-lane
+// Stride-1 layers with at most 16 output channels take the pixel-lane
 // ("frame") kernel below instead: no im2col, pixels in the lanes.
 //
 // Determinism: threads split dW's rows and columns; each dW element
@@ -260,7 +260,8 @@ void pack_b_nhwc(const ConvShape& s, const T* dyg, int64_t r0, int64_t nr, int64
 // 6 or 16 rows, and its B panels are an im2col of every pixel of every
 // image: packing cost as much as the products.  With stride 1 nothing needs
 // packing but a zero margin: x goes to planes of hp x wp (padded), dY to
-// frames of the same row length wp (zeros at ow >= OW), and then for tap
+// frames of the same row length wp (zeros at ow >= OW; NHWC operands are
+// transposed on the way, in register blocks), and then for tap
 // (kh, kw) of input channel ic, frame position q of dY meets plane position
 // q + ic * plane + kh * dh * wp + kw * dw of x: every dW element is a dot
 // product of two runs with constant offsets.  A tile is OCB output channels
@@ -270,6 +271,7 @@ void pack_b_nhwc(const ConvShape& s, const T* dyg, int64_t r0, int64_t nr, int64
 // (ow >= OW, the end of the frame) are masked to zero, so an inf or NaN
 // there never meets a zero of dY.  Each dW element is summed by one thread,
 // images and positions in order: bitwise identical for any thread count.
+// dW is written in the layout's order (OIHW or HWIO).
 #if defined(PYCONV_ISA_avx512)
 constexpr int kFrameOCB = 4, kFrameKB = 6;  // 24 accumulators + 4 dY + 1 x of 32 zmm
 #elif defined(PYCONV_ISA_avx2)
@@ -308,11 +310,14 @@ void frame_tile(const ConvShape& s, const FramePlan& f, const T* xp, const T* gf
   using V = Vec<T>;
   constexpr int64_t L = V::N;
   const int64_t taps = s.kh * s.kw, Kg = s.c * taps;
-  int64_t off[KB];
+  const bool nchw = s.layout == Layout::NCHW;
+  int64_t off[KB], out[KB];  // column j: its x offset, its dW element (oc0)
   for (int j = 0; j < KB; ++j) {
-    const int64_t k = k0 + j, t = k % taps;
-    off[j] = (k / taps) * f.plane + (t / s.kw) * s.dh * f.wp + (t % s.kw) * s.dw;
+    const int64_t k = k0 + j, ic = k / taps, t = k % taps;
+    off[j] = ic * f.plane + (t / s.kw) * s.dh * f.wp + (t % s.kw) * s.dw;
+    out[j] = nchw ? oc0 * Kg + k : (t * s.c + ic) * s.oc + oc0;  // OIHW or HWIO
   }
+  const int64_t orow = nchw ? Kg : 1;  // next output channel
   typename V::R acc[OCB][KB];
 #pragma GCC unroll 8
   for (int i = 0; i < OCB; ++i)
@@ -337,7 +342,7 @@ void frame_tile(const ConvShape& s, const FramePlan& f, const T* xp, const T* gf
 #pragma GCC unroll 8
   for (int i = 0; i < OCB; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < KB; ++j) dw[(oc0 + i) * Kg + k0 + j] = sum_lanes<T>(acc[i][j]);
+    for (int j = 0; j < KB; ++j) dw[out[j] + i * orow] = sum_lanes<T>(acc[i][j]);
 }
 
 template <class T>
@@ -365,18 +370,34 @@ void grad_weight_frame(const ConvShape& s, const T* x, const T* dy, T* dw, void*
   T* xp = reinterpret_cast<T*>(ws);
   T* gf = reinterpret_cast<T*>(ws + f.off_g);
   typename V::M* keep = reinterpret_cast<typename V::M*>(ws + f.off_m);
-  pad_planes(x, s.n * s.c, s.h, s.w, f.hp, f.wp, s.pt, s.pl, f.slack, xp, nt);
-  // dY frames: rows of wp with zeros past OW, zeros after the last row.
+  const bool nchw = s.layout == Layout::NCHW;
+  if (nchw)
+    pad_planes(x, s.n * s.c, s.h, s.w, f.hp, f.wp, s.pt, s.pl, f.slack, xp, nt);
+  else
+    pad_planes_nhwc(x, s.n, s.h, s.w, s.c, f.hp, f.wp, s.pt, s.pl, f.slack, xp, nt);
+  // dY frames: rows of wp with zeros past OW, zeros after the last row
+  // (NHWC: each dY row transposed into its oc frames).
   const int64_t OHW = s.oh * s.ow;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t i = 0; i < s.n * s.oc; ++i) {
-    const T* src = dy + i * OHW;
-    T* d = gf + i * f.frame;
-    for (int64_t oh = 0; oh < s.oh; ++oh) {
-      for (int64_t ow = 0; ow < s.ow; ++ow) d[oh * f.wp + ow] = src[oh * s.ow + ow];
-      for (int64_t ow = s.ow; ow < f.wp; ++ow) d[oh * f.wp + ow] = T(0);
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < s.n * s.oc; ++i) {
+      const T* src = dy + i * OHW;
+      T* d = gf + i * f.frame;
+      for (int64_t oh = 0; oh < s.oh; ++oh) {
+        if (nchw)
+          for (int64_t ow = 0; ow < s.ow; ++ow) d[oh * f.wp + ow] = src[oh * s.ow + ow];
+        for (int64_t ow = s.ow; ow < f.wp; ++ow) d[oh * f.wp + ow] = T(0);
+      }
+      for (int64_t q = s.oh * f.wp; q < f.frame; ++q) d[q] = T(0);
     }
-    for (int64_t q = s.oh * f.wp; q < f.frame; ++q) d[q] = T(0);
+    if (!nchw) {
+#pragma omp for schedule(static)
+      for (int64_t r = 0; r < s.n * s.oh; ++r) {
+        const int64_t n = r / s.oh, oh = r % s.oh;
+        transpose_copy(dy + r * s.ow * s.oc, s.oc, gf + n * s.oc * f.frame + oh * f.wp, f.frame, s.ow, s.oc);
+      }
+    }
   }
   for (int64_t v = 0; v < f.vecs; ++v) {
     unsigned bits = 0;

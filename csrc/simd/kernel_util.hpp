@@ -152,6 +152,33 @@ void pad_planes(const T* x, int64_t planes, int64_t h, int64_t w, int64_t hp, in
   for (int64_t j = 0; j < slack; ++j) dst[planes * plane + j] = T(0);
 }
 
+// NHWC images (n x h x w x c) -> NCHW planes of hp x wp, as pad_planes:
+// each plane's margins zeroed, then each input row transposed into its c
+// planes in register blocks (transpose_copy).
+template <class T>
+void pad_planes_nhwc(const T* x, int64_t n, int64_t h, int64_t w, int64_t c, int64_t hp, int64_t wp, int64_t pt,
+                     int64_t pl, int64_t slack, T* dst, int nt) {
+  const int64_t plane = hp * wp;
+#pragma omp parallel num_threads(nt)
+  {
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n * c; ++i)
+      for (int64_t r = 0; r < hp; ++r) {
+        T* d = dst + i * plane + r * wp;
+        const bool inside = r >= pt && r < pt + h;
+        for (int64_t j = 0; j < (inside ? pl : wp); ++j) d[j] = T(0);
+        if (inside)
+          for (int64_t j = pl + w; j < wp; ++j) d[j] = T(0);
+      }
+#pragma omp for schedule(static)
+    for (int64_t r = 0; r < n * h; ++r) {
+      const int64_t img = r / h, ih = r % h;
+      transpose_copy(x + r * w * c, c, dst + img * c * plane + (ih + pt) * wp + pl, plane, w, c);
+    }
+  }
+  for (int64_t j = 0; j < slack; ++j) dst[n * c * plane + j] = T(0);
+}
+
 // Threads in the current OpenMP team (1 without OpenMP).
 inline int thread_count() {
 #ifdef _OPENMP
