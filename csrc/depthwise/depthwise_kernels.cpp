@@ -961,7 +961,14 @@ void grad_weight_flat(const ConvShape& s, const Geometry& g, const T* x, const T
           }
         }
       }
-      for (int i = 0; i < tg; ++i) dw[oc * taps + t0 + i] = sum_lanes<T>(acc[i]);
+      // (constant bounds here too: a loop to tg made the compiler keep acc
+      // in memory, a load and a store around every FMA above: 0.22 ms for
+      // 8x1024x7x7, 0.18 ms without)
+#pragma GCC unroll 16
+      for (int i = 0; i < TG; ++i) {
+        if (i >= tg) break;
+        dw[oc * taps + t0 + i] = sum_lanes<T>(acc[i]);
+      }
     }
   }
 }
