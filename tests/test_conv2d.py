@@ -139,7 +139,8 @@ def test_direct_wide_channel_tiles(isa, rng, case, layout, dtype):
 # transposed into them) when the padded rows are
 # wide enough (AVX-512 float32: all of them; narrower vectors: some): 1-11
 # channels (two blocks above 8, balanced), a frame ending mid-vector, rows
-# narrower than a vector, asymmetric padding, dilation, 1x1.
+# narrower than a vector, asymmetric padding, dilation, 1x1 (NCHW only: an
+# NHWC 1x1 layer keeps its channel tiles, checked here all the same).
 FRAME_CASES = {
     "lenet_gi_16to6_5x5": (3, 16, 10, 10, 6, 5, 4, 1),
     "head_64to3": (1, 64, 23, 29, 3, 3, 1, 1),

@@ -119,8 +119,11 @@ Plan make_plan(const ConvShape& s, bool prepacked) {
     // Stride 1 only (consecutive output pixels read consecutive inputs).
     // Measured (AVX-512, 2 threads): 64 -> 3 on 112x112 2.7x, 4 -> 4 5x5
     // on 32x32 3x, 16 -> 8 3x3 on 32x32 1.6x, LeNet's 16 -> 6 5x5 input
-    // gradient 1.7x.
-    p.frame = s.groups == 1 && s.sh == 1 && s.sw == 1 && s.oc < p.lanes && 4 * s.oc * p.wp < 3 * p.lanes * s.ow;
+    // gradient 1.7x.  Not NHWC 1x1 layers: their channel tiles read the
+    // input in place as one run of pixels, where planes would cost a
+    // transpose of it (8x80x80x32 -> 3: no faster).
+    p.frame = s.groups == 1 && s.sh == 1 && s.sw == 1 && s.oc < p.lanes &&
+              4 * s.oc * p.wp < 3 * p.lanes * s.ow && (s.layout == Layout::NCHW || s.kh * s.kw > 1);
   }
   const int64_t e = sizeof(T);
   int64_t off = 0;
