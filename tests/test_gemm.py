@@ -295,6 +295,8 @@ CANARY_CONVS = [
     (1, 300, 4, 5, 7, 1, 1, 0, 1, 1),
     (2, 64, 6, 6, 13, 3, 1, 1, 1, 1),
     (1, 40, 7, 7, 70, 3, 1, 2, 2, 2),
+    (3, 20, 7, 7, 19, 1, 1, 0, 1, 1),   # 1x1 on 7x7 images: the NCHW tail units (AVX-512)
+    (4, 16, 5, 5, 10, 1, 1, 0, 1, 2),   # ... on 5x5, groups (AVX2)
 ]
 
 
@@ -322,6 +324,28 @@ def test_conv_canary(isa, spec, layout, dtype):
             assert_close(out, ref, dtype)
     for before, after in zip(snapshot, (x, wt, b)):  # inputs are read-only to the kernel
         np.testing.assert_array_equal(after, before)
+
+
+# NCHW 1x1 layers on small images whose last column panel is mostly empty
+# (7x7 = 32 + 17 pixels on AVX-512, 5x5 = 16 + 9 on AVX2, 1x13 = 8 + 5 on
+# the generic path) gather the remainders of all images into extra units:
+# bitwise the same as one image at a time (no tails), for any thread count.
+TAIL_SHAPES = [(8, 24, 7, 7, 40, 1), (5, 16, 5, 5, 20, 2), (6, 8, 1, 13, 9, 1), (3, 12, 7, 7, 33, 3)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", TAIL_SHAPES, ids=lambda s: "n{}c{}h{}w{}oc{}g{}".format(*s))
+def test_pointwise_tail_units(isa, spec, dtype):
+    n, c, h, w, oc, g = spec
+    rng = np.random.default_rng(n * c + h * w)
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=1, kw=1, groups=g, dtype=dtype, bias=True)
+    kwargs = dict(groups=g, activation="relu6")
+    for algo in ["im2col"] + (["pointwise"] if g == 1 else []):
+        single = np.concatenate([pyconv.conv2d(x[i:i + 1], wt, b, algo=algo, **kwargs) for i in range(n)])
+        assert_close(single, reference64(x, wt, b, **kwargs), dtype)
+        for threads in (1, 2):
+            with pyconv.num_threads(threads):
+                np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), single)
 
 
 # ==========================================================================
