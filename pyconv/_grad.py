@@ -360,6 +360,8 @@ def _grad_weight(xa: np.ndarray, gy: np.ndarray, geo: ConvGeometry, dtype: np.dt
     start = time.perf_counter() if _VERBOSE else 0.0
     _core.conv2d_grad_weight(xc, gyc, dw, geo.core_tuple(), 0 if geo.layout == "NCHW" else 1)
     if _VERBOSE:
+        # (the label only: the C++ driver decides, by pixel_lane_grad_weight in
+        # csrc/core/problem.hpp, which this mirrors)
         pixel_lanes = geo.groups == 1 and geo.stride == (1, 1) and geo.kh * geo.kw > 1 and geo.oc <= 16
         depthwise = geo.groups == geo.c and not pixel_lanes and (geo.layout == "NCHW" or geo.c > 1)
         kernel = "depthwise" if depthwise else "pixel_lanes" if pixel_lanes else "gemm"
