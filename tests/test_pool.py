@@ -8,6 +8,8 @@ properties below are drawn to reach:
   and a masked tail), from a per-thread copy of the plane split into column
   phases when the column stride is > 1; border pixels one at a time with
   clipped windows;
+* NCHW forward at stride 1 with output rows as wide as the input's: the
+  plane as one flat run, border columns redone in scalar (FLAT_CASES);
 * NHWC: vectorised across channels (lane tails when C is not a multiple of
   the vector width), one output pixel at a time;
 * max pooling with and without indices (two template instantiations);
@@ -366,6 +368,53 @@ def test_max_pool2d_nan_inf_against_loops(isa, rng, case, dtype, layout):
     expected = np.zeros((n * c, h * w), dtype)
     np.add.at(expected, (np.repeat(np.arange(n * c), oh * ow), ni.reshape(-1)), to_nchw4(g, layout).reshape(-1))
     np.testing.assert_array_equal(gx4, expected.reshape(n, c, h, w))
+
+
+# Stride 1 with output rows as wide as the input's (the NCHW forward's flat
+# planes: border columns redone in scalar, pad rows above and below, 3- and
+# 5-tap loops unrolled, others generic): (h, w), kernel, padding, dilation.
+FLAT_CASES = [
+    ((28, 28), 3, "same", 1),
+    ((14, 14), 3, 1, 1),
+    ((7, 7), 3, 1, 1),
+    ((9, 9), 5, 2, 1),
+    ((11, 13), (3, 5), "same", 1),
+    ((6, 20), 2, ((1, 0), (0, 1)), 1),
+    ((8, 12), 4, ((1, 2), (2, 1)), 1),
+    ((10, 16), 3, ((0, 0), (1, 1)), 1),    # fewer output rows than input rows
+    ((10, 16), (4, 3), ((2, 2), (1, 1)), 1),  # more: pad rows past both ends
+    ((9, 17), 3, "same", 2),               # dilated, both axes
+    ((33, 40), 7, 3, 1),
+    ((1, 37), (1, 3), ((0, 0), (1, 1)), 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", ["normal", "ties", "nonfinite"])
+@pytest.mark.parametrize("case", FLAT_CASES, ids=[f"flat{i}" for i in range(len(FLAT_CASES))])
+def test_stride1_full_width_rows(isa, rng, case, fill, dtype):
+    (h, w), k, p, d = case
+    shape = (2, 3, h, w)
+    if fill == "normal":
+        x = rng.standard_normal(shape)
+    else:
+        x = rng.choice(np.array([-1.0, 0.0, 1.0, 2.0]), size=shape)
+    if fill == "nonfinite":  # NaN in some planes only: the max's fallback per plane
+        u = rng.random(shape)
+        x[(u < 0.05) & (np.arange(3)[:, None, None] != 1)] = np.nan
+        x[(u >= 0.05) & (u < 0.1)] = np.inf
+        x[(u >= 0.1) & (u < 0.15)] = -np.inf
+    x = x.astype(dtype)
+    kwargs = dict(kernel_size=k, stride=1, padding=p, dilation=d)
+    y = pyconv.max_pool2d(x, **kwargs)
+    assert y.shape[3] == w
+    np.testing.assert_array_equal(y, ref.max_pool2d(x, **kwargs))
+    if d == 1:
+        for cip in (True, False):
+            ya = pyconv.avg_pool2d(x, k, 1, p, count_include_pad=cip)
+            with np.errstate(invalid="ignore"):  # inf - inf
+                r = ref.avg_pool2d(x.astype(np.float64), k, 1, p, count_include_pad=cip)
+            assert_avg_close(ya, r, dtype)
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -55,6 +55,8 @@ struct Geometry {
   bool grad_stream;                    // its rows stored around the caches (a gradient beyond kStreamBytes)
   int64_t grad_s2_row;                 // its phase-split row buffers: elements per phase
   bool avg_gather;
+  bool flat;                           // NCHW forward, stride 1, rows as wide as the input (see plane_flat)
+  int64_t flat_rows;                   // its rows of horizontal results, pad rows included
   int64_t off_taps, off_scratch, thread_stride, total;
   bool global;
 };
@@ -77,9 +79,13 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
   g.pad_rows = (s.oh - 1) * s.sh + (s.kh - 1) * s.dh + 1;
   g.pad_wq = round_up(s.ow, N) + (s.kw - 1) * s.dw / s.sw + 1;
   g.pad_elems = s.sw * g.pad_rows * g.pad_wq;
+  // Flat planes: only where the border columns (redone in scalar) are few.
+  g.flat = s.layout == Layout::NCHW && !backward && !g.global && s.sh == 1 && s.sw == 1 && s.ow == s.w &&
+           2 * (s.pl + s.pr) <= s.w;
+  g.flat_rows = g.flat ? s.oh + (s.kh - 1) * s.dh : 0;
   g.off_taps = off;  // see Tables
   off += round_up((2 * s.ow + 3 * s.kh * s.kw + 2 * s.sw) * 8, kAlign);
-  off += round_up((s.oh + 2 * round_up(s.ow, N)) * e, kAlign);
+  off += round_up((s.oh + 2 * round_up(s.ow, N) + (g.flat ? round_up(s.oh * s.ow, N) : 0)) * e, kAlign);
   g.off_scratch = off;
   // (Global windows use the plane loops too when indices or gradients are
   // wanted, so the scratch is sized for every NCHW problem.)
@@ -106,6 +112,7 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
         g.scratch_elems = max64(g.scratch_elems, 2 * g.sep_rows * g.sep_wq + 8 * g.grad_s2_row + N);
       }
     }
+    if (g.flat) g.scratch_elems = max64(g.scratch_elems, g.flat_rows * s.w + 2 * N);
     g.avg_gather = backward && s.op == PoolOp::Avg && s.sh == 1 && s.sw == 1;
     if (g.avg_gather) {
       g.grad_rows = s.h + s.pt + s.kh - 1;
@@ -150,6 +157,7 @@ struct Tables {
   T* row_count;      // [oh] average pooling: window rows counted by the divisor
   T* col_count;      // [round_up(ow, N)] columns counted (1 past ow)
   T* inv_col;        // [round_up(ow, N)] 1 / col_count (plane_separable)
+  T* inv_flat;       // [oh * ow] plane_flat: 1 / divisor per output (null unless g.flat)
 };
 
 template <class T>
@@ -199,6 +207,10 @@ inline Tables<T> make_tables(const PoolShape& s, const Geometry& g, char* base) 
     // (A count of 0 gives 0 * inf = NaN, as 0 / 0 does.)
     t.inv_col[ow] = T(1) / t.col_count[ow];
   }
+  t.inv_flat = g.flat ? t.inv_col + round_up(s.ow, N) : nullptr;
+  if (g.flat)
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) t.inv_flat[oh * s.ow + ow] = T(1) / (t.row_count[oh] * t.col_count[ow]);
   return t;
 }
 
@@ -696,6 +708,107 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
   }
 }
 
+// ---- NCHW, values only, stride 1, output rows as wide as input rows: flat ----
+//
+// With stride 1 and ow == w ("same" windows, the inception/ResNet-D
+// average pools), output pixel (oh, j) sits at flat index oh * w + j, the
+// same as the input pixel its window is centred on, so the plane is read
+// as one run of h * w values with no row loop and no copy: the horizontal
+// result of flat position i is the reduction of x[i - pl + t * dw] over
+// the taps t, whole vectors across row ends.  That is right except in the
+// border columns [0, pl) and [w - pr, w), whose outer taps read the
+// neighbouring row: those few cells are redone in scalar, with the pad
+// value for the taps outside the row, as the copied rows of
+// plane_separable give.  The horizontal results sit between rows of the
+// pad value (pt above, what the last windows reach below), so output
+// position i is the reduction of hp[i + t * dh * w]: whole vectors again.
+// The taps are reduced in plane_separable's order, so max pooling is exact
+// on NaN-free planes (on others the function returns false, as
+// plane_separable does); the average is multiplied by one reciprocal of
+// the divisor per output (within 1.5 ulp of sum / count).  3x3 "same" on
+// 2 threads, against plane_separable's copied rows: 8x256x28x28 average
+// 0.54 -> 0.33 ms, max 0.51 -> 0.29 ms; 8x64x56x56 max 0.45 -> 0.25 ms;
+// 32x512x7x7 average (plane_padded before) 0.77 -> 0.60 ms.
+template <class T, bool Max>
+bool plane_flat(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp, T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T pad = Max ? -std::numeric_limits<T>::infinity() : T(0);
+  const int64_t W = s.w, HW = s.h * s.w, pl = s.pl, kw = s.kw, dw = s.dw;
+  if (Max && !nan_free(plane, HW)) return false;
+  auto step = [](R v, R acc) { return Max ? V::max_step(v, acc) : V::add(v, acc); };
+  auto step1 = [](T v, T acc) { return Max ? (v > acc ? v : acc) : v + acc; };
+  const R fill = V::set1(pad);
+  // hp row r holds input row r - pt; rows [r0, r1) are real.
+  const int64_t rows = g.flat_rows, r0 = min64(s.pt, rows), r1 = max64(r0, min64(rows, s.pt + s.h));
+  T* const hp = scratch;
+  T* const h = hp + r0 * W;
+  const int64_t n = (r1 - r0) * W;
+  for (int64_t i = 0; i < r0 * W; i += N) V::store_n(hp + i, fill, static_cast<int>(min64(N, r0 * W - i)));
+  auto cols = [&](int64_t c) {
+    if (c >= 0 && c + N <= HW) return V::load(plane + c);
+    const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, HW - c)));
+    return V::load_fill(plane + c, lo, hi, pad);
+  };
+  // (3- and 5-tap windows, the common cases, with the tap loops unrolled.)
+  auto horizontal = [&](auto taps) {
+    const int64_t kt = decltype(taps)::value ? decltype(taps)::value : kw;
+    auto one = [&](int64_t i, auto load) {
+      R acc = load(i - pl);
+      for (int64_t t = 1; t < kt; ++t) acc = step(load(i - pl + t * dw), acc);
+      V::store(h + i, acc);  // (past n: into the pad rows, filled below, or the slack)
+    };
+    int64_t i = 0;
+    for (; i < n && i < pl; i += N) one(i, cols);
+    // Vectors whose taps all lie inside the plane: plain loads.
+    for (; i < n && i <= HW - N + pl - (kt - 1) * dw; i += N) one(i, [&](int64_t c) { return V::load(plane + c); });
+    for (; i < n; i += N) one(i, cols);
+  };
+  if (kw == 3)
+    horizontal(std::integral_constant<int, 3>{});
+  else if (kw == 5)
+    horizontal(std::integral_constant<int, 5>{});
+  else
+    horizontal(std::integral_constant<int, 0>{});
+  const int64_t right = max64(min64(pl, W), W - s.pr);
+  for (int64_t r = 0; r < r1 - r0; ++r) {
+    const T* xr = plane + r * W;
+    auto redo = [&](int64_t j) {
+      const int64_t c0 = j - pl;
+      T acc = c0 >= 0 && c0 < W ? xr[c0] : pad;
+      for (int64_t t = 1; t < kw; ++t) {
+        const int64_t c = c0 + t * dw;
+        acc = step1(c >= 0 && c < W ? xr[c] : pad, acc);
+      }
+      h[r * W + j] = acc;
+    };
+    for (int64_t j = 0; j < min64(pl, W); ++j) redo(j);
+    for (int64_t j = right; j < W; ++j) redo(j);
+  }
+  for (int64_t i = r1 * W; i < rows * W; i += N) V::store_n(hp + i, fill, static_cast<int>(min64(N, rows * W - i)));
+  const int64_t m = s.oh * W, tap_step = s.dh * W, kh = s.kh;
+  auto vertical = [&](auto taps) {
+    const int64_t kt = decltype(taps)::value ? decltype(taps)::value : kh;
+    for (int64_t i = 0; i < m; i += N) {
+      R acc = V::load(hp + i);
+      for (int64_t t = 1; t < kt; ++t) acc = step(V::load(hp + i + t * tap_step), acc);
+      if (!Max) acc = V::mul(acc, V::load(tb.inv_flat + i));
+      if (i + N <= m)
+        V::store(yp + i, acc);
+      else
+        V::store_n(yp + i, acc, static_cast<int>(m - i));
+    }
+  };
+  if (kh == 3)
+    vertical(std::integral_constant<int, 3>{});
+  else if (kh == 5)
+    vertical(std::integral_constant<int, 5>{});
+  else
+    vertical(std::integral_constant<int, 0>{});
+  return true;
+}
+
 // ---- NCHW max gradient at stride 2 (windows up to 3x3) ----------------------
 //
 // ResNet's 3x3/2 pooling and its kin, written, not scattered.  The winners
@@ -1033,7 +1146,8 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
       else if (Idx)
         g.separable_idx ? plane_separable_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch)
                     : plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
-      else if (!(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
+      else if (!(g.flat && plane_flat<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)) &&
+               !(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
     }
   }
