@@ -273,6 +273,14 @@ EDGE_CASES = {
     "flat_1x7_rows_wrap": (6, 1, 5, 8, 1, 7, 1, (0, 3), 1),
     # column stride 2 on wide rows: channel-blocked tiles, several bands
     "blocked_s2_wide": (40, 1, 90, 70, 3, 3, 2, 1, 1),
+    # 3x3 at stride 1, output as wide as wide input rows: read in place in
+    # tiles of 4 rows x 2 vectors (a row's last tile overhanging into the
+    # next row): rows not a multiple of 4, all-left / all-right column pads,
+    # more and fewer output rows than input rows, a multiplier
+    "wide3_m2_rows_tail": (5, 2, 13, 67, 3, 3, 1, 1, 1),
+    "wide3_pad_left_only": (3, 1, 9, 40, 3, 3, 1, ((0, 2), (2, 0)), 1),
+    "wide3_pad_right_only_taller": (4, 1, 6, 48, 3, 3, 1, ((2, 2), (0, 2)), 1),
+    "wide3_shorter_output": (4, 1, 10, 33, 3, 3, 1, ((0, 0), (1, 1)), 1),
 }
 
 
