@@ -403,6 +403,56 @@ def test_grad_weight_pixel_lanes(isa, rng, case, layout, dtype):
     np.testing.assert_array_equal(np.isinf(gi), np.isinf(ri))
 
 
+# Depthwise 3x3 at stride 1 with the output as wide as wide input rows (the
+# in-place tiles of 4 or 2 rows x 2 vectors): (n, c, multiplier, h, w, padding).
+WIDE_DW_GW_CASES = {
+    "m2_rows_tail": (2, 3, 2, 13, 67, 1),
+    "pad_left_only": (1, 2, 1, 9, 40, ((0, 2), (2, 0))),
+    "pad_right_only_taller": (2, 2, 1, 6, 48, ((2, 2), (0, 2))),
+    "mobilenet_row": (1, 2, 1, 30, 112, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", list(WIDE_DW_GW_CASES), ids=list(WIDE_DW_GW_CASES))
+def test_depthwise_wide_rows_grad_weight(isa, rng, case, dtype):
+    """Against the reference, bitwise identical for 1 and 2 threads, and the
+    reference's NaN/inf pattern with inf in x's border columns and last row
+    (a tile's lanes past a row end read the next row: masked, never times a
+    zero) and inf in grad_out (times the zero padding: NaN, as the padding
+    gives)."""
+    n, c, m, h, w, padding = WIDE_DW_GW_CASES[case]
+    kwargs = dict(padding=padding, groups=c)
+    x = rand(rng, (n, c, h, w), dtype)
+    wt_shape = (c * m, 1, 3, 3)
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt_shape, **kwargs), dtype)
+    assert gy.shape[-1] == w
+    pyconv.set_num_threads(1)
+    one = pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs)
+    assert_close(one, ref.conv2d_grad_weight(f64(x), f64(gy), wt_shape, **kwargs), dtype)
+    pyconv.set_num_threads(2)
+    assert_bitwise(pyconv.conv2d_grad_weight(x, gy, wt_shape, **kwargs), one, f"{case} with 2 threads")
+    # One border at a time, so that the taps that never read it stay finite.
+    variants = []
+    for where in ((Ellipsis, 0), (Ellipsis, -1), (Ellipsis, -1, slice(None))):
+        xi = x.copy()
+        xi[where] = np.inf
+        variants.append((xi, gy))
+    gi = gy.copy()
+    gi[0, 0, 0, 0] = np.inf
+    gi[-1, -1, -1, -1] = -np.inf
+    variants.append((x, gi))
+    mixed = 0  # variants where some taps stay finite and some do not
+    for xs, gs in variants:
+        got = pyconv.conv2d_grad_weight(xs, gs, wt_shape, **kwargs)
+        with np.errstate(invalid="ignore"):
+            expected = ref.conv2d_grad_weight(f64(xs), f64(gs), wt_shape, **kwargs)
+        mixed += bool(np.isfinite(expected).any() and not np.isfinite(expected).all())
+        np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+        np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
+    assert mixed >= 1
+
+
 # (n, c, h, w, oc, kh, kw, stride, padding, dilation, groups): geometries the
 # property may draw only rarely, each one of _axis_phases' branches.
 EDGE_CASES = {
