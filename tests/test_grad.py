@@ -476,6 +476,11 @@ EDGE_CASES = {
     "same_s2_d2": (1, 3, 10, 7, 5, 3, 3, 2, "SAME", 2, 1),
     # a one-pixel image
     "one_pixel": (3, 2, 1, 1, 3, 3, 3, 2, 1, 1, 1),
+    # 1x1 at stride 1 without padding (the weight gradient's panels straight
+    # from the planes): pixel blocks straddling images, groups, widening
+    "pointwise_blocks_straddle_images": (3, 8, 13, 11, 24, 1, 1, 1, 0, 1, 1),
+    "pointwise_groups": (2, 12, 20, 20, 20, 1, 1, 1, 0, 1, 4),
+    "pointwise_widening": (2, 8, 17, 19, 64, 1, 1, 1, 0, 1, 1),
     # depthwise stride 1 with the output as wide as the input: flat planes on
     # AVX-512 (taps as masked shifts of the flattened plane): multiplier 2,
     # a 5x5 kernel (25 taps: passes of 12), dilation, more output rows than
@@ -631,6 +636,13 @@ def test_grads_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
     x = rand(rng, input_shape(layout, 4, 32, 28, 27), dtype)
     wt = rand(rng, weight_shape(layout, 32, 64, 3, 3, groups=32), dtype)
     problems["depthwise_s2"] = (x, wt, rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype), kwargs)
+    # 1x1 widening the channels: more dW rows than columns in NCHW (the
+    # threads split the rows), pixel blocks straddling images
+    kwargs = dict(layout=layout)
+    x = rand(rng, input_shape(layout, 3, 40, 13, 11), dtype)
+    wt = rand(rng, weight_shape(layout, 40, 160, 1, 1, groups=1), dtype)
+    problems["pointwise_widening"] = (x, wt, rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype),
+                                      kwargs)
 
     def run():
         got = {}
@@ -646,8 +658,9 @@ def test_grads_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
         pyconv.set_num_threads(threads)
         for name, a in run().items():
             assert_bitwise(a, first[name], f"{name} with {threads} threads")
-    x, wt, gy, kwargs = problems["depthwise_s2"]
-    assert_close(first["depthwise_s2_grad_weight"], ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
+    for name in ("depthwise_s2", "pointwise_widening"):
+        x, wt, gy, kwargs = problems[name]
+        assert_close(first[name + "_grad_weight"], ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
 
 
 # ==========================================================================

@@ -92,7 +92,13 @@ GwPlan make_plan(const ConvShape& s, int nt) {
   g.N = g.nchw ? g.Kg : g.OCg;
   // Row blocks of equal size (256 rows: two of 128, not 192 + 64), so that
   // the units the threads share are alike.
-  g.mb = balanced_block(g.M, kGwRowsPerBlock * Bk::MC, Bk::MR, 1, 1);
+  // The threads share out the longer side: each thread packs the whole of
+  // the other operand (for every block of the reduction), so that should
+  // be the smaller one.  dW rows outnumber columns in 1x1 layers that widen
+  // the channels (NCHW) or narrow them (NHWC): resnet50_res2_1x1 (64 ->
+  // 256 on 56x56) 0.78 -> 0.71 ms on 2 threads.
+  const bool split_rows = g.M > g.N;
+  g.mb = balanced_block(g.M, kGwRowsPerBlock * Bk::MC, Bk::MR, split_rows ? s.groups : 1, split_rows ? nt : 1);
   const int64_t row_blocks = ceil_div(g.M, g.mb);
   g.nb = balanced_block(g.N, Bk::NC, Bk::NR, s.groups * row_blocks, nt);
   g.tiles = s.groups * row_blocks * ceil_div(g.N, g.nb);
@@ -179,6 +185,22 @@ void pack_b_nchw(const ConvShape& s, const T* xg, int64_t k0, int64_t nr, const 
                  int64_t kc, T* dst) {
   constexpr int NR = Blocking<T>::NR;
   constexpr int64_t KC = Blocking<T>::KC;
+  if (s.kh == 1 && s.kw == 1 && s.sh == 1 && s.sw == 1 && !(s.pt || s.pb || s.pl || s.pr)) {
+    // 1x1, stride 1, no padding: column k is input channel k's plane itself,
+    // so each run of pixels of one image goes straight from the planes into
+    // the panel, transposed in registers (no gathered copy): 2 threads,
+    // resnet50_res4_1x1 4.7 -> 4.4 ms, mbv1_pw_14 4.4 -> 4.2 ms.
+    for (int64_t q = 0; q < nseg;) {
+      const Segment& first = seg[q];
+      int64_t len = first.len;
+      for (++q; q < nseg && seg[q].n == first.n; ++q) len += seg[q].len;  // (an image's pixels are contiguous)
+      const T* src = xg + (first.n * s.c + k0) * s.h * s.w + first.oh * s.ow + first.ow;
+      transpose_copy(src, s.h * s.w, dst + first.off * NR, NR, nr, len);
+    }
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t j = nr; j < NR; ++j) dst[k * NR + j] = T(0);
+    return;
+  }
   const int64_t taps = s.kh * s.kw;
   int64_t ic = k0 / taps, kh = (k0 % taps) / s.kw, kw = k0 % s.kw;
   // Column j is gathered contiguously into row j of `rows`, then the nr x kc
