@@ -25,6 +25,7 @@ element a dot product of two runs (1.3-4x the GEMM there).
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any, List, NamedTuple, Optional, SupportsIndex, Tuple
 
@@ -69,7 +70,8 @@ class _Phase(NamedTuple):
     dilation: int
 
 
-def _axis_phases(size: int, out_size: int, k: int, s: int, d: int, pad: int) -> List[_Phase]:
+@functools.lru_cache(maxsize=1024)
+def _axis_phases(size: int, out_size: int, k: int, s: int, d: int, pad: int) -> Tuple[_Phase, ...]:
     """Split one axis of the input gradient into its stride phases.
 
     Input position i = a + s*u receives grad_out[o] * w[t] for every tap t
@@ -93,7 +95,7 @@ def _axis_phases(size: int, out_size: int, k: int, s: int, d: int, pad: int) -> 
             phases.append(_Phase(a, count, (), 0, 0, (0, 0), 1))
             continue
         phases.append(_Phase(a, count, taps, lo, hi + 1, (lo - first, last - hi), step))
-    return phases
+    return tuple(phases)  # (memoised: layers repeat their geometry every step)
 
 
 def _phase_weight(w: np.ndarray, groups: int, layout: str, row_taps: Tuple[int, ...],

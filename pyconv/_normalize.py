@@ -308,19 +308,19 @@ def _shape(fn: str, name: str, value: Any) -> Tuple[int, ...]:
 
 
 def _plain(value: Any) -> bool:
-    """Exactly ints and strings (nested in tuples): safe as a cache key.
+    """Exactly ints, strings and None (nested in tuples): safe as a cache key.
 
     Not bools, floats or NumPy scalars, which compare equal to ints but must
-    get their own (error) answers.
+    get their own (error) answers.  (None: the pools' default stride.)
     """
     t = type(value)
-    if t is int or t is str:
+    if t is int or t is str or value is None:
         return True
     if t is not tuple:
         return False
     for v in value:  # (a loop, not all() over a generator: this runs on every call)
         tv = type(v)
-        if tv is not int and tv is not str and not (tv is tuple and _plain(v)):
+        if tv is not int and tv is not str and v is not None and not (tv is tuple and _plain(v)):
             return False
     return True
 

@@ -517,3 +517,22 @@ def test_memoised_geometry_never_answers_for_an_equal_looking_argument(bad):
         pyconv.conv2d(x, w, stride=1, padding=1, dilation=1, groups=1)
         with pytest.raises(TypeError):
             pyconv.conv2d(x, w, **bad)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(stride=False), dict(stride=0.0), dict(stride=(2, False)), dict(kernel_size=2.0),
+    dict(padding=None), dict(dilation=None),
+])
+def test_memoised_pool_geometry_never_answers_for_an_equal_looking_argument(bad):
+    """Pool geometries are memoised with None (the default stride) in the
+    key: a cached stride=None / 2 call must not make False, 0.0, a float
+    kernel or a None padding valid."""
+    x = np.ones((1, 1, 6, 6), np.float32)
+    kwargs = dict(kernel_size=2, stride=None, padding=0, dilation=1)
+    for _ in range(2):
+        assert pyconv.max_pool2d(x, 2).shape == (1, 1, 3, 3)
+        assert pyconv.max_pool2d(x, 2, 2).shape == (1, 1, 3, 3)
+        with pytest.raises((TypeError, ValueError)):
+            pyconv.max_pool2d(x, **{**kwargs, **bad})
+    with pytest.raises(TypeError):
+        pyconv.conv2d(x, np.ones((1, 1, 2, 2), np.float32), stride=None)
