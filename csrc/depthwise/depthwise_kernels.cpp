@@ -57,6 +57,9 @@ constexpr int64_t kBlockedMaxRow = 32;
 // Bytes of a blocked tile's scratch (the padded input band and its output
 // band, channels innermost): a few of them fit in L2 next to the weights.
 constexpr int64_t kBlockedScratchBytes = 160 * 1024;
+// gather_tile transposes whole rows (not runs of pixels with a destination
+// each) from this width on.
+constexpr int64_t kGatherRowsMinW = 16;
 // Flat NCHW planes go kFlatChunk vectors at a time (two planes at a time
 // when a plane is at most half that).
 constexpr int kFlatChunk = 8;
@@ -596,6 +599,16 @@ template <class T>
 void gather_tile(const ConvShape& s, const Geometry& g, const T* xc, int64_t rem, int64_t p_lo, int64_t p_hi,
                  int64_t ih_base, T* xt) {
   const int64_t in_plane = s.h * s.w, cw = g.t_cw;
+#if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
+  if (s.w >= kGatherRowsMinW && p_lo % s.w == 0 && p_hi % s.w == 0) {
+    // Rows at least this wide go one (channels x row) block at a time into
+    // their tile row, whose pixels are cw apart: no per-pixel destinations
+    // (1x128x56x56 stride 2: 0.067 -> 0.063 ms on 2 threads).
+    for (int64_t ih = p_lo / s.w; ih < p_hi / s.w; ++ih)
+      transpose_copy(xc + ih * s.w, in_plane, xt + ((ih - ih_base) * g.t_wp + s.pl) * cw, cw, rem, s.w);
+    return;
+  }
+#endif
   // The tile pixel of input pixel p, walked with running (row, column)
   // counters: a division per pixel was a tenth of a stride-2 layer's time.
   int64_t row = p_lo / s.w, col = p_lo % s.w;
