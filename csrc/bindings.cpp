@@ -356,7 +356,8 @@ PoolShape make_pool_shape(const PoolTuple& t, int layout, int op, bool count_inc
 }
 
 template <class T>
-void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, const py::object& indices) {
+void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, const py::object& indices,
+                      const py::object& keys) {
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(x, "x", dt, s.n * s.c * s.h * s.w, false);
   check_buffer(y, "out", dt, s.n * s.c * s.oh * s.ow, true);
@@ -367,32 +368,44 @@ void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, cons
     check_buffer(ia, "indices", py::dtype::of<int64_t>(), s.n * s.c * s.oh * s.ow, true);
     ip = static_cast<int64_t*>(ia.mutable_data());
   }
+  uint8_t* kp = nullptr;
+  if (!keys.is_none()) {
+    py::array ka = keys.cast<py::array>();
+    check_buffer(ka, "keys", py::dtype::of<uint8_t>(), s.n * s.c * s.oh * s.ow, true);
+    kp = static_cast<uint8_t*>(ka.mutable_data());
+  }
   const T* xp = static_cast<const T*>(x.data());
   T* yp = static_cast<T*>(y.mutable_data());
   const IsaKernels& k = active_kernels();
   const int nt = kernel_threads();
   py::gil_scoped_release release;
-  pool_forward<T>(k, s, xp, yp, ip, nt);
+  pool_forward<T>(k, s, xp, yp, ip, kp, nt);
 }
 
 void pool_forward_entry(py::array x, py::array y, py::object indices, const PoolTuple& shape, int layout, int op,
-                        bool count_include_pad) {
+                        bool count_include_pad, py::object keys) {
   const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
   if (x.dtype().is(py::dtype::of<float>()))
-    run_pool_forward<float>(s, x, y, indices);
+    run_pool_forward<float>(s, x, y, indices, keys);
   else if (x.dtype().is(py::dtype::of<double>()))
-    run_pool_forward<double>(s, x, y, indices);
+    run_pool_forward<double>(s, x, y, indices, keys);
   else
     throw py::type_error("pool: only float32 and float64 are computed natively");
 }
 
 template <class T>
-void run_pool_backward(const PoolShape& s, const py::object& x, const py::array& gy, py::array& gx) {
+void run_pool_backward(const PoolShape& s, const py::object& x, const py::array& gy, py::array& gx,
+                       const py::object& keys) {
   const py::dtype dt = py::dtype::of<T>();
   check_buffer(gy, "grad_out", dt, s.n * s.c * s.oh * s.ow, false);
   check_buffer(gx, "grad_x", dt, s.n * s.c * s.h * s.w, true);
   const T* xp = nullptr;
-  if (s.op == PoolOp::Max) {
+  const uint8_t* kp = nullptr;
+  if (!keys.is_none()) {
+    py::array ka = keys.cast<py::array>();
+    check_buffer(ka, "keys", py::dtype::of<uint8_t>(), s.n * s.c * s.oh * s.ow, false);
+    kp = static_cast<const uint8_t*>(ka.data());
+  } else if (s.op == PoolOp::Max) {
     if (x.is_none()) throw std::invalid_argument("pool: max pooling's gradient needs x");
     py::array xa = x.cast<py::array>();
     check_buffer(xa, "x", dt, s.n * s.c * s.h * s.w, false);
@@ -403,16 +416,16 @@ void run_pool_backward(const PoolShape& s, const py::object& x, const py::array&
   const IsaKernels& k = active_kernels();
   const int nt = kernel_threads();
   py::gil_scoped_release release;
-  pool_backward<T>(k, s, xp, gyp, gxp, nt);
+  pool_backward<T>(k, s, xp, kp, gyp, gxp, nt);
 }
 
 void pool_backward_entry(py::object x, py::array gy, py::array gx, const PoolTuple& shape, int layout, int op,
-                         bool count_include_pad) {
+                         bool count_include_pad, py::object keys) {
   const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
   if (gy.dtype().is(py::dtype::of<float>()))
-    run_pool_backward<float>(s, x, gy, gx);
+    run_pool_backward<float>(s, x, gy, gx, keys);
   else if (gy.dtype().is(py::dtype::of<double>()))
-    run_pool_backward<double>(s, x, gy, gx);
+    run_pool_backward<double>(s, x, gy, gx, keys);
   else
     throw py::type_error("pool: only float32 and float64 are computed natively");
 }
@@ -463,9 +476,10 @@ PYBIND11_MODULE(_core, m) {
   m.def("interleave_phases", &interleave_entry, py::arg("grad_x"), py::arg("phases"), py::arg("n"),
         py::arg("c"), py::arg("h"), py::arg("w"), py::arg("sh"), py::arg("sw"), py::arg("layout"));
   m.def("pool_forward", &pool_forward_entry, py::arg("x"), py::arg("out"), py::arg("indices"), py::arg("shape"),
-        py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
+        py::arg("layout"), py::arg("op"), py::arg("count_include_pad"), py::arg("keys") = py::none());
   m.def("pool_backward", &pool_backward_entry, py::arg("x"), py::arg("grad_out"), py::arg("grad_x"),
-        py::arg("shape"), py::arg("layout"), py::arg("op"), py::arg("count_include_pad"));
+        py::arg("shape"), py::arg("layout"), py::arg("op"), py::arg("count_include_pad"),
+        py::arg("keys") = py::none());
   m.def("pack_weight", &pack_weight_entry, py::arg("weight"), py::arg("c"), py::arg("oc"), py::arg("kh"),
         py::arg("kw"), py::arg("groups"), py::arg("layout"), py::arg("algo"));
   m.def("workspace_bytes", &workspace_entry, py::arg("shape"), py::arg("layout"), py::arg("has_bias"),

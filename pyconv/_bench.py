@@ -40,7 +40,7 @@ from ._conv import plan as conv_plan
 from ._runtime import peak_gflops, set_num_threads
 from ._pool import avg_pool2d, avg_pool2d_grad, global_avg_pool2d, max_pool2d, max_pool2d_grad
 from ._suite import ConvShape, PoolShape, StepShape, make_inputs, make_pool_inputs, make_step_inputs
-from .autograd import conv2d_vjp
+from .autograd import conv2d_vjp, max_pool2d_vjp
 
 __all__ = [
     "LIBRARIES",
@@ -366,6 +366,11 @@ def _pool_call(shape: PoolShape, x: np.ndarray, g: np.ndarray, layout: str, lib:
         return lambda: ops.avg_pool2d(x, k, s, p, layout=layout)
     if shape.op == "global_avg":
         return lambda: ops.global_avg_pool2d(x, layout=layout)
+    if shape.op == "max_grad" and lib is None:
+        def vjp_step() -> Any:  # a trainer's call, as torch autograd's row is
+            _, pullback = max_pool2d_vjp(x, k, s, p, layout=layout)
+            return pullback(g)
+        return vjp_step
     if shape.op == "max_grad":
         def max_step() -> Any:
             ops.max_pool2d(x, k, s, p, layout=layout)

@@ -87,6 +87,7 @@ def pool_forward(
     layout: int,
     op: int,
     count_include_pad: bool,
+    keys: Optional[npt.NDArray[np.uint8]] = None,
 ) -> None: ...
 def pool_backward(
     x: Optional[_Array],
@@ -96,6 +97,7 @@ def pool_backward(
     layout: int,
     op: int,
     count_include_pad: bool,
+    keys: Optional[npt.NDArray[np.uint8]] = None,
 ) -> None: ...
 
 # ---- runtime -----------------------------------------------------------------

@@ -203,7 +203,8 @@ QUICK_STEP_SUITE: Tuple[StepShape, ...] = tuple(
 class PoolShape:
     """One pooling layer: ``op`` is "max", "avg", "global_avg", or "max_grad"
     / "avg_grad" for the training step of that pooling (forward, then the
-    gradient of a seeded ``grad_out``)."""
+    gradient of a seeded ``grad_out``; pyconv's max step is
+    ``max_pool2d_vjp`` and its pullback, as a trainer calls it)."""
 
     name: str
     op: str

@@ -44,8 +44,10 @@ from ._normalize import (
     conv_geometry,
     grad_out_check,
     layout_name,
+    pool_geometry,
+    result_dtype,
 )
-from ._pool import avg_pool2d, avg_pool2d_grad, max_pool2d, max_pool2d_grad
+from ._pool import _max_pool2d_grad_keys, _max_pool2d_keys, avg_pool2d, avg_pool2d_grad, max_pool2d_grad
 from ._typing import (
     Activation,
     Algo,
@@ -273,7 +275,10 @@ def max_pool2d_vjp(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOr
     """:func:`pyconv.max_pool2d` and its pullback ``grad_y -> grad_x``.
 
     The gradient goes to each window's winner (the first maximum, the
-    first NaN), as the forward chose; overlapping windows add up.
+    first NaN), as the forward chose; overlapping windows add up.  The
+    forward records each winner in one byte (windows up to 16x16), so the
+    pullback reads neither ``x`` nor the window's cells again; its result
+    is bitwise :func:`pyconv.max_pool2d_grad`'s.
 
     Parameters
     ----------
@@ -313,14 +318,22 @@ def max_pool2d_vjp(x: ArrayInput, kernel_size: IntOrPair, stride: Optional[IntOr
     array([[[0., 1.],
             [0., 0.]]])
     """
-    xa = as_array("max_pool2d_vjp", "x", x)
-    y = max_pool2d(xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode, layout=layout)
+    fn = "max_pool2d_vjp"
+    lay = layout_name(fn, layout)
+    xa = as_array(fn, "x", x)
+    geo = pool_geometry(fn, xa.shape, kernel_size, stride, padding, dilation, ceil_mode, lay)
+    y, keys = _max_pool2d_keys(fn, xa, geo)
+    primal = np.empty(0, xa.dtype)  # x's dtype, without holding x when the keys stand in for it
+    kept = xa if keys is None else None
 
     def pullback(grad_y: Any) -> np.ndarray:
         gy = _check_grad_y("max_pool2d_vjp pullback", grad_y, y)
-        gx = max_pool2d_grad(gy, xa, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
-                             layout=layout)
-        return _like(gx, xa)
+        if keys is None:
+            gx = max_pool2d_grad(gy, kept, kernel_size, stride, padding, dilation, ceil_mode=ceil_mode,
+                                 layout=lay)
+        else:
+            gx = _max_pool2d_grad_keys(gy, keys, geo, result_dtype(gy, primal))
+        return _like(gx, primal)
 
     return y, pullback
 

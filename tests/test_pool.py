@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 
 import pyconv
 import pyconv.reference as ref
+from pyconv.autograd import max_pool2d_vjp
 from conftest import DTYPES, LAYOUTS, subprocess_env
 
 # Fewer examples than the profile's default (each example runs on one ISA,
@@ -471,14 +472,123 @@ def test_max_pool2d_grad_stride2_rows(isa, rng, case, fill, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_max_pool2d_grad_stride2_large(isa, rng, dtype):
-    """A gradient of 8 MiB with rows of whole cache lines: written around
-    the caches (non-temporal stores on AVX-512), still bitwise the reference."""
+    """A gradient of 8 MiB with rows of whole cache lines, many planes per
+    thread: still bitwise the reference."""
     c = 8 if dtype == np.float32 else 4
     x = rng.standard_normal((4, c, 256, 256)).astype(dtype)
     x[:, :, 5::7, 3::11] = np.nan
     y = pyconv.max_pool2d(x, 3, 2, 1)
     g = rng.standard_normal(y.shape).astype(dtype)
     assert_bitwise(pyconv.max_pool2d_grad(g, x, 3, 2, 1), ref.max_pool2d_grad(g, x, 3, 2, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_max_pool2d_grad_stride2_streamed(isa, rng, dtype):
+    """A gradient of 64 MiB: written around the caches (non-temporal stores
+    on AVX-512), from x and from max_pool2d_vjp's winner keys; each image's
+    planes are independent, so it must equal the gradients of its images
+    computed one at a time (below the streaming size)."""
+    c = 16 if dtype == np.float32 else 8
+    x = rng.standard_normal((16, c, 256, 256)).astype(dtype)
+    x[:, :, 5::7, 3::11] = np.nan
+    y, pullback = max_pool2d_vjp(x, 3, 2, 1)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    per_image = np.concatenate([pyconv.max_pool2d_grad(g[i:i + 1], x[i:i + 1], 3, 2, 1) for i in range(16)])
+    assert_bitwise(pyconv.max_pool2d_grad(g, x, 3, 2, 1), per_image)
+    assert_bitwise(pullback(g), per_image)
+
+
+# (kernel, stride, padding, dilation, ceil_mode, h, w): max_pool2d_vjp's
+# forward records each window's winner in one byte and its pullback reads
+# those instead of x, on every kernel path: 2x2 tiling (whole vectors, odd
+# sizes with a last row and column in no window, rows ending in a partial
+# vector), the stride-2 windows up to 3x3 (pads 0/1, "same", ceil_mode),
+# the separable rows (stride 1 and 2), the padded plane (stride 3,
+# dilation), the largest window keys hold (16) and one beyond (the pullback
+# recomputes from x).
+KEY_CASES = [
+    (2, 2, 0, 1, False, 8, 64), (2, 2, 0, 1, False, 9, 35), (2, 2, 0, 1, False, 5, 67), (2, 2, 0, 1, False, 3, 2),
+    (3, 2, 1, 1, False, 112, 112), (3, 2, 0, 1, True, 13, 17), ((2, 3), 2, (1, 0), 1, False, 7, 7),
+    (3, 2, "same", 1, False, 41, 33), (3, 1, 1, 1, False, 10, 10), (5, 2, 2, 1, False, 20, 21),
+    (3, 3, 0, 2, False, 15, 14), ((2, 3), (1, 2), (1, 0), 1, True, 7, 9), ((3, 2), 2, 1, (1, 2), False, 33, 33),
+    (16, 4, 0, 1, False, 17, 16), (17, 1, 0, 1, False, 18, 17), (1, 1, 0, 1, False, 4, 40),
+]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", ["normal", "ties", "minus_inf", "nan"])
+@pytest.mark.parametrize("case", KEY_CASES, ids=lambda c: "_".join(map(str, c)))
+def test_max_pool2d_vjp_winner_keys(isa, rng, case, fill, dtype, layout):
+    """The forward is max_pool2d's and the pullback bitwise the reference's
+    scatter in output order (ties: the first maximum; -inf stretches where a
+    padded cell could win; NaN winners)."""
+    k, s, p, d, ceil_mode, h, w = case
+    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
+    if fill == "ties":
+        x = rng.integers(0, 3, x.shape).astype(dtype)
+    elif fill == "minus_inf":
+        x[:, :, ::3, : w // 2 + 1] = -np.inf
+        x[0, 1] = -np.inf
+    elif fill == "nan":
+        x[:, :, 1::4, 2::5] = np.nan
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    kwargs = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode, layout=layout)
+    y, pullback = max_pool2d_vjp(x, **kwargs)
+    assert_bitwise(y, pyconv.max_pool2d(x, **kwargs))
+    g = rng.standard_normal(y.shape).astype(dtype)
+    assert_bitwise(pullback(g), ref.max_pool2d_grad(g, x, **kwargs))
+    # a float64 gradient of a float32 pooling: computed in float64
+    if dtype == np.float32:
+        g64 = g.astype(np.float64) / 3
+        assert_bitwise(pullback(g64), ref.max_pool2d_grad(g64, x, **kwargs).astype(np.float32))
+
+
+def test_max_pool2d_vjp_keeps_keys_not_x(isa, rng):
+    """The pullback holds the winners' keys, not x (one byte per output
+    instead of x's cells); beyond 16x16 windows it keeps x."""
+    import gc
+    import weakref
+
+    for k, held in ((3, False), (17, True)):
+        x = rng.standard_normal((1, 2, 20, 20)).astype(np.float32)
+        expected = pyconv.max_pool2d_grad(np.ones((1, 2) + pyconv.pool_output_shape(x.shape, k)[2:]), x, k)
+        _, pullback = max_pool2d_vjp(x, k)
+        alive = weakref.ref(x)
+        del x
+        gc.collect()
+        assert (alive() is not None) == held
+        np.testing.assert_array_equal(pullback(np.ones(expected.shape[:2] + pyconv.pool_output_shape(
+            expected.shape, k)[2:])), expected.astype(np.float64))
+
+
+def test_winner_keys_entry_points_refuse_bad_problems():
+    """The private entry points: keys only for max pooling, windows up to
+    16x16, not together with indices, the right size."""
+    from pyconv import _core
+
+    x = np.zeros((1, 1, 20, 20), np.float32)
+
+    def shape(k):
+        o = 20 - k + 1
+        return [1, 1, 20, 20, o, o, k, k, 1, 1, 1, 1, 0, 0, 0, 0]
+
+    def out(k, dt=np.float32):
+        return np.zeros((1, 1, 21 - k, 21 - k), dt)
+
+    with pytest.raises(ValueError, match="max pooling only"):
+        _core.pool_forward(x, out(2), None, shape(2), 0, 1, False, out(2, np.uint8))
+    with pytest.raises(ValueError, match="16x16"):
+        _core.pool_forward(x, out(17), None, shape(17), 0, 0, False, out(17, np.uint8))
+    with pytest.raises(ValueError, match="exclusive"):
+        _core.pool_forward(x, out(2), out(2, np.int64), shape(2), 0, 0, False, out(2, np.uint8))
+    with pytest.raises(ValueError, match="keys"):
+        _core.pool_forward(x, out(2), None, shape(2), 0, 0, False, out(3, np.uint8))
+    with pytest.raises(TypeError, match="keys"):
+        _core.pool_backward(None, out(2), x.copy(), shape(2), 0, 0, False, out(2, np.int64))
+    with pytest.raises(ValueError, match="16x16"):
+        _core.pool_backward(None, out(17), x.copy(), shape(17), 0, 0, False, out(17, np.uint8))
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

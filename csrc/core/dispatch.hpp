@@ -33,13 +33,17 @@ struct AlgoKernels {
 };
 
 // Pooling (csrc/pool): forward with optional int64 indices of the winners
-// (flat H*W positions, max only); backward writes the whole input gradient
-// (x is read by max pooling only).  Arrays are C-contiguous in s.layout.
+// (flat H*W positions, max only) or the winners' keys (one byte per
+// output, row tap * 16 + column tap: windows up to 16x16, max only);
+// backward writes the whole input gradient (max pooling reads x, or the
+// forward's keys instead when they are given).  Arrays are C-contiguous in
+// s.layout.
 template <class T>
-using PoolForwardFn = void (*)(const PoolShape& s, const T* x, T* y, int64_t* indices, void* workspace, int nthreads);
+using PoolForwardFn = void (*)(const PoolShape& s, const T* x, T* y, int64_t* indices, uint8_t* keys,
+                               void* workspace, int nthreads);
 template <class T>
-using PoolBackwardFn = void (*)(const PoolShape& s, const T* x, const T* grad_y, T* grad_x, void* workspace,
-                                int nthreads);
+using PoolBackwardFn = void (*)(const PoolShape& s, const T* x, const uint8_t* keys, const T* grad_y, T* grad_x,
+                                void* workspace, int nthreads);
 
 struct PoolKernels {
   int64_t (*workspace_bytes)(const PoolShape& s, int elem_bytes, int nthreads, bool backward);

@@ -56,36 +56,49 @@ void validate_pool(const PoolShape& s) {
           "a pooling window covers padding only");
 }
 
+static void require_keys(const PoolShape& s) {
+  require(s.op == PoolOp::Max, "winner keys are for max pooling only");
+  require(s.kh <= kMaxKeyWindow && s.kw <= kMaxKeyWindow, "winner keys need a window of at most 16x16");
+}
+
 template <class T>
-void pool_forward(const IsaKernels& k, const PoolShape& s, const T* x, T* y, int64_t* indices, int nthreads) {
+void pool_forward(const IsaKernels& k, const PoolShape& s, const T* x, T* y, int64_t* indices, uint8_t* keys,
+                  int nthreads) {
   validate_pool(s);
+  if (keys) require_keys(s);
+  require(!(keys && indices), "indices and keys are exclusive");
   const int nt = useful_threads(s, nthreads);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   void* ws = acquire_workspace(cache, oneoff, k.pool->workspace_bytes(s, sizeof(T), nt, false));
   if constexpr (sizeof(T) == 4)
-    k.pool->forward_f32(s, x, y, indices, ws, nt);
+    k.pool->forward_f32(s, x, y, indices, keys, ws, nt);
   else
-    k.pool->forward_f64(s, x, y, indices, ws, nt);
+    k.pool->forward_f64(s, x, y, indices, keys, ws, nt);
 }
 
 template <class T>
-void pool_backward(const IsaKernels& k, const PoolShape& s, const T* x, const T* grad_y, T* grad_x, int nthreads) {
+void pool_backward(const IsaKernels& k, const PoolShape& s, const T* x, const uint8_t* keys, const T* grad_y,
+                   T* grad_x, int nthreads) {
   validate_pool(s);
+  if (keys) require_keys(s);
   const int nt = useful_threads(s, nthreads);
   thread_local Workspace cache;
   std::unique_ptr<void, FreeDeleter> oneoff;
   void* ws = acquire_workspace(cache, oneoff, k.pool->workspace_bytes(s, sizeof(T), nt, true));
   if constexpr (sizeof(T) == 4)
-    k.pool->backward_f32(s, x, grad_y, grad_x, ws, nt);
+    k.pool->backward_f32(s, x, keys, grad_y, grad_x, ws, nt);
   else
-    k.pool->backward_f64(s, x, grad_y, grad_x, ws, nt);
+    k.pool->backward_f64(s, x, keys, grad_y, grad_x, ws, nt);
 }
 
-template void pool_forward<float>(const IsaKernels&, const PoolShape&, const float*, float*, int64_t*, int);
-template void pool_forward<double>(const IsaKernels&, const PoolShape&, const double*, double*, int64_t*, int);
-template void pool_backward<float>(const IsaKernels&, const PoolShape&, const float*, const float*, float*, int);
-template void pool_backward<double>(const IsaKernels&, const PoolShape&, const double*, const double*, double*,
-                                    int);
+template void pool_forward<float>(const IsaKernels&, const PoolShape&, const float*, float*, int64_t*, uint8_t*,
+                                  int);
+template void pool_forward<double>(const IsaKernels&, const PoolShape&, const double*, double*, int64_t*, uint8_t*,
+                                   int);
+template void pool_backward<float>(const IsaKernels&, const PoolShape&, const float*, const uint8_t*, const float*,
+                                   float*, int);
+template void pool_backward<double>(const IsaKernels&, const PoolShape&, const double*, const uint8_t*,
+                                    const double*, double*, int);
 
 }  // namespace pyconv

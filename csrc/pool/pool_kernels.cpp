@@ -22,6 +22,11 @@
 // clipped to the image per pixel.
 // Global pools (window = the whole plane) have their own reduction loops.
 //
+// Winner keys (max_pool2d_vjp): the forward can record each window's winner
+// in one byte (kKeyRow), and the max gradient then reads those keys instead
+// of recomputing the winners from x: for ResNet's 3x3/2 pooling of
+// 8x64x112x112 the forward costs the same and the gradient 2.9 -> 1.0-1.4 ms.
+//
 // Determinism: each output (and each gradient element) is produced by one
 // thread in a fixed order, so results do not depend on the thread count.
 #include <cstdint>
@@ -40,9 +45,12 @@ namespace {
 constexpr int kTileVectors = 4;  // independent accumulators per output tile
 // A gradient at least this large is written with non-temporal stores where
 // its rows are whole cache lines: it would not stay cached for its reader
-// anyway (8x64x112x112 float: 25 MiB), and the stores skip the read for
-// ownership (ResNet's 3x3/2 max gradient: 2.9-4.1 -> 2.4-3.0 ms).
-constexpr int64_t kStreamBytes = int64_t(8) << 20;
+// anyway, and the stores skip the read for ownership.  Only well beyond a
+// large L3: on the 32 MiB L3 of the Zen 4 measured, ResNet's 3x3/2 max
+// gradient of 8x64x112x112 (25 MiB) takes 2.7 ms streamed and 1.35 ms
+// stored plainly (from winner keys; 3.5 vs 2.9 ms from x), 16x64x112x112
+// 5.1 vs 4.1 ms, and at 32x64x112x112 (103 MiB) the two are even.
+constexpr int64_t kStreamBytes = int64_t(64) << 20;
 
 struct Geometry {
   int64_t scratch_elems;               // NCHW: per-thread scratch (the larger use below)
@@ -52,6 +60,7 @@ struct Geometry {
   int64_t sep_rows, sep_wq, sep_row;    // NCHW, sw <= 2: forward, and the max gradient (see plane_separable)
   bool separable, separable_idx;
   bool grad_s2;                        // NCHW max gradient at stride 2 (see plane_max_grad_s2)
+  bool keys_s2;                        // its forward, with winner keys (see plane_max_keys_s2)
   bool grad_stream;                    // its rows stored around the caches (a gradient beyond kStreamBytes)
   int64_t grad_s2_row;                 // its phase-split row buffers: elements per phase
   bool avg_gather;
@@ -102,8 +111,10 @@ Geometry make_geometry(const PoolShape& s, int nt, bool backward) {
       g.separable_idx = max_off < (int64_t(1) << std::numeric_limits<T>::digits);
       // (Output rows as wide as the input needs, ceil(w / 2) <= ow + 1, as
       // the shape rule makes them: the phase rows written are [-1, ow].)
-      g.grad_s2 = backward && s.op == PoolOp::Max && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 &&
-                  s.kh <= 3 && s.kw <= 3 && s.pl <= 1 && ceil_div(s.w, 2) <= s.ow + 1 && g.separable_idx;
+      const bool s2 = s.op == PoolOp::Max && s.sh == 2 && s.sw == 2 && s.dh == 1 && s.dw == 1 && s.kh <= 3 &&
+                      s.kw <= 3 && s.pl <= 1 && ceil_div(s.w, 2) <= s.ow + 1;
+      g.grad_s2 = backward && s2 && g.separable_idx;
+      g.keys_s2 = !backward && s2;
       if (g.grad_s2) {
         g.grad_stream = s.n * s.c * s.h * s.w * e >= kStreamBytes;
         // Rows of positions [-N, L - N): staged ow read in [-2, ow + N],
@@ -140,6 +151,21 @@ inline T avg_divisor(const PoolShape& s, int64_t ih0, int64_t iw0, int64_t kh0, 
 // Flat (H*W) index of tap t of the window starting at (ih0, iw0).
 inline int64_t tap_index(const PoolShape& s, int64_t t, int64_t ih0, int64_t iw0) {
   return (ih0 + (t / s.kw) * s.dh) * s.w + iw0 + (t % s.kw) * s.dw;
+}
+
+// Winner keys (max_pool2d_vjp's saved winners, one byte per output): the
+// winning tap of the window as row tap * kKeyRow + column tap (windows up
+// to 16x16).  The forward writes them; the gradient reads them instead of
+// the input, 1 byte per output instead of the window's cells.
+constexpr int64_t kKeyRow = 16;
+
+// The key of flat (H*W) index `at` in the window starting at (ih0, iw0), and back.
+inline uint8_t cell_key(const PoolShape& s, int64_t at, int64_t ih0, int64_t iw0) {
+  const int64_t ih = at / s.w, iw = at - ih * s.w;
+  return static_cast<uint8_t>((ih - ih0) / s.dh * kKeyRow + (iw - iw0) / s.dw);
+}
+inline int64_t key_cell(const PoolShape& s, int64_t key, int64_t ih0, int64_t iw0) {
+  return (ih0 + (key / kKeyRow) * s.dh) * s.w + iw0 + (key % kKeyRow) * s.dw;
 }
 
 // ---- NCHW ------------------------------------------------------------------
@@ -443,7 +469,7 @@ inline void winner_tile(const T* base, const int64_t* off, int64_t taps, T* valu
 
 template <class T>
 void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
-                      int64_t* ip, T* scratch) {
+                      int64_t* ip, uint8_t* kp, T* scratch) {
   constexpr int N = Vec<T>::N, TW = N * kTileVectors;
   const T ninf = -std::numeric_limits<T>::infinity();
   fill_padded(s, g, tb, plane, ninf, scratch);
@@ -455,7 +481,8 @@ void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb
     int64_t kh0, kh1;
     clip(ih0, s.h, s.kh, s.dh, kh0, kh1);
     T* yrow = yp + oh * s.ow;
-    int64_t* irow = ip + oh * s.ow;
+    int64_t* irow = ip ? ip + oh * s.ow : nullptr;
+    uint8_t* krow = kp ? kp + oh * s.ow : nullptr;
     for (int64_t ow = 0; ow < s.ow; ow += TW) {
       const int64_t count = min64(TW, s.ow - ow);
       switch (ceil_div(count, N)) {
@@ -467,11 +494,20 @@ void plane_padded_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb
       const int64_t first = ih0 * s.w + ow * s.sw - s.pl;
       for (int64_t l = 0; l < count; ++l) {
         if (value[l] == ninf) {
-          border_pixel<T, true, true>(s, tb, plane, ih0, kh0, kh1, ow + l, yrow + ow + l, irow + ow + l);
+          int64_t at;
+          border_pixel<T, true, true>(s, tb, plane, ih0, kh0, kh1, ow + l, yrow + ow + l, &at);
+          if (krow)
+            krow[ow + l] = cell_key(s, at, ih0, (ow + l) * s.sw - s.pl);
+          else
+            irow[ow + l] = at;
           continue;
         }
         yrow[ow + l] = value[l];
-        irow[ow + l] = first + l * s.sw + tb.tap_off[static_cast<int64_t>(tap[l])];
+        const int64_t t = static_cast<int64_t>(tap[l]);
+        if (krow)
+          krow[ow + l] = static_cast<uint8_t>(t / s.kw * kKeyRow + t % s.kw);
+        else
+          irow[ow + l] = first + l * s.sw + tb.tap_off[t];
       }
     }
   }
@@ -629,7 +665,7 @@ inline void take_winner(typename Vec<T>::R& acc, typename Vec<T>::R& tap, typena
 // time with the exact rule, so the index is always a real cell.
 template <class T>
 void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
-                         int64_t* ip, T* scratch) {
+                         int64_t* ip, uint8_t* kp, T* scratch) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N;
@@ -672,7 +708,8 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
     int64_t k0, k1;
     clip(ih0, s.h, s.kh, s.dh, k0, k1);
     T* yrow = yp + oh * s.ow;
-    int64_t* irow = ip + oh * s.ow;
+    int64_t* irow = ip ? ip + oh * s.ow : nullptr;
+    uint8_t* krow = kp ? kp + oh * s.ow : nullptr;
     for (int64_t j = 0; j < s.ow; j += N) {
       const int64_t count = min64(N, s.ow - j);
       R acc = V::set1(ninf), ct = V::zero(), rt = V::zero();
@@ -689,21 +726,32 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
           rt = V::blend(rt, V::set1(T(i)), m);
         }
       }
-      V::store(value, acc);
-      V::store(off, V::fma(rt, row_step, V::mul(ct, col_step)));
       if (count == N)
         V::store(yrow + j, acc);
       else
         V::store_n(yrow + j, acc, static_cast<int>(count));
-      const int64_t first = ih0 * W + j * sw - pl;
-      bool border = false;
-      for (int64_t l = 0; l < count; ++l) {
-        irow[j + l] = first + l * sw + static_cast<int64_t>(off[l]);
-        border |= value[l] == ninf;
+      bool border;
+      if (krow) {
+        V::store_u8(krow + j, V::fma(rt, V::set1(T(kKeyRow)), ct), static_cast<int>(count));
+        border = V::any_n(V::eq(acc, V::set1(ninf)), static_cast<int>(count));
+      } else {
+        V::store(off, V::fma(rt, row_step, V::mul(ct, col_step)));
+        const int64_t first = ih0 * W + j * sw - pl;
+        for (int64_t l = 0; l < count; ++l) irow[j + l] = first + l * sw + static_cast<int64_t>(off[l]);
+        border = V::any_n(V::eq(acc, V::set1(ninf)), static_cast<int>(count));
       }
-      if (border)
-        for (int64_t l = 0; l < count; ++l)
-          if (value[l] == ninf) border_pixel<T, true, true>(s, tb, plane, ih0, k0, k1, j + l, yrow + j + l, irow + j + l);
+      if (border) {
+        V::store(value, acc);
+        for (int64_t l = 0; l < count; ++l) {
+          if (value[l] != ninf) continue;
+          int64_t at;
+          border_pixel<T, true, true>(s, tb, plane, ih0, k0, k1, j + l, yrow + j + l, &at);
+          if (krow)
+            krow[j + l] = cell_key(s, at, ih0, (j + l) * sw - pl);
+          else
+            irow[j + l] = at;
+        }
+      }
     }
   }
 }
@@ -855,7 +903,7 @@ inline void grad_s2_block(T* const (&dst)[3][2], const bool (&fresh)[3], int64_t
 #pragma GCC unroll 3
     for (int i = 0; i < 3; ++i) {
       if (!dst[i][0]) continue;
-      const auto m = V::eq(key, V::set1(T(4 * i + c)));
+      const auto m = V::eq(key, V::set1(T(kKeyRow * i + c)));
       sum[i][ph] = V::blend(sum[i][ph], V::add(sum[i][ph], gv), m);
     }
   };
@@ -869,9 +917,111 @@ inline void grad_s2_block(T* const (&dst)[3][2], const bool (&fresh)[3], int64_t
       if (dst[i][ph]) V::store(dst[i][ph] + p, sum[i][ph]);
 }
 
+// With `keys` (the forward's winners of the plane), x is not read at all.
+constexpr int64_t kRowsAhead = 4;  // s2_row_winners' prefetch distance
+
+// The horizontal pass of stride-2 max pooling with winners, straight from
+// the plane (no copied rows): for each input row a window reaches, the
+// winner of each output column's kw taps and its column tap.  Each tap's
+// columns of N outputs are the even lanes of two vectors, taken first, so
+// the winner is chosen on N lanes, not 2N.
+template <class T>
+void s2_row_winners(const PoolShape& s, const Geometry& g, const T* plane, T* hval, T* htap) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t wq = g.sep_wq, W = s.w, pl = s.pl;
+  auto sel = take_winner<T>;
+  const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
+  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
+    const T* src = plane + ih * W;
+    // Rows a few ahead requested now: each row's first load would otherwise
+    // wait for memory (the winner steps leave too few loads in flight).
+    if (ih + kRowsAhead < g.sep_rows)
+      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(src + kRowsAhead * W) + b);
+    auto cols = [&](int64_t c) {
+      if (c >= 0 && c + N <= W) return V::load(src + c);
+      const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
+      return V::load_fill(src + c, lo, hi, ninf);
+    };
+    for (int64_t j = 0; j < wq; j += N) {
+      const int64_t c = 2 * j - pl;
+      R acc = V::even(cols(c), cols(c + N)), tap = V::zero();
+      for (int64_t t = 1; t < s.kw; ++t) sel(acc, tap, V::even(cols(c + t), cols(c + t + N)), V::set1(T(t)));
+      V::store(hval + ih * wq + j, acc);
+      V::store(htap + ih * wq + j, tap);
+    }
+  }
+}
+
+// The vertical pass for outputs [j, j + N) of the row whose windows start
+// at input row ih0, real rows [k0, k1): the winner and its key.
+template <class T>
+inline void s2_window_winners(const T* hval, const T* htap, int64_t wq, int64_t ih0, int64_t k0, int64_t k1,
+                              int64_t j, typename Vec<T>::R& acc, typename Vec<T>::R& key) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  const int64_t r0 = (ih0 + k0) * wq + j;
+  acc = V::load(hval + r0);
+  R ct = V::load(htap + r0), rt = V::set1(T(k0));
+  for (int64_t i = k0 + 1; i < k1; ++i) {
+    const int64_t r = (ih0 + i) * wq + j;
+    const auto m = V::take(V::load(hval + r), acc);
+    acc = V::blend(acc, V::load(hval + r), m);
+    ct = V::blend(ct, V::load(htap + r), m);
+    rt = V::blend(rt, V::set1(T(i)), m);
+  }
+  key = V::fma(rt, V::set1(T(kKeyRow)), ct);
+}
+
+// Forward of the stride-2 windows plane_max_grad_s2 takes (values and
+// winner keys, for max_pool2d_vjp): its two passes, stored.  Outputs whose
+// value is -inf may have been won by a padded column: redone with the exact
+// rule.  8x64x112x112 3x3/2 on 2 threads: 2.1 ms with plane_separable_idx's
+// copied rows, 1.9 ms from the plane, 1.2-1.4 ms with s2_row_winners'
+// prefetch (the values-only forward: 1.2-1.4 ms).
+template <class T>
+void plane_max_keys_s2(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
+                       uint8_t* kp, T* scratch) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const T ninf = -std::numeric_limits<T>::infinity();
+  const int64_t wq = g.sep_wq, OW = s.ow;
+  T* hval = scratch;
+  T* htap = scratch + g.sep_rows * wq;
+  s2_row_winners(s, g, plane, hval, htap);
+  const R inf_v = V::set1(ninf);
+  for (int64_t oh = 0; oh < s.oh; ++oh) {
+    const int64_t ih0 = oh * 2 - s.pt;
+    int64_t k0, k1;
+    clip(ih0, s.h, s.kh, 1, k0, k1);
+    T* yrow = yp + oh * OW;
+    uint8_t* krow = kp + oh * OW;
+    for (int64_t j = 0; j < OW; j += N) {
+      const int count = static_cast<int>(min64(N, OW - j));
+      R acc, key;
+      s2_window_winners(hval, htap, wq, ih0, k0, k1, j, acc, key);
+      if (count == N)
+        V::store(yrow + j, acc);
+      else
+        V::store_n(yrow + j, acc, count);
+      V::store_u8(krow + j, key, count);
+      if (V::any_n(V::eq(acc, inf_v), count))
+        for (int64_t ow = j; ow < j + count; ++ow) {
+          if (yrow[ow] != ninf) continue;
+          int64_t at;
+          border_pixel<T, true, true>(s, tb, plane, ih0, k0, k1, ow, yrow + ow, &at);
+          krow[ow] = cell_key(s, at, ih0, ow * 2 - s.pl);
+        }
+    }
+  }
+}
+
 template <class T>
 void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, const T* gy,
-                       T* gx, T* scratch, bool next) {
+                       T* gx, T* scratch, bool next, const uint8_t* keys) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N;
@@ -881,25 +1031,8 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
   T* htap = scratch + g.sep_rows * wq;         // [sep_rows][wq]
   T* ring = scratch + 2 * g.sep_rows * wq;     // [3 rows][2 phases][L], position p at [p + N]
   T* gvb = ring + 6 * L + N;                   // staged gradient of ow at [ow], zeros around
-  T* keyb = gvb + L;                           // its winner's 4 * row tap + column tap, -1 around
-  auto sel = take_winner<T>;
-  for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
-    const T* src = plane + ih * W;
-    auto cols = [&](int64_t c) {
-      if (c >= 0 && c + N <= W) return V::load(src + c);
-      const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
-      return V::load_fill(src + c, lo, hi, ninf);
-    };
-    // Each tap's columns of N outputs are the even lanes of two vectors:
-    // taken first, so the winner is chosen on N lanes, not 2N.
-    for (int64_t j = 0; j < wq; j += N) {
-      const int64_t c = 2 * j - pl;
-      R acc = V::even(cols(c), cols(c + N)), tap = V::zero();
-      for (int64_t t = 1; t < s.kw; ++t) sel(acc, tap, V::even(cols(c + t), cols(c + t + N)), V::set1(T(t)));
-      V::store(hval + ih * wq + j, acc);
-      V::store(htap + ih * wq + j, tap);
-    }
-  }
+  T* keyb = gvb + L;                           // its winner's key (row tap * kKeyRow + column tap), -1 around
+  if (!keys) s2_row_winners(s, g, plane, hval, htap);
   const R zero = V::zero(), none = V::set1(T(-1)), inf_v = V::set1(ninf);
   for (int64_t i = -N; i < L - N; i += N) {
     V::store(gvb + i, zero);
@@ -950,19 +1083,17 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
     for (int64_t j = 0; j < OW; j += N) {
       const int count = static_cast<int>(min64(N, OW - j));
       const R gv = count == N ? V::load(gyr + j) : V::load_n(gyr + j, count);
-      const int64_t r0 = (ih0 + k0) * wq + j;
-      R acc = V::load(hval + r0), ct = V::load(htap + r0), rt = V::set1(T(k0));
-      for (int64_t i = k0 + 1; i < k1; ++i) {
-        const int64_t r = (ih0 + i) * wq + j;
-        const auto m = V::take(V::load(hval + r), acc);
-        acc = V::blend(acc, V::load(hval + r), m);
-        ct = V::blend(ct, V::load(htap + r), m);
-        rt = V::blend(rt, V::set1(T(i)), m);
+      if (keys) {  // exact winners: no border redo
+        V::store(gvb + j, gv);
+        V::store(keyb + j, V::load_u8(keys + oh * OW + j, count));
+        continue;
       }
+      R acc, key;
+      s2_window_winners(hval, htap, wq, ih0, k0, k1, j, acc, key);
       const auto lost = V::eq(acc, inf_v);
       border |= V::any_n(lost, count);
       V::store(gvb + j, V::blend(gv, zero, lost));
-      V::store(keyb + j, V::fma(rt, V::set1(T(4)), ct));
+      V::store(keyb + j, key);
     }
     // Positions p in [-1, OW + 1), a block of N at a time; every (row tap,
     // phase) sum of the block in registers, taps in descending order.
@@ -994,10 +1125,12 @@ void plane_max_grad_s2(const PoolShape& s, const Geometry& g, const Tables<T>& t
     // share per output row: read from memory while this plane computes
     // (the horizontal pass alone is too short to hide it).
     if (next) {
-      const char* next_x = reinterpret_cast<const char*>(plane + s.h * W);
       const char* next_gy = reinterpret_cast<const char*>(gy + s.oh * OW);
-      for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64)
-        __builtin_prefetch(next_x + b);
+      if (!keys) {
+        const char* next_x = reinterpret_cast<const char*>(plane + s.h * W);
+        for (int64_t b = oh * prefetch_step; b < (oh + 1) * prefetch_step && b < plane_bytes; b += 64)
+          __builtin_prefetch(next_x + b);
+      }
       for (int64_t b = oh * OW * int64_t(sizeof(T)); b < (oh + 1) * OW * int64_t(sizeof(T)); b += 64)
         __builtin_prefetch(next_gy + b);
     }
@@ -1023,7 +1156,9 @@ inline bool is_2x2_tiling(const PoolShape& s) {
          !(s.pt || s.pb || s.pl || s.pr) && 2 * s.oh <= s.h && 2 * s.ow <= s.w;
 }
 
-enum Mode2x2 { kValues, kIndices, kGradient };
+// kIndices: values and the winners' flat indices (ip) or keys (kp);
+// kGradient: grad_x from x; kKeyGradient: grad_x from the forward's keys.
+enum Mode2x2 { kValues, kIndices, kGradient, kKeyGradient };
 
 // Values only, for planes at least one vector of outputs wide: each row's max
 // with its right neighbour (a load one element on), the two rows' max, then
@@ -1065,71 +1200,85 @@ bool plane_2x2_fast(const PoolShape& s, const T* plane, T* yp) {
 }
 
 template <class T, int Mode>
-void plane_2x2(const PoolShape& s, const T* plane, T* yp, int64_t* ip, const T* gyp, T* gxp) {
+void plane_2x2(const PoolShape& s, const T* plane, T* yp, int64_t* ip, uint8_t* kp, const T* gyp, T* gxp,
+               const uint8_t* kg) {
   using V = Vec<T>;
+  constexpr bool kGrad = Mode == kGradient || Mode == kKeyGradient;
   auto sel = [](typename V::R& acc, typename V::R& tap, typename V::R v, typename V::R vtap) {
     const auto m = V::take(v, acc);
     acc = V::blend(acc, v, m);
     if (Mode != kValues) tap = V::blend(tap, vtap, m);
   };
-  const typename V::R t0 = V::zero(), t1 = V::set1(T(1)), t2 = V::set1(T(2)), t3 = V::set1(T(3));
+  // The taps as keys: row tap * kKeyRow + column tap.
+  const typename V::R t0 = V::zero(), t1 = V::set1(T(1)), t2 = V::set1(T(kKeyRow)), t3 = V::set1(T(kKeyRow + 1));
   const int64_t W = s.w;
+  constexpr int N = V::N;
+  // Lanes l < m: p[2l] (reads p[0 .. 2m - 1) only).
+  auto evens = [](const T* p, bool full, int m) {
+    if (full) return V::load_even(p);
+    return V::even(V::load_n(p, static_cast<int>(min64(N, 2 * m - 1))),
+                   V::load_n(p + N, static_cast<int>(max64(0, 2 * m - 1 - N))));
+  };
   for (int64_t oh = 0; oh < s.oh; ++oh) {
-    const T* r0 = plane + 2 * oh * W;
-    const T* r1 = r0 + W;
-    int64_t ow = 0;
-    // Vectors whose odd-column load (one past the even one) stays in the row.
-    for (; 2 * (ow + V::N) + 1 <= W && ow + V::N <= s.ow; ow += V::N) {
-      typename V::R top = V::load_even(r0 + 2 * ow), top_tap = t0;
-      sel(top, top_tap, V::load_even(r0 + 2 * ow + 1), t1);
-      typename V::R bottom = V::load_even(r1 + 2 * ow), bottom_tap = t2;
-      sel(bottom, bottom_tap, V::load_even(r1 + 2 * ow + 1), t3);
-      sel(top, top_tap, bottom, bottom_tap);
-      if (Mode != kGradient) V::store(yp + oh * s.ow + ow, top);
-      if (Mode == kIndices) {
-        alignas(64) T taps[V::N];
+    const T* r0 = plane ? plane + 2 * oh * W : nullptr;
+    const T* r1 = plane ? r0 + W : nullptr;
+    // N windows at a time; plain loads where the odd columns' load (one
+    // past the even one) stays in the row, masked ones at the row's end.
+    for (int64_t ow = 0; ow < s.ow; ow += N) {
+      const int m = static_cast<int>(min64(N, s.ow - ow));
+      const bool full = m == N && 2 * (ow + N) + 1 <= W;
+      const int64_t o = oh * s.ow + ow;
+      typename V::R top_tap;
+      if (Mode == kKeyGradient) {
+        top_tap = V::load_u8(kg + o, m);
+      } else {
+        typename V::R top = evens(r0 + 2 * ow, full, m);
+        top_tap = t0;
+        sel(top, top_tap, evens(r0 + 2 * ow + 1, full, m), t1);
+        typename V::R bottom = evens(r1 + 2 * ow, full, m), bottom_tap = t2;
+        sel(bottom, bottom_tap, evens(r1 + 2 * ow + 1, full, m), t3);
+        sel(top, top_tap, bottom, bottom_tap);
+        if (!kGrad) {
+          if (m == N)
+            V::store(yp + o, top);
+          else
+            V::store_n(yp + o, top, m);
+        }
+      }
+      if (Mode == kIndices && kp) V::store_u8(kp + o, top_tap, m);
+      if (Mode == kIndices && !kp) {
+        alignas(64) T taps[N];
         V::store(taps, top_tap);
-        for (int l = 0; l < V::N; ++l) {
+        for (int l = 0; l < m; ++l) {
           const int64_t t = static_cast<int64_t>(taps[l]);
-          ip[oh * s.ow + ow + l] = (2 * oh + t / 2) * W + 2 * (ow + l) + t % 2;
+          ip[o + l] = (2 * oh + t / kKeyRow) * W + 2 * (ow + l) + t % kKeyRow;
         }
       }
-      if (Mode == kGradient) {
-        const typename V::R g = V::load(gyp + oh * s.ow + ow), z = V::zero();
+      if (kGrad) {
+        const typename V::R g = m == N ? V::load(gyp + o) : V::load_n(gyp + o, m), z = V::zero();
         T* g0 = gxp + 2 * oh * W + 2 * ow;
-        V::store_interleaved(g0, V::blend(z, g, V::eq(top_tap, t0)), V::blend(z, g, V::eq(top_tap, t1)));
-        V::store_interleaved(g0 + W, V::blend(z, g, V::eq(top_tap, t2)), V::blend(z, g, V::eq(top_tap, t3)));
-      }
-    }
-    for (; ow < s.ow; ++ow) {  // the rest one window at a time, same order
-      const T* c[4] = {r0 + 2 * ow, r0 + 2 * ow + 1, r1 + 2 * ow, r1 + 2 * ow + 1};
-      T best = *c[0];
-      int t = 0;
-      for (int k = 1; k < 4; ++k)
-        if (best == best && !(*c[k] <= best)) {
-          best = *c[k];
-          t = k;
+        const typename V::R a = V::blend(z, g, V::eq(top_tap, t0)), b = V::blend(z, g, V::eq(top_tap, t1));
+        const typename V::R c = V::blend(z, g, V::eq(top_tap, t2)), d = V::blend(z, g, V::eq(top_tap, t3));
+        if (m == N) {
+          V::store_interleaved(g0, a, b);
+          V::store_interleaved(g0 + W, c, d);
+        } else {
+          store_interleaved_n<T>(g0, a, b, 2 * m);
+          store_interleaved_n<T>(g0 + W, c, d, 2 * m);
         }
-      if (Mode != kGradient) yp[oh * s.ow + ow] = best;
-      if (Mode == kIndices) ip[oh * s.ow + ow] = (2 * oh + t / 2) * W + 2 * ow + t % 2;
-      if (Mode == kGradient) {
-        T* g0 = gxp + 2 * oh * W + 2 * ow;
-        const T g = gyp[oh * s.ow + ow];
-        g0[0] = t == 0 ? g : T(0);
-        g0[1] = t == 1 ? g : T(0);
-        g0[W] = t == 2 ? g : T(0);
-        g0[W + 1] = t == 3 ? g : T(0);
       }
     }
-    if (Mode == kGradient)  // a last odd column belongs to no window
+    if (kGrad)  // a last odd column belongs to no window
       for (int64_t iw = 2 * s.ow; iw < W; ++iw) gxp[2 * oh * W + iw] = gxp[(2 * oh + 1) * W + iw] = T(0);
   }
-  if (Mode == kGradient)  // nor does a last odd row
+  if (kGrad)  // nor does a last odd row
     for (int64_t i = 2 * s.oh * W; i < s.h * W; ++i) gxp[i] = T(0);
 }
 
+// Idx: the winners' flat indices (idx) or keys (keys), one of them not null.
 template <class T, bool Max, bool Idx>
-void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, char* ws, int nt) {
+void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64_t* idx, uint8_t* keys, char* ws,
+                  int nt) {
   const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
   const bool tiling = is_2x2_tiling(s);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
@@ -1140,12 +1289,17 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
     for (int64_t p = 0; p < planes; ++p) {
       if (Max && tiling && !Idx && plane_2x2_fast(s, x + p * in_plane, y + p * out_plane))
         continue;
+      int64_t* ip = Idx && idx ? idx + p * out_plane : nullptr;
+      uint8_t* kp = Idx && keys ? keys + p * out_plane : nullptr;
       if (Max && tiling)
-        plane_2x2<T, Idx ? kIndices : kValues>(s, x + p * in_plane, y + p * out_plane,
-                                              Idx ? idx + p * out_plane : nullptr, nullptr, nullptr);
+        plane_2x2<T, Idx ? kIndices : kValues>(s, x + p * in_plane, y + p * out_plane, ip, kp, nullptr, nullptr,
+                                              nullptr);
+      else if (Idx && kp && g.keys_s2)
+        plane_max_keys_s2<T>(s, g, tb, x + p * in_plane, y + p * out_plane, kp, scratch);
+      else if (Idx && (g.separable_idx || (kp && g.separable)))
+        plane_separable_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, ip, kp, scratch);
       else if (Idx)
-        g.separable_idx ? plane_separable_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch)
-                    : plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, idx + p * out_plane, scratch);
+        plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, ip, kp, scratch);
       else if (!(g.flat && plane_flat<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)) &&
                !(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
@@ -1158,9 +1312,11 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
 // One output pixel, channels [c, c + lanes): taps clipped to the image.
 template <class T, bool Max, bool Idx>
 inline void pixel_nhwc(const PoolShape& s, const T* xn, int64_t ih0, int64_t iw0, int64_t kh0, int64_t kh1,
-                       int64_t kw0, int64_t kw1, T divisor, int64_t c, int lanes, T* ydst, int64_t* idst) {
+                       int64_t kw0, int64_t kw1, T divisor, int64_t c, int lanes, T* ydst, int64_t* idst,
+                       uint8_t* kdst) {
   using V = Vec<T>;
   const bool full = lanes == V::N;
+  const int64_t row_taps = kdst ? kKeyRow : s.kw;  // tap numbering: keys, or row-major flat
   typename V::R acc = V::zero(), tap = V::zero();
   bool first = true;
   for (int64_t i = kh0; i < kh1; ++i)
@@ -1170,13 +1326,13 @@ inline void pixel_nhwc(const PoolShape& s, const T* xn, int64_t ih0, int64_t iw0
       if (Max) {
         if (first) {
           acc = v;
-          if (Idx) tap = V::set1(T(i * s.kw + j));
+          if (Idx) tap = V::set1(T(i * row_taps + j));
           first = false;
           continue;
         }
         const auto m = V::take(v, acc);
         acc = V::blend(acc, v, m);
-        if (Idx) tap = V::blend(tap, V::set1(T(i * s.kw + j)), m);
+        if (Idx) tap = V::blend(tap, V::set1(T(i * row_taps + j)), m);
       } else {
         acc = V::add(acc, v);
       }
@@ -1186,7 +1342,8 @@ inline void pixel_nhwc(const PoolShape& s, const T* xn, int64_t ih0, int64_t iw0
     V::store(ydst + c, acc);
   else
     V::store_n(ydst + c, acc, lanes);
-  if (Idx) {
+  if (Idx && kdst) V::store_u8(kdst + c, tap, lanes);
+  if (Idx && !kdst) {
     alignas(64) T taps[V::N];
     V::store(taps, tap);
     for (int l = 0; l < lanes; ++l) idst[c + l] = tap_index(s, static_cast<int64_t>(taps[l]), ih0, iw0);
@@ -1194,7 +1351,7 @@ inline void pixel_nhwc(const PoolShape& s, const T* xn, int64_t ih0, int64_t iw0
 }
 
 template <class T, bool Max, bool Idx>
-void forward_nhwc(const PoolShape& s, const T* x, T* y, int64_t* idx, int nt) {
+void forward_nhwc(const PoolShape& s, const T* x, T* y, int64_t* idx, uint8_t* keys, int nt) {
   constexpr int N = Vec<T>::N;
   const int64_t rows = s.n * s.oh;
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -1212,7 +1369,8 @@ void forward_nhwc(const PoolShape& s, const T* x, T* y, int64_t* idx, int nt) {
       const int64_t o = (r * s.ow + ow) * s.c;
       for (int64_t c = 0; c < s.c; c += N)
         pixel_nhwc<T, Max, Idx>(s, xn, ih0, iw0, kh0, kh1, kw0, kw1, divisor, c,
-                                static_cast<int>(min64(N, s.c - c)), y + o, Idx ? idx + o : nullptr);
+                                static_cast<int>(min64(N, s.c - c)), y + o, Idx && idx ? idx + o : nullptr,
+                                Idx && keys ? keys + o : nullptr);
     }
   }
 }
@@ -1350,9 +1508,11 @@ void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
 // ---- backward --------------------------------------------------------------
 
 // NCHW: per plane; the max gradient reruns the plane's forward for its
-// winners, then adds each output gradient to its winner in output order.
+// winners (or reads the forward's keys), then adds each output gradient to
+// its winner in output order.
 template <class T>
-void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* gy, T* gx, char* ws, int nt) {
+void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const uint8_t* keys, const T* gy, T* gx,
+                   char* ws, int nt) {
   const Tables<T> tb = make_tables<T>(s, g, ws + g.off_taps);
   const bool tiling = is_2x2_tiling(s);
   const int64_t planes = s.n * s.c, in_plane = s.h * s.w, out_plane = s.oh * s.ow;
@@ -1371,20 +1531,30 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
         avg_grad_plane(s, g, tb, gyp, gxp, scratch);
         continue;
       }
+      const uint8_t* kp = keys ? keys + p * out_plane : nullptr;
       if (max && tiling) {
-        plane_2x2<T, kGradient>(s, x + p * in_plane, nullptr, nullptr, gyp, gxp);
+        if (kp)
+          plane_2x2<T, kKeyGradient>(s, nullptr, nullptr, nullptr, nullptr, gyp, gxp, kp);
+        else
+          plane_2x2<T, kGradient>(s, x + p * in_plane, nullptr, nullptr, nullptr, gyp, gxp, nullptr);
         continue;
       }
       if (max && g.grad_s2) {
-        plane_max_grad_s2<T>(s, g, tb, x + p * in_plane, gyp, gxp, scratch, p + 1 < planes);
+        plane_max_grad_s2<T>(s, g, tb, kp ? nullptr : x + p * in_plane, gyp, gxp, scratch, p + 1 < planes, kp);
         continue;
       }
       for (int64_t i = 0; i < in_plane; ++i) gxp[i] = T(0);
+      if (max && kp) {
+        for (int64_t oh = 0, o = 0; oh < s.oh; ++oh)
+          for (int64_t ow = 0; ow < s.ow; ++ow, ++o)
+            gxp[key_cell(s, kp[o], oh * s.sh - s.pt, ow * s.sw - s.pl)] += gyp[o];
+        continue;
+      }
       if (max) {
         if (g.separable_idx)
-          plane_separable_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
+          plane_separable_idx<T>(s, g, tb, x + p * in_plane, values, winners, nullptr, scratch);
         else
-          plane_padded_idx<T>(s, g, tb, x + p * in_plane, values, winners, scratch);
+          plane_padded_idx<T>(s, g, tb, x + p * in_plane, values, winners, nullptr, scratch);
         for (int64_t o = 0; o < out_plane; ++o) gxp[winners[o]] += gyp[o];
         continue;
       }
@@ -1410,7 +1580,7 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const T* g
 // is added with vector read-modify-writes, one per window tap, of the
 // gradient masked to the lanes that tap won: no scalar scatter.
 template <class T>
-void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
+void backward_nhwc(const PoolShape& s, const T* x, const uint8_t* keys, const T* gy, T* gx, int nt) {
   using V = Vec<T>;
   constexpr int64_t CH = 8 * V::N;  // channels per work unit
   const int64_t chunks = ceil_div(s.c, CH), units = s.n * chunks, in_plane = s.h * s.w;
@@ -1437,14 +1607,17 @@ void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
           const bool full = lanes == V::N;
           const typename V::R g = full ? V::load(gp + c) : V::load_n(gp + c, lanes);
           typename V::R tap = V::zero();
-          if (max) {  // the winning tap of each lane, as in the forward
+          const int64_t row_taps = keys ? kKeyRow : s.kw;
+          if (max && keys) {
+            tap = V::load_u8(keys + ((n * s.oh + oh) * s.ow + ow) * s.c + c, lanes);
+          } else if (max) {  // the winning tap of each lane, as in the forward
             typename V::R acc = V::zero();
             bool first = true;
             for (int64_t i = kh0; i < kh1; ++i)
               for (int64_t j = kw0; j < kw1; ++j) {
                 const T* p = xn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
                 const typename V::R v = full ? V::load(p) : V::load_n(p, lanes);
-                const typename V::R t = V::set1(T(i * s.kw + j));
+                const typename V::R t = V::set1(T(i * row_taps + j));
                 if (first) {
                   acc = v;
                   tap = t;
@@ -1461,7 +1634,7 @@ void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
             for (int64_t j = kw0; j < kw1; ++j) {
               T* p = gxn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
               const typename V::R add =
-                  max ? V::blend(V::zero(), share, V::eq(tap, V::set1(T(i * s.kw + j)))) : share;
+                  max ? V::blend(V::zero(), share, V::eq(tap, V::set1(T(i * row_taps + j)))) : share;
               if (full)
                 V::store(p, V::add(V::load(p), add));
               else
@@ -1476,11 +1649,11 @@ void backward_nhwc(const PoolShape& s, const T* x, const T* gy, T* gx, int nt) {
 // ---- entry points ----------------------------------------------------------
 
 template <class T>
-void pool_forward(const PoolShape& s, const T* x, T* y, int64_t* idx, void* workspace, int nt) {
+void pool_forward(const PoolShape& s, const T* x, T* y, int64_t* idx, uint8_t* keys, void* workspace, int nt) {
   const Geometry g = make_geometry<T>(s, nt, false);
   char* ws = static_cast<char*>(workspace);
   const bool max = s.op == PoolOp::Max;
-  if (g.global && !idx) {
+  if (g.global && !idx && !keys) {
     if (s.layout == Layout::NCHW)
       max ? global_nchw<T, true>(s, x, y, nt) : global_nchw<T, false>(s, x, y, nt);
     else
@@ -1489,28 +1662,28 @@ void pool_forward(const PoolShape& s, const T* x, T* y, int64_t* idx, void* work
   }
   if (s.layout == Layout::NCHW) {
     if (!max)
-      forward_nchw<T, false, false>(s, g, x, y, nullptr, ws, nt);
-    else if (idx)
-      forward_nchw<T, true, true>(s, g, x, y, idx, ws, nt);
+      forward_nchw<T, false, false>(s, g, x, y, nullptr, nullptr, ws, nt);
+    else if (idx || keys)
+      forward_nchw<T, true, true>(s, g, x, y, idx, keys, ws, nt);
     else
-      forward_nchw<T, true, false>(s, g, x, y, nullptr, ws, nt);
+      forward_nchw<T, true, false>(s, g, x, y, nullptr, nullptr, ws, nt);
   } else {
     if (!max)
-      forward_nhwc<T, false, false>(s, x, y, nullptr, nt);
-    else if (idx)
-      forward_nhwc<T, true, true>(s, x, y, idx, nt);
+      forward_nhwc<T, false, false>(s, x, y, nullptr, nullptr, nt);
+    else if (idx || keys)
+      forward_nhwc<T, true, true>(s, x, y, idx, keys, nt);
     else
-      forward_nhwc<T, true, false>(s, x, y, nullptr, nt);
+      forward_nhwc<T, true, false>(s, x, y, nullptr, nullptr, nt);
   }
 }
 
 template <class T>
-void pool_backward(const PoolShape& s, const T* x, const T* gy, T* gx, void* workspace, int nt) {
+void pool_backward(const PoolShape& s, const T* x, const uint8_t* keys, const T* gy, T* gx, void* workspace, int nt) {
   const Geometry g = make_geometry<T>(s, nt, true);
   if (s.layout == Layout::NCHW)
-    backward_nchw(s, g, x, gy, gx, static_cast<char*>(workspace), nt);
+    backward_nchw(s, g, x, keys, gy, gx, static_cast<char*>(workspace), nt);
   else
-    backward_nhwc(s, x, gy, gx, nt);
+    backward_nhwc(s, x, keys, gy, gx, nt);
 }
 
 int64_t pool_workspace_bytes(const PoolShape& s, int elem_bytes, int nt, bool backward) {

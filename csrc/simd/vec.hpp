@@ -36,6 +36,10 @@ struct Vec {
   // lane i ^ w.  The steps of a horizontal reduction tree.
   static R swap(R a, int w) { R r; for (int i = 0; i < N; ++i) r.v[i] = a.v[i ^ w]; return r; }
   static T first(R a) { return a.v[0]; }
+  // Small non-negative integers (0..255) as bytes: the first n lanes stored
+  // to / loaded from p[0..n) (nothing else touched), other lanes zero.
+  static void store_u8(uint8_t* p, R a, int n) { for (int i = 0; i < n; ++i) p[i] = static_cast<uint8_t>(a.v[i]); }
+  static R load_u8(const uint8_t* p, int n) { R r = zero(); for (int i = 0; i < n; ++i) r.v[i] = T(p[i]); return r; }
   // Lanes [lo, hi) from p[lo..hi), the others `fill`; lanes outside are not
   // read (p itself may point before the data).  0 <= lo <= hi <= N.
   static R load_fill(const T* p, int lo, int hi, T fill) {
@@ -106,6 +110,24 @@ struct Vec<float> {
     return w == 4 ? _mm256_permute2f128_ps(a, a, 1) : w == 2 ? _mm256_permute_ps(a, 0x4E) : _mm256_permute_ps(a, 0xB1);
   }
   static float first(R a) { return _mm256_cvtss_f32(a); }
+  static void store_u8(uint8_t* p, R a, int n) {
+    const __m256i i = _mm256_cvttps_epi32(a);
+    const __m128i w = _mm_packus_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+    const __m128i b = _mm_packus_epi16(w, w);
+    if (n == 8) {
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(p), b);
+    } else {
+      alignas(16) uint8_t t[16];
+      _mm_store_si128(reinterpret_cast<__m128i*>(t), b);
+      for (int k = 0; k < n; ++k) p[k] = t[k];
+    }
+  }
+  static R load_u8(const uint8_t* p, int n) {
+    alignas(16) uint8_t t[16] = {};
+    if (n == 8) return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+    for (int k = 0; k < n; ++k) t[k] = p[k];
+    return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_load_si128(reinterpret_cast<const __m128i*>(t))));
+  }
   static R load_fill(const float* p, int lo, int hi, float fill) {
     const __m256i m = _mm256_andnot_si256(avx2_mask32(lo), avx2_mask32(hi));
     return _mm256_blendv_ps(set1(fill), _mm256_maskload_ps(p, m), _mm256_castsi256_ps(m));
@@ -153,6 +175,18 @@ struct Vec<double> {
   static void store_n(double* p, R a, int n) { _mm256_maskstore_pd(p, avx2_mask64(n), a); }
   static R swap(R a, int w) { return w == 2 ? _mm256_permute2f128_pd(a, a, 1) : _mm256_permute_pd(a, 0x5); }
   static double first(R a) { return _mm256_cvtsd_f64(a); }
+  static void store_u8(uint8_t* p, R a, int n) {
+    const __m128i i = _mm256_cvttpd_epi32(a);
+    const __m128i w = _mm_packus_epi32(i, i);
+    alignas(16) uint8_t t[16];
+    _mm_store_si128(reinterpret_cast<__m128i*>(t), _mm_packus_epi16(w, w));
+    for (int k = 0; k < n; ++k) p[k] = t[k];
+  }
+  static R load_u8(const uint8_t* p, int n) {
+    int32_t v = 0;
+    for (int k = 0; k < n; ++k) v |= int32_t(p[k]) << (8 * k);
+    return _mm256_cvtepi32_pd(_mm_cvtepu8_epi32(_mm_cvtsi32_si128(v)));
+  }
   static R load_fill(const double* p, int lo, int hi, double fill) {
     const __m256i m = _mm256_andnot_si256(avx2_mask64(lo), avx2_mask64(hi));
     return _mm256_blendv_pd(set1(fill), _mm256_maskload_pd(p, m), _mm256_castsi256_pd(m));
@@ -206,6 +240,10 @@ struct Vec<float> {
            : w == 2 ? _mm512_permute_ps(a, 0x4E) : _mm512_permute_ps(a, 0xB1);
   }
   static float first(R a) { return _mm512_cvtss_f32(a); }
+  static void store_u8(uint8_t* p, R a, int n) { _mm512_mask_cvtepi32_storeu_epi8(p, mask(n), _mm512_cvttps_epi32(a)); }
+  static R load_u8(const uint8_t* p, int n) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mask(n), p)));
+  }
   static R load_fill(const float* p, int lo, int hi, float fill) {
     return _mm512_mask_loadu_ps(set1(fill), static_cast<__mmask16>(mask(hi) & ~mask(lo)), p);
   }
@@ -255,6 +293,12 @@ struct Vec<double> {
     return w == 4 ? _mm512_shuffle_f64x2(a, a, 0x4E) : w == 2 ? _mm512_shuffle_f64x2(a, a, 0xB1) : _mm512_permute_pd(a, 0x55);
   }
   static double first(R a) { return _mm512_cvtsd_f64(a); }
+  static void store_u8(uint8_t* p, R a, int n) {
+    _mm512_mask_cvtepi32_storeu_epi8(p, static_cast<__mmask16>(mask(n)), _mm512_castsi256_si512(_mm512_cvttpd_epi32(a)));
+  }
+  static R load_u8(const uint8_t* p, int n) {
+    return _mm512_cvtepi32_pd(_mm256_cvtepu8_epi32(_mm_maskz_loadu_epi8(static_cast<__mmask16>(mask(n)), p)));
+  }
   static R load_fill(const double* p, int lo, int hi, double fill) {
     return _mm512_mask_loadu_pd(set1(fill), static_cast<__mmask8>(mask(hi) & ~mask(lo)), p);
   }
