@@ -594,9 +594,11 @@ inline void horizontal_row(const PoolShape& s, int64_t wq, Cols cols, T* h) {
   }
 }
 
+// `next` (or null): the next plane this thread pools, requested from memory
+// row by row while this one computes.
 template <class T, bool Max>
 bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb, const T* plane, T* yp,
-                     T* scratch) {
+                     T* scratch, const T* next) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N;
@@ -611,8 +613,11 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
   const bool in_place = W >= 4 * N;
   if (in_place) {
     if (Max && !nan_free(plane, s.h * W)) return false;
+    const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
     for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
       const T* src = plane + ih * W;
+      if (next)
+        for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(next + ih * W) + b);
       horizontal_row<T, Max>(s, wq, [&](int64_t c) {
         if (c >= 0 && c + N <= W) return V::load(src + c);
         const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
@@ -1304,7 +1309,8 @@ void forward_nchw(const PoolShape& s, const Geometry& g, const T* x, T* y, int64
       else if (Idx)
         plane_padded_idx<T>(s, g, tb, x + p * in_plane, y + p * out_plane, ip, kp, scratch);
       else if (!(g.flat && plane_flat<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)) &&
-               !(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch)))
+               !(g.separable && plane_separable<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch,
+                                                        p + 1 < planes ? x + (p + 1) * in_plane : nullptr)))
         plane_padded<T, Max>(s, g, tb, x + p * in_plane, y + p * out_plane, scratch);
     }
   }
