@@ -879,8 +879,11 @@ def test_bitwise_identical_for_any_thread_count(isa, rng, layout, dtype):
 # Plane sizes on both sides of every branch of the NCHW kernel: blocks of up
 # to 64 tiny planes (<= 16 values; 210 and 134 planes leave partial blocks),
 # then per plane: whole vectors, pairs, one more, a masked tail.
+# (NHWC reads the last axis as channels: 300 and 256 are whole units of 8
+# vectors of channels and the one-vector rest, on every ISA and dtype.)
 GLOBAL_SHAPES = [(2, 3, 7, 7), (1, 4, 1, 1), (2, 5, 64, 64), (3, 6, 5), (2, 17, 3, 11),
-                 (3, 70, 4, 4), (2, 67, 2, 3), (2, 9, 6, 8), (2, 5, 9, 9), (1, 3, 17, 1), (2, 4, 5, 13)]
+                 (3, 70, 4, 4), (2, 67, 2, 3), (2, 9, 6, 8), (2, 5, 9, 9), (1, 3, 17, 1), (2, 4, 5, 13),
+                 (2, 3, 5, 300), (1, 2, 2, 256)]
 
 
 def _global_expected_shape(shape, layout, keepdims):

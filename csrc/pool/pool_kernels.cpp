@@ -1490,21 +1490,50 @@ void global_nchw(const PoolShape& s, const T* x, T* y, int nt) {
   }
 }
 
+constexpr int kGlobalChanVectors = 8;  // global_nhwc: channel vectors per work unit
+
 template <class T, bool Max>
 void global_nhwc(const PoolShape& s, const T* x, T* y, int nt) {
   using V = Vec<T>;
-  const int64_t blocks = ceil_div(s.c, V::N), units = s.n * blocks, len = s.h * s.w;
+  using R = typename V::R;
+  // Work units of kGlobalChanVectors vectors of channels of one image: one
+  // accumulator each (independent chains, not one chain of len dependent
+  // steps), and each pixel's row of the unit is whole cache lines read in
+  // sequence (one vector per unit before: 32x7x7x2048 0.59 -> 0.135 ms
+  // on 2 threads).  The channels beyond the last whole unit go one vector
+  // at a time.  Each channel is reduced over the pixels in order, whatever
+  // the unit.
+  constexpr int CV = kGlobalChanVectors;
+  constexpr int64_t CH = CV * V::N;
+  const int64_t full_units = s.c / CH, rest = s.c - full_units * CH, rest_vectors = ceil_div(rest, V::N);
+  const int64_t per_image = full_units + rest_vectors, units = s.n * per_image, len = s.h * s.w;
+  auto step = [](R acc, R v) { return Max ? V::blend(acc, v, V::take(v, acc)) : V::add(acc, v); };
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t u = 0; u < units; ++u) {
-    const int64_t n = u / blocks, c = (u % blocks) * V::N;
+    const int64_t n = u / per_image, k = u % per_image;
+    if (k < full_units) {
+      const T* src = x + n * len * s.c + k * CH;
+      R acc[CV];
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) acc[v] = V::load(src + v * V::N);
+      for (int64_t i = 1; i < len; ++i) {
+        const T* p = src + i * s.c;
+#pragma GCC unroll 8
+        for (int v = 0; v < CV; ++v) acc[v] = step(acc[v], V::load(p + v * V::N));
+      }
+      T* dst = y + n * s.c + k * CH;
+#pragma GCC unroll 8
+      for (int v = 0; v < CV; ++v) V::store(dst + v * V::N, Max ? acc[v] : V::div(acc[v], V::set1(T(len))));
+      continue;
+    }
+    const int64_t c = full_units * CH + (k - full_units) * V::N;
     const int lanes = static_cast<int>(min64(V::N, s.c - c));
     const bool full = lanes == V::N;
     const T* src = x + n * len * s.c + c;
-    typename V::R acc = full ? V::load(src) : V::load_n(src, lanes);
+    R acc = full ? V::load(src) : V::load_n(src, lanes);
     for (int64_t i = 1; i < len; ++i) {
       const T* p = src + i * s.c;
-      const typename V::R v = full ? V::load(p) : V::load_n(p, lanes);
-      acc = Max ? V::blend(acc, v, V::take(v, acc)) : V::add(acc, v);
+      acc = step(acc, full ? V::load(p) : V::load_n(p, lanes));
     }
     if (!Max) acc = V::div(acc, V::set1(T(len)));
     if (full)
