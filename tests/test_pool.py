@@ -563,6 +563,36 @@ def test_max_pool2d_vjp_keeps_keys_not_x(isa, rng):
             expected.shape, k)[2:])), expected.astype(np.float64))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("fill", ["normal", "ties", "nonfinite"])
+@pytest.mark.parametrize("case", [(3, 1, "same"), (3, 2, 1), (2, 2, 0), ((2, 3), (1, 2), (1, 0))],
+                         ids=lambda c: "_".join(map(str, c)))
+def test_nhwc_channel_blocks(isa, rng, case, fill, dtype):
+    """NHWC forward pools 4 channel vectors per pixel step, then one vector
+    at a time: 70 channels are whole blocks and a partial rest on every ISA
+    and dtype.  Values, indices, winner keys (through the vjp) and averages
+    against the reference."""
+    k, s, p = case
+    x = rng.standard_normal((2, 9, 10, 70)).astype(dtype)
+    if fill == "ties":
+        x = rng.integers(0, 3, x.shape).astype(dtype)
+    elif fill == "nonfinite":
+        x[:, ::3, 1::4, ::5] = np.nan
+        x[:, 1::3, ::4, 2::5] = -np.inf
+    kwargs = dict(kernel_size=k, stride=s, padding=p, layout="NHWC")
+    y, idx = pyconv.max_pool2d(x, return_indices=True, **kwargs)
+    y_ref, idx_ref = ref.max_pool2d(x, return_indices=True, **kwargs)
+    assert_bitwise(y, y_ref)
+    np.testing.assert_array_equal(idx, idx_ref)
+    yk, pullback = max_pool2d_vjp(x, **kwargs)
+    assert_bitwise(yk, y_ref)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    assert_bitwise(pullback(g), ref.max_pool2d_grad(g, x, **kwargs))
+    for cip in (None, True, False):
+        assert_avg_close(pyconv.avg_pool2d(x, count_include_pad=cip, **kwargs),
+                         ref.avg_pool2d(x.astype(np.float64), count_include_pad=cip, **kwargs), dtype)
+
+
 def test_winner_keys_entry_points_refuse_bad_problems():
     """The private entry points: keys only for max pooling, windows up to
     16x16, not together with indices, the right size."""
