@@ -1662,7 +1662,9 @@ void backward_nhwc(const PoolShape& s, const T* x, const uint8_t* keys, const T*
         int64_t kw0, kw1;
         clip(iw0, s.w, s.kw, s.dw, kw0, kw1);
         const T* gp = gy + ((n * s.oh + oh) * s.ow + ow) * s.c;
-        const typename V::R div = V::set1(max ? T(1) : avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1));
+        // (the divisor's reciprocal, as the forward: 8x28x28x256 3x3 "same"
+        // 1.11-1.26 -> 1.07-1.09 ms on 2 threads)
+        const typename V::R inv = V::set1(max ? T(1) : T(1) / avg_divisor<T>(s, ih0, iw0, kh0, kh1, kw0, kw1));
         for (int64_t c = c0; c < c1; c += V::N) {
           const int lanes = static_cast<int>(min64(V::N, c1 - c));
           const bool full = lanes == V::N;
@@ -1690,7 +1692,7 @@ void backward_nhwc(const PoolShape& s, const T* x, const uint8_t* keys, const T*
                 tap = V::blend(tap, t, m);
               }
           }
-          const typename V::R share = max ? g : V::div(g, div);
+          const typename V::R share = max ? g : V::mul(g, inv);
           for (int64_t i = kh0; i < kh1; ++i)
             for (int64_t j = kw0; j < kw1; ++j) {
               T* p = gxn + ((ih0 + i * s.dh) * s.w + iw0 + j * s.dw) * s.c + c;
