@@ -14,6 +14,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "core/buffer_pool.hpp"
 #include "core/dispatch.hpp"
@@ -430,6 +433,59 @@ void pool_backward_entry(py::object x, py::array gy, py::array gx, const PoolTup
     throw py::type_error("pool: only float32 and float64 are computed natively");
 }
 
+// True if no element of the float array is NaN or infinite: x * 0 is 0
+// for every finite x and NaN otherwise, summed in independent vector
+// accumulators chunk by chunk (no temporary array, unlike
+// numpy.isfinite(a).all(): 1.4 -> 0.3 us on a 3x3 depthwise weight, the
+// memory's speed on big ones).  SSE2 is every x86-64's baseline.
+template <class T>
+bool all_finite(const T* p, int64_t n) {
+  constexpr int64_t kChunk = 4096;
+  for (int64_t start = 0; start < n; start += kChunk) {
+    const int64_t end = std::min(n, start + kChunk);
+    int64_t i = start;
+    bool nan = false;
+#if defined(__SSE2__)
+    if constexpr (sizeof(T) == 4) {
+      __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+      const __m128 z = _mm_setzero_ps();
+      for (; i + 16 <= end; i += 16) {
+        a0 = _mm_add_ps(a0, _mm_mul_ps(_mm_loadu_ps(p + i), z));
+        a1 = _mm_add_ps(a1, _mm_mul_ps(_mm_loadu_ps(p + i + 4), z));
+        a2 = _mm_add_ps(a2, _mm_mul_ps(_mm_loadu_ps(p + i + 8), z));
+        a3 = _mm_add_ps(a3, _mm_mul_ps(_mm_loadu_ps(p + i + 12), z));
+      }
+      const __m128 a = _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3));
+      nan = _mm_movemask_ps(_mm_cmpunord_ps(a, a)) != 0;
+    } else {
+      __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
+      const __m128d z = _mm_setzero_pd();
+      for (; i + 8 <= end; i += 8) {
+        a0 = _mm_add_pd(a0, _mm_mul_pd(_mm_loadu_pd(p + i), z));
+        a1 = _mm_add_pd(a1, _mm_mul_pd(_mm_loadu_pd(p + i + 2), z));
+        a2 = _mm_add_pd(a2, _mm_mul_pd(_mm_loadu_pd(p + i + 4), z));
+        a3 = _mm_add_pd(a3, _mm_mul_pd(_mm_loadu_pd(p + i + 6), z));
+      }
+      const __m128d a = _mm_add_pd(_mm_add_pd(a0, a1), _mm_add_pd(a2, a3));
+      nan = _mm_movemask_pd(_mm_cmpunord_pd(a, a)) != 0;
+    }
+#endif
+    T rest = T(0);
+    for (; i < end; ++i) rest += p[i] * T(0);
+    if (nan || rest != rest) return false;
+  }
+  return true;
+}
+
+bool all_finite_entry(const py::array& a) {
+  if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("all_finite: the array must be C-contiguous");
+  const int64_t n = static_cast<int64_t>(a.size());
+  if (a.dtype().is(py::dtype::of<float>())) return all_finite<float>(static_cast<const float*>(a.data()), n);
+  if (a.dtype().is(py::dtype::of<double>()))
+    return all_finite<double>(static_cast<const double*>(a.data()), n);
+  throw py::type_error("all_finite: only float32 and float64 arrays");
+}
+
 Isa parse_isa(const std::string& name) {
   for (int i = 0; i < kNumIsas; ++i)
     if (name == isa_name(static_cast<Isa>(i))) return static_cast<Isa>(i);
@@ -536,6 +592,7 @@ PYBIND11_MODULE(_core, m) {
   // Result arrays on recycled memory (core/buffer_pool.hpp): C-contiguous,
   // writeable, owned by a capsule that hands the block back when the array
   // (and every view of it) is gone.
+  m.def("all_finite", &all_finite_entry, py::arg("a"));
   m.def("empty", [](const std::vector<py::ssize_t>& shape, const py::dtype& dt) {
     size_t count = 1;
     for (py::ssize_t d : shape) {

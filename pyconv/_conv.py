@@ -15,6 +15,7 @@ from ._runtime import _empty
 from ._prepack import PackedWeight
 from ._typing import Activation, Algo, ArrayInput, FloatArray, IntOrPair, Layout, Padding, Plan, Shape
 from ._normalize import (
+    all_finite,
     kernel_array,
     ConvGeometry,
     activation_code,
@@ -295,7 +296,7 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     if ba is not None and ba.shape != (geo.oc,):
         raise ValueError(f"{fn}: bias must have shape ({geo.oc},) to match the weight, got {ba.shape}")
     kernel = _choose_algo(fn, algo, geo)
-    if kernel == "depthwise" and any(geo.pads) and not np.isfinite(wa).all():
+    if kernel == "depthwise" and any(geo.pads) and not all_finite(wa):
         # The depthwise kernel skips taps over the zero padding; a non-finite
         # tap there must still give 0 * inf = NaN, as every other path and the
         # reference do, so such weights (a diverged model) take the direct

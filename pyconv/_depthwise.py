@@ -12,6 +12,7 @@ from ._runtime import _empty
 from ._typing import Activation, ArrayInput, FloatArray, IntOrPair, Layout, Padding
 from ._conv import _VERBOSE, _conv2d, verbose_line
 from ._normalize import (
+    all_finite,
     kernel_array,
     activation_code,
     as_array,
@@ -177,7 +178,7 @@ def separable_conv2d(x: ArrayInput, depthwise_weight: ArrayInput, pointwise_weig
     y = _empty(pw_geo.out_shape, xa.dtype)
     if dw_geo.n == 0:
         return y
-    if any(dw_geo.pads) and not np.isfinite(dw).all():
+    if any(dw_geo.pads) and not all_finite(dw):
         # A non-finite depthwise tap over the zero padding must give NaN
         # (0 * inf), which the fused kernel's border handling skips: compose
         # the two steps, the first on the direct kernel (see conv2d).

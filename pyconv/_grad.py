@@ -38,6 +38,7 @@ from ._conv import _VERBOSE, _conv2d, verbose_line
 from .reference._grad import _grad_input as _reference_grad_input
 from ._normalize import (
     MAX_BYTES,
+    all_finite,
     kernel_array,
     ConvGeometry,
     as_array,
@@ -164,7 +165,7 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
         out = _empty(x_shape, dtype)
         out.fill(0)
         return out if geo.batched else out[0]
-    if not np.isfinite(w).all():
+    if not all_finite(w):
         # The phase convolutions pad grad_out with zeros: a non-finite weight
         # tap meeting that padding would make 0 * inf = NaN where the true
         # gradient has no such product.  Only then (a diverged model), the

@@ -604,3 +604,27 @@ def test_pool_limit_from_the_environment(value, limit):
     assert int(out.stdout.strip()) == limit
     if limit == 256 << 20:
         assert "PYCONV_BUFFER_POOL_MB" in out.stderr
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("n", [1, 15, 16, 17, 4095, 4096, 4097, 9000])
+def test_all_finite_finds_every_nan_and_inf(dtype, n):
+    """The non-finite weight check (the depthwise kernel and the input
+    gradient's phases skip the zero padding, so a weight with NaN or inf must
+    take an exact path): every position of a chunk and vector, each kind of
+    value, contiguous or strided, extreme finite values accepted."""
+    from pyconv._normalize import all_finite
+
+    finfo = np.finfo(dtype)
+    a = np.full(n, finfo.max, dtype)
+    a[::2] = -finfo.max
+    a[1::3] = finfo.tiny
+    assert all_finite(a) and all_finite(a[::-1]) and all_finite(a.reshape(1, n, 1))
+    positions = sorted({0, n // 2, n - 1, min(n - 1, 16), min(n - 1, 4095), min(n - 1, 4096)})
+    for i in positions:
+        for bad in (np.nan, np.inf, -np.inf):
+            b = a.copy()
+            b[i] = bad
+            assert not all_finite(b), (i, bad)
+            assert not all_finite(b[::-1]), (i, bad)
+    assert all_finite(np.arange(6).reshape(2, 3)) and all_finite(np.zeros(0, dtype))
