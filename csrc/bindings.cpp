@@ -49,8 +49,15 @@ ConvShape make_shape(const ShapeTuple& t, int layout, int act, bool has_bias) {
   return s;
 }
 
+// Equal dtypes, not only the identical descriptor object: an array that
+// came through pickle (from a dask or multiprocessing worker) has a float32
+// descriptor of its own.  (A byte-swapped dtype is not equivalent.)
+bool same_dtype(const py::dtype& a, const py::dtype& b) {
+  return a.is(b) || py::detail::npy_api::get().PyArray_EquivTypes_(a.ptr(), b.ptr());
+}
+
 void check_buffer(const py::array& a, const char* name, const py::dtype& dt, int64_t expected, bool writable) {
-  if (!a.dtype().is(dt)) throw py::type_error(std::string("conv2d: ") + name + " has the wrong dtype");
+  if (!same_dtype(a.dtype(), dt)) throw py::type_error(std::string("conv2d: ") + name + " has the wrong dtype");
   if (!(a.flags() & py::array::c_style))
     throw std::invalid_argument(std::string("conv2d: ") + name + " must be C-contiguous");
   if (a.size() != expected) throw std::invalid_argument(std::string("conv2d: ") + name + " has the wrong size");
@@ -102,9 +109,9 @@ void conv2d_entry(py::array x, py::array w, py::object bias, py::array y, const 
                   int act, const std::string& algo, py::object packed) {
   const Algo a = parse_algo(algo);
   const ConvShape s = make_shape(shape, layout, act, !bias.is_none());
-  if (x.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(x.dtype(), py::dtype::of<float>()))
     run_conv<float>(s, x, w, bias, packed, y, a);
-  else if (x.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(x.dtype(), py::dtype::of<double>()))
     run_conv<double>(s, x, w, bias, packed, y, a);
   else
     throw py::type_error("conv2d: only float32 and float64 are computed natively");
@@ -143,8 +150,8 @@ py::array pack_weight_entry(py::array w, int64_t c, int64_t oc, int64_t kh, int6
                             int layout, const std::string& algo) {
   const ConvShape s = weight_shape(c, oc, kh, kw, groups, layout);
   const Algo a = parse_algo(algo);
-  if (w.dtype().is(py::dtype::of<float>())) return pack_typed<float>(w, s, a);
-  if (w.dtype().is(py::dtype::of<double>())) return pack_typed<double>(w, s, a);
+  if (same_dtype(w.dtype(), py::dtype::of<float>())) return pack_typed<float>(w, s, a);
+  if (same_dtype(w.dtype(), py::dtype::of<double>())) return pack_typed<double>(w, s, a);
   throw py::type_error("prepack: only float32 and float64 are packed natively");
 }
 
@@ -179,9 +186,9 @@ void separable_entry(py::array x, py::array dww, py::array pww, py::object bias,
                      const ShapeTuple& dw_shape, const ShapeTuple& pw_shape, int layout, int act) {
   const ConvShape dw = make_shape(dw_shape, layout, 0, false);
   const ConvShape pw = make_shape(pw_shape, layout, act, !bias.is_none());
-  if (x.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(x.dtype(), py::dtype::of<float>()))
     run_separable<float>(dw, pw, x, dww, pww, bias, y);
-  else if (x.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(x.dtype(), py::dtype::of<double>()))
     run_separable<double>(dw, pw, x, dww, pww, bias, y);
   else
     throw py::type_error("separable_conv2d: only float32 and float64 are computed natively");
@@ -207,9 +214,9 @@ void run_grad_weight(const ConvShape& s, const py::array& x, const py::array& gy
 
 void grad_weight_entry(py::array x, py::array gy, py::array gw, const ShapeTuple& shape, int layout) {
   const ConvShape s = make_shape(shape, layout, 0, false);
-  if (x.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(x.dtype(), py::dtype::of<float>()))
     run_grad_weight<float>(s, x, gy, gw);
-  else if (x.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(x.dtype(), py::dtype::of<double>()))
     run_grad_weight<double>(s, x, gy, gw);
   else
     throw py::type_error("conv2d_grad_weight: only float32 and float64 are computed natively");
@@ -242,9 +249,9 @@ void grad_input_entry(py::array w, py::array gy, py::array gx, const ShapeTuple&
     a = GradInputAlgo::Col2im;
   else
     throw py::value_error("conv2d_grad_input: algo must be 'depthwise' or 'col2im', got '" + algo + "'");
-  if (w.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(w.dtype(), py::dtype::of<float>()))
     run_grad_input<float>(s, w, gy, gx, a);
-  else if (w.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(w.dtype(), py::dtype::of<double>()))
     run_grad_input<double>(s, w, gy, gx, a);
   else
     throw py::type_error("conv2d_grad_input: only float32 and float64 are computed natively");
@@ -287,9 +294,9 @@ void transpose_taps_entry(py::array w, py::array out, int layout, int64_t groups
   t.nc = static_cast<int64_t>(cols.size());
   t.rows = rows.data();
   t.cols = cols.data();
-  if (w.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(w.dtype(), py::dtype::of<float>()))
     run_transpose_taps<float>(t, w, out);
-  else if (w.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(w.dtype(), py::dtype::of<double>()))
     run_transpose_taps<double>(t, w, out);
   else
     throw py::type_error("transpose_taps: only float32 and float64");
@@ -328,9 +335,9 @@ void interleave_entry(py::array dx, py::list phases, int64_t n, int64_t c, int64
   if (n < 1 || c < 1 || h < 1 || w < 1 || sh < 1 || sw < 1 || (layout != 0 && layout != 1))
     throw std::invalid_argument("interleave_phases: bad geometry");
   const PhaseLayout p{n, c, h, w, sh, sw, static_cast<Layout>(layout)};
-  if (dx.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(dx.dtype(), py::dtype::of<float>()))
     run_interleave<float>(p, phases, dx);
-  else if (dx.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(dx.dtype(), py::dtype::of<double>()))
     run_interleave<double>(p, phases, dx);
   else
     throw py::type_error("interleave_phases: only float32 and float64");
@@ -388,9 +395,9 @@ void run_pool_forward(const PoolShape& s, const py::array& x, py::array& y, cons
 void pool_forward_entry(py::array x, py::array y, py::object indices, const PoolTuple& shape, int layout, int op,
                         bool count_include_pad, py::object keys) {
   const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
-  if (x.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(x.dtype(), py::dtype::of<float>()))
     run_pool_forward<float>(s, x, y, indices, keys);
-  else if (x.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(x.dtype(), py::dtype::of<double>()))
     run_pool_forward<double>(s, x, y, indices, keys);
   else
     throw py::type_error("pool: only float32 and float64 are computed natively");
@@ -425,9 +432,9 @@ void run_pool_backward(const PoolShape& s, const py::object& x, const py::array&
 void pool_backward_entry(py::object x, py::array gy, py::array gx, const PoolTuple& shape, int layout, int op,
                          bool count_include_pad, py::object keys) {
   const PoolShape s = make_pool_shape(shape, layout, op, count_include_pad);
-  if (gy.dtype().is(py::dtype::of<float>()))
+  if (same_dtype(gy.dtype(), py::dtype::of<float>()))
     run_pool_backward<float>(s, x, gy, gx, keys);
-  else if (gy.dtype().is(py::dtype::of<double>()))
+  else if (same_dtype(gy.dtype(), py::dtype::of<double>()))
     run_pool_backward<double>(s, x, gy, gx, keys);
   else
     throw py::type_error("pool: only float32 and float64 are computed natively");
@@ -480,8 +487,8 @@ bool all_finite(const T* p, int64_t n) {
 bool all_finite_entry(const py::array& a) {
   if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("all_finite: the array must be C-contiguous");
   const int64_t n = static_cast<int64_t>(a.size());
-  if (a.dtype().is(py::dtype::of<float>())) return all_finite<float>(static_cast<const float*>(a.data()), n);
-  if (a.dtype().is(py::dtype::of<double>()))
+  if (same_dtype(a.dtype(), py::dtype::of<float>())) return all_finite<float>(static_cast<const float*>(a.data()), n);
+  if (same_dtype(a.dtype(), py::dtype::of<double>()))
     return all_finite<double>(static_cast<const double*>(a.data()), n);
   throw py::type_error("all_finite: only float32 and float64 arrays");
 }

@@ -291,7 +291,16 @@ class ConvGeometry:
         return 2 * self.n * self.oc * self.oh * self.ow * (self.c // self.groups) * self.kh * self.kw
 
     def core_tuple(self) -> Tuple[int, ...]:
-        """The 18 integers the C++ ConvShape is built from."""
+        """The 18 integers the C++ ConvShape is built from (memoised on the
+        instance: geometries are themselves memoised, and asked for this on
+        every kernel call)."""
+        memo = self.__dict__.get("_core")
+        if memo is None:
+            memo = self._core_tuple()
+            object.__setattr__(self, "_core", memo)
+        return memo
+
+    def _core_tuple(self) -> Tuple[int, ...]:
         t, b, l, r = self.pads
         # A stride or dilation beyond the padded size means the same as the
         # padded size (one output row; a 1-tap kernel), and clamping keeps
@@ -624,7 +633,15 @@ class PoolGeometry:
         return shape if self.batched else shape[1:]
 
     def core_tuple(self) -> Tuple[int, ...]:
-        """The 16 integers the C++ PoolShape is built from."""
+        """The 16 integers the C++ PoolShape is built from (memoised, as
+        ConvGeometry.core_tuple)."""
+        memo = self.__dict__.get("_core")
+        if memo is None:
+            memo = self._core_tuple()
+            object.__setattr__(self, "_core", memo)
+        return memo
+
+    def _core_tuple(self) -> Tuple[int, ...]:
         t, b, l, r = self.pads
         hp, wp = self.h + t + b, self.w + l + r
         # A stride beyond the padded size means one window (as for conv2d).

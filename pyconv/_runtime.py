@@ -371,7 +371,9 @@ def peak_gflops(dtype: npt.DTypeLike = "float32", threads: Optional[SupportsInde
 def _empty(shape: Any, dtype: npt.DTypeLike) -> Any:
     """``numpy.empty(shape, dtype)`` for a result pyconv allocates, on memory
     recycled from earlier results of the same size (see :func:`buffer_pool_info`)."""
-    return _core.empty([int(d) for d in shape], np.dtype(dtype))
+    if type(shape) is not tuple:  # (geometry shapes are tuples of ints already)
+        shape = tuple(int(d) for d in shape)
+    return _core.empty(shape, np.dtype(dtype))
 
 
 def buffer_pool_info() -> Dict[str, int]:
