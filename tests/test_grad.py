@@ -1237,6 +1237,8 @@ def _phase_weight_numpy(w, groups, layout, row_taps, col_taps):
     (6, 4, 3, 3, 2, (2, 0), (1,)),                # a stride-2 phase, grouped
     (3, 7, 1, 1, 1, (0,), (0,)),                  # 1x1: one tap, stores overlap 15 kernels ahead
     (1, 3, 1, 1, 1, (0,), (0,)),                  # one kernel per row: only the masked store
+    (70, 150, 1, 1, 1, (0,), (0,)),               # 1x1 NCHW: a matrix transpose, blocks of 64 channels
+    (6, 130, 1, 1, 2, (0,), (0,)),                # ... per group, a partial last block
     (17, 2, 4, 4, 1, (3, 1), (2, 0)),             # 16 taps loaded, 4 kept
     (4, 3, 5, 5, 1, (4, 3, 2, 1, 0), (4, 2, 0)),  # 25 taps: more than a vector
     (10, 3, 7, 7, 5, (6, 4, 2, 0), (5, 3, 1)),

@@ -605,6 +605,21 @@ void transpose_taps(const TapsTranspose& t, const T* w, T* out, int nt) {
     return;
   }
   const int64_t ktaps = t.kh * t.kw;
+  if (ktaps == 1) {
+    // 1x1 kernels: per group one matrix transpose, (og x cg) -> (cg x og),
+    // in register blocks, the threads splitting the input channels.  The
+    // gather below would read one value per kernel 4 KiB apart (a 256x1024
+    // weight: every load in the same L1 set): 0.53 -> 0.063 ms on 2 threads
+    // (ResNet res4 1x1 input gradient 5.5-6.1 -> 5.1-5.4 ms).
+    constexpr int64_t kBlock = 64;
+    const int64_t blocks = ceil_div(t.cg, kBlock), units = t.groups * blocks;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t u = 0; u < units; ++u) {
+      const int64_t g = u / blocks, i0 = (u % blocks) * kBlock, n = min64(kBlock, t.cg - i0);
+      transpose_copy(w + g * t.og * t.cg + i0, t.cg, out + (g * t.cg + i0) * t.og, t.og, t.og, n);
+    }
+    return;
+  }
 #if defined(PYCONV_ISA_avx512)
   if (sizeof(T) == 4 && ktaps <= 16 && taps <= 16) {
     // A kernel's taps are one masked load; one permute puts the wanted taps
