@@ -1636,6 +1636,68 @@ void backward_nchw(const PoolShape& s, const Geometry& g, const T* x, const uint
   }
 }
 
+// NHWC max gradient of 2x2/2 windows that tile the image: each input cell
+// belongs to one window, so it is written once (its window's gradient or
+// zero) with no zeroing pass and no read-modify-write, two input rows per
+// output row (threads split the output rows).  The winners come from the
+// forward's keys or are recomputed from x in the forward's order.
+// 8x112x112x64 on 2 threads: from x 2.2-3.7 -> 1.4-1.8 ms, from keys
+// 1.4-1.6 -> 0.65-1.0 ms (backward_nhwc's zeroing pass and four
+// read-modify-writes per window before).
+template <class T>
+void max_grad_nhwc_2x2(const PoolShape& s, const T* x, const uint8_t* keys, const T* gy, T* gx, int nt) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+  const int64_t C = s.c, W = s.w, rows = s.n * s.oh, row = W * C;
+  const R z = V::zero(), t0 = V::zero(), t1 = V::set1(T(1)), t2 = V::set1(T(kKeyRow)), t3 = V::set1(T(kKeyRow + 1));
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t n = r / s.oh, oh = r % s.oh, base = (n * s.h + 2 * oh) * row;
+    T* g0 = gx + base;
+    T* g1 = g0 + row;
+    const T* x0 = x ? x + base : nullptr;
+    const T* x1 = x ? x0 + row : nullptr;
+    const T* gyr = gy + r * s.ow * C;
+    const uint8_t* kr = keys ? keys + r * s.ow * C : nullptr;
+    for (int64_t ow = 0; ow < s.ow; ++ow)
+      for (int64_t c = 0; c < C; c += N) {
+        const int lanes = static_cast<int>(min64(N, C - c));
+        const bool full = lanes == N;
+        const int64_t o = ow * C + c, a = 2 * ow * C + c, b = a + C;
+        auto load = [&](const T* p) { return full ? V::load(p) : V::load_n(p, lanes); };
+        R tap;
+        if (kr) {
+          tap = V::load_u8(kr + o, lanes);
+        } else {
+          R acc = load(x0 + a);
+          tap = t0;
+          auto step = [&](R v, R t) {
+            const auto m = V::take(v, acc);
+            acc = V::blend(acc, v, m);
+            tap = V::blend(tap, t, m);
+          };
+          step(load(x0 + b), t1);
+          step(load(x1 + a), t2);
+          step(load(x1 + b), t3);
+        }
+        const R g = load(gyr + o);
+        const R cells[4] = {V::blend(z, g, V::eq(tap, t0)), V::blend(z, g, V::eq(tap, t1)),
+                            V::blend(z, g, V::eq(tap, t2)), V::blend(z, g, V::eq(tap, t3))};
+        T* dst[4] = {g0 + a, g0 + b, g1 + a, g1 + b};
+        for (int k = 0; k < 4; ++k) {
+          if (full)
+            V::store(dst[k], cells[k]);
+          else
+            V::store_n(dst[k], cells[k], lanes);
+        }
+      }
+    for (int64_t i = 2 * s.ow * C; i < row; ++i) g0[i] = g1[i] = T(0);  // a last odd column: no window
+    if (oh == s.oh - 1)  // nor a last odd row
+      for (int64_t i = (n * s.h + 2 * s.oh) * row; i < (n + 1) * s.h * row; ++i) gx[i] = T(0);
+  }
+}
+
 // NHWC: per (image, chunk of channels), output pixels in order, all the
 // chunk's channel vectors per pixel (contiguous memory).  The max gradient
 // is added with vector read-modify-writes, one per window tap, of the
@@ -1745,6 +1807,8 @@ void pool_backward(const PoolShape& s, const T* x, const uint8_t* keys, const T*
   const Geometry g = make_geometry<T>(s, nt, true);
   if (s.layout == Layout::NCHW)
     backward_nchw(s, g, x, keys, gy, gx, static_cast<char*>(workspace), nt);
+  else if (s.op == PoolOp::Max && is_2x2_tiling(s))
+    max_grad_nhwc_2x2(s, x, keys, gy, gx, nt);
   else
     backward_nhwc(s, x, keys, gy, gx, nt);
 }
