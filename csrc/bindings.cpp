@@ -14,9 +14,6 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__SSE2__)
-#include <emmintrin.h>
-#endif
 
 #include "core/buffer_pool.hpp"
 #include "core/dispatch.hpp"
@@ -441,45 +438,31 @@ void pool_backward_entry(py::object x, py::array gy, py::array gx, const PoolTup
 }
 
 // True if no element of the float array is NaN or infinite: x * 0 is 0
-// for every finite x and NaN otherwise, summed in independent vector
-// accumulators chunk by chunk (no temporary array, unlike
-// numpy.isfinite(a).all(): 1.4 -> 0.3 us on a 3x3 depthwise weight, the
-// memory's speed on big ones).  SSE2 is every x86-64's baseline.
+// for every finite x and NaN otherwise, summed chunk by chunk in four
+// independent 16-byte vectors (GCC/Clang vector extensions: SSE2 on any
+// x86-64).  No temporary array, unlike numpy.isfinite(a).all(): 1.4 ->
+// 0.3 us on a 3x3 depthwise weight, 190 -> 139 us on a 512x512x3x3 one.
 template <class T>
 bool all_finite(const T* p, int64_t n) {
+  typedef T V __attribute__((vector_size(16)));
+  constexpr int L = 16 / sizeof(T);
   constexpr int64_t kChunk = 4096;
   for (int64_t start = 0; start < n; start += kChunk) {
     const int64_t end = std::min(n, start + kChunk);
+    const V zero = {};
+    V acc[4] = {};
     int64_t i = start;
-    bool nan = false;
-#if defined(__SSE2__)
-    if constexpr (sizeof(T) == 4) {
-      __m128 a0 = _mm_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-      const __m128 z = _mm_setzero_ps();
-      for (; i + 16 <= end; i += 16) {
-        a0 = _mm_add_ps(a0, _mm_mul_ps(_mm_loadu_ps(p + i), z));
-        a1 = _mm_add_ps(a1, _mm_mul_ps(_mm_loadu_ps(p + i + 4), z));
-        a2 = _mm_add_ps(a2, _mm_mul_ps(_mm_loadu_ps(p + i + 8), z));
-        a3 = _mm_add_ps(a3, _mm_mul_ps(_mm_loadu_ps(p + i + 12), z));
+    for (; i + 4 * L <= end; i += 4 * L)
+      for (int k = 0; k < 4; ++k) {
+        V v;
+        std::memcpy(&v, p + i + k * L, sizeof v);
+        acc[k] += v * zero;
       }
-      const __m128 a = _mm_add_ps(_mm_add_ps(a0, a1), _mm_add_ps(a2, a3));
-      nan = _mm_movemask_ps(_mm_cmpunord_ps(a, a)) != 0;
-    } else {
-      __m128d a0 = _mm_setzero_pd(), a1 = a0, a2 = a0, a3 = a0;
-      const __m128d z = _mm_setzero_pd();
-      for (; i + 8 <= end; i += 8) {
-        a0 = _mm_add_pd(a0, _mm_mul_pd(_mm_loadu_pd(p + i), z));
-        a1 = _mm_add_pd(a1, _mm_mul_pd(_mm_loadu_pd(p + i + 2), z));
-        a2 = _mm_add_pd(a2, _mm_mul_pd(_mm_loadu_pd(p + i + 4), z));
-        a3 = _mm_add_pd(a3, _mm_mul_pd(_mm_loadu_pd(p + i + 6), z));
-      }
-      const __m128d a = _mm_add_pd(_mm_add_pd(a0, a1), _mm_add_pd(a2, a3));
-      nan = _mm_movemask_pd(_mm_cmpunord_pd(a, a)) != 0;
-    }
-#endif
+    const V sum = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     T rest = T(0);
+    for (int l = 0; l < L; ++l) rest += sum[l];
     for (; i < end; ++i) rest += p[i] * T(0);
-    if (nan || rest != rest) return false;
+    if (rest != rest) return false;
   }
   return true;
 }

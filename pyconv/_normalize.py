@@ -256,6 +256,15 @@ def check_out(fn: str, out: Any, shape: Tuple[int, ...], dtype: np.dtype,
     return out
 
 
+def _memo_core(geo: Any) -> Tuple[int, ...]:
+    """``geo._core_tuple()``, computed once per (frozen) geometry instance."""
+    memo = geo.__dict__.get("_core")
+    if memo is None:
+        memo = geo._core_tuple()
+        object.__setattr__(geo, "_core", memo)
+    return memo
+
+
 @dataclass(frozen=True)
 class ConvGeometry:
     """A fully resolved convolution problem (sizes in NCHW terms)."""
@@ -294,11 +303,7 @@ class ConvGeometry:
         """The 18 integers the C++ ConvShape is built from (memoised on the
         instance: geometries are themselves memoised, and asked for this on
         every kernel call)."""
-        memo = self.__dict__.get("_core")
-        if memo is None:
-            memo = self._core_tuple()
-            object.__setattr__(self, "_core", memo)
-        return memo
+        return _memo_core(self)
 
     def _core_tuple(self) -> Tuple[int, ...]:
         t, b, l, r = self.pads
@@ -635,11 +640,7 @@ class PoolGeometry:
     def core_tuple(self) -> Tuple[int, ...]:
         """The 16 integers the C++ PoolShape is built from (memoised, as
         ConvGeometry.core_tuple)."""
-        memo = self.__dict__.get("_core")
-        if memo is None:
-            memo = self._core_tuple()
-            object.__setattr__(self, "_core", memo)
-        return memo
+        return _memo_core(self)
 
     def _core_tuple(self) -> Tuple[int, ...]:
         t, b, l, r = self.pads

@@ -436,6 +436,22 @@ def test_max_pool2d_all_minus_inf_picks_a_real_cell(isa, dtype, layout):
     assert gx.sum() == y.size
 
 
+def winner_planes(rng, shape, fill, dtype):
+    """NCHW planes whose max-pooling winners are hard: "ties" (small
+    integers), "minus_inf" (stretches where a padded cell could win, one
+    plane all -inf), "nan" (NaN winners), or "normal"."""
+    x = rng.standard_normal(shape).astype(dtype)
+    w = shape[-1]
+    if fill == "ties":
+        x = rng.integers(0, 3, shape).astype(dtype)
+    elif fill == "minus_inf":
+        x[:, :, ::3, : w // 2 + 1] = -np.inf
+        x[0, 1] = -np.inf
+    elif fill == "nan":
+        x[:, :, 1::4, 2::5] = np.nan
+    return x
+
+
 # (kernel, padding, h, w): the NCHW max gradient at stride 2 with windows up
 # to 3x3 is written row by row from column-phase buffers
 # (plane_max_grad_s2): every kernel shape, pads 0/1 and "same" (asymmetric),
@@ -456,14 +472,7 @@ def test_max_pool2d_grad_stride2_rows(isa, rng, case, fill, dtype):
     stretches where a padded column could win (the exact rule takes
     over), NaN winners."""
     k, padding, h, w = case
-    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
-    if fill == "ties":
-        x = rng.integers(0, 3, x.shape).astype(dtype)
-    elif fill == "minus_inf":
-        x[:, :, ::3, : w // 2 + 1] = -np.inf
-        x[0, 1] = -np.inf
-    elif fill == "nan":
-        x[:, :, 1::4, 2::5] = np.nan
+    x = winner_planes(rng, (2, 3, h, w), fill, dtype)
     kwargs = dict(kernel_size=k, stride=2, padding=padding)
     y = pyconv.max_pool2d(x, **kwargs)
     g = rng.standard_normal(y.shape).astype(dtype)
@@ -524,14 +533,7 @@ def test_max_pool2d_vjp_winner_keys(isa, rng, case, fill, dtype, layout):
     scatter in output order (ties: the first maximum; -inf stretches where a
     padded cell could win; NaN winners)."""
     k, s, p, d, ceil_mode, h, w = case
-    x = rng.standard_normal((2, 3, h, w)).astype(dtype)
-    if fill == "ties":
-        x = rng.integers(0, 3, x.shape).astype(dtype)
-    elif fill == "minus_inf":
-        x[:, :, ::3, : w // 2 + 1] = -np.inf
-        x[0, 1] = -np.inf
-    elif fill == "nan":
-        x[:, :, 1::4, 2::5] = np.nan
+    x = winner_planes(rng, (2, 3, h, w), fill, dtype)
     if layout == "NHWC":
         x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
     kwargs = dict(kernel_size=k, stride=s, padding=p, dilation=d, ceil_mode=ceil_mode, layout=layout)
