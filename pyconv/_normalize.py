@@ -217,9 +217,9 @@ _NATIVE_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def all_finite(a: np.ndarray) -> bool:
-    """True if ``a`` holds no NaN or infinity: one C++ pass over the bits
-    for the kernels' own arrays (no temporary: 3 us -> 0.3 us on a small
-    weight), ``numpy.isfinite`` for anything else."""
+    """True if ``a`` holds no NaN or infinity: one C++ pass (sums of x * 0)
+    for contiguous float32/float64 arrays, with no temporary (1.4 -> 0.3 us
+    on a small weight), ``numpy.isfinite`` for anything else."""
     if a.dtype.kind in "biu":
         return True
     if a.dtype in _NATIVE_FLOATS and a.flags.c_contiguous and a.flags.aligned:
