@@ -1972,6 +1972,36 @@ def _child_main(argv: List[str]) -> int:
     return 2
 
 
+def test_winner_keys_entry_points_refuse_bad_problems():
+    """The C++ guards of max_pool2d_vjp's winner keys (private entry points:
+    keys only for max pooling, windows up to 16x16, not together with
+    indices, the right size; here because a C++ throw aborts under the
+    sanitizers, see .ci/sanitize)."""
+    from pyconv import _core
+
+    x = np.zeros((1, 1, 20, 20), np.float32)
+
+    def shape(k):
+        o = 20 - k + 1
+        return [1, 1, 20, 20, o, o, k, k, 1, 1, 1, 1, 0, 0, 0, 0]
+
+    def out(k, dt=np.float32):
+        return np.zeros((1, 1, 21 - k, 21 - k), dt)
+
+    with pytest.raises(ValueError, match="max pooling only"):
+        _core.pool_forward(x, out(2), None, shape(2), 0, 1, False, out(2, np.uint8))
+    with pytest.raises(ValueError, match="16x16"):
+        _core.pool_forward(x, out(17), None, shape(17), 0, 0, False, out(17, np.uint8))
+    with pytest.raises(ValueError, match="exclusive"):
+        _core.pool_forward(x, out(2), out(2, np.int64), shape(2), 0, 0, False, out(2, np.uint8))
+    with pytest.raises(ValueError, match="keys"):
+        _core.pool_forward(x, out(2), None, shape(2), 0, 0, False, out(3, np.uint8))
+    with pytest.raises(TypeError, match="keys"):
+        _core.pool_backward(None, out(2), x.copy(), shape(2), 0, 0, False, out(2, np.int64))
+    with pytest.raises(ValueError, match="16x16"):
+        _core.pool_backward(None, out(17), x.copy(), shape(17), 0, 0, False, out(17, np.uint8))
+
+
 def test_transpose_taps_rejects_bad_taps():
     """The C++ guards of the grad-input weight transposition (private: the
     Python layer passes only valid taps; here because a C++ throw aborts
