@@ -47,6 +47,11 @@ constexpr int kTileVectors = 4;  // independent accumulators per output tile
 // row's first load would otherwise wait for memory (ResNet's 3x3/2 max
 // pooling of 8x64x112x112 with winners: 1.9 -> 1.2-1.4 ms on 2 threads).
 constexpr int64_t kRowsAhead = 4;
+
+// Requests the `bytes` from p from memory (no fault: a hint only).
+inline void prefetch_bytes(const void* p, int64_t bytes) {
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(static_cast<const char*>(p) + b);
+}
 // A gradient at least this large is written with non-temporal stores where
 // its rows are whole cache lines: it would not stay cached for its reader
 // anyway, and the stores skip the read for ownership.  Only well beyond a
@@ -613,11 +618,9 @@ bool plane_separable(const PoolShape& s, const Geometry& g, const Tables<T>& tb,
   const bool in_place = W >= 4 * N;
   if (in_place) {
     if (Max && !nan_free(plane, s.h * W)) return false;
-    const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
     for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
       const T* src = plane + ih * W;
-      if (next)
-        for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(next + ih * W) + b);
+      if (next) prefetch_bytes(next + ih * W, W * static_cast<int64_t>(sizeof(T)));
       horizontal_row<T, Max>(s, wq, [&](int64_t c) {
         if (c >= 0 && c + N <= W) return V::load(src + c);
         const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
@@ -739,17 +742,14 @@ void plane_separable_idx(const PoolShape& s, const Geometry& g, const Tables<T>&
         V::store(yrow + j, acc);
       else
         V::store_n(yrow + j, acc, static_cast<int>(count));
-      bool border;
       if (krow) {
         V::store_u8(krow + j, V::fma(rt, V::set1(T(kKeyRow)), ct), static_cast<int>(count));
-        border = V::any_n(V::eq(acc, V::set1(ninf)), static_cast<int>(count));
       } else {
         V::store(off, V::fma(rt, row_step, V::mul(ct, col_step)));
         const int64_t first = ih0 * W + j * sw - pl;
         for (int64_t l = 0; l < count; ++l) irow[j + l] = first + l * sw + static_cast<int64_t>(off[l]);
-        border = V::any_n(V::eq(acc, V::set1(ninf)), static_cast<int>(count));
       }
-      if (border) {
+      if (V::any_n(V::eq(acc, V::set1(ninf)), static_cast<int>(count))) {
         V::store(value, acc);
         for (int64_t l = 0; l < count; ++l) {
           if (value[l] != ninf) continue;
@@ -940,13 +940,11 @@ void s2_row_winners(const PoolShape& s, const Geometry& g, const T* plane, T* hv
   const T ninf = -std::numeric_limits<T>::infinity();
   const int64_t wq = g.sep_wq, W = s.w, pl = s.pl;
   auto sel = take_winner<T>;
-  const int64_t row_bytes = W * static_cast<int64_t>(sizeof(T));
   for (int64_t ih = 0; ih < g.sep_rows; ++ih) {
     const T* src = plane + ih * W;
     // Rows a few ahead requested now: each row's first load would otherwise
     // wait for memory (the winner steps leave too few loads in flight).
-    if (ih + kRowsAhead < g.sep_rows)
-      for (int64_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(src + kRowsAhead * W) + b);
+    if (ih + kRowsAhead < g.sep_rows) prefetch_bytes(src + kRowsAhead * W, W * static_cast<int64_t>(sizeof(T)));
     auto cols = [&](int64_t c) {
       if (c >= 0 && c + N <= W) return V::load(src + c);
       const int lo = static_cast<int>(min64(N, max64(0, -c))), hi = static_cast<int>(max64(0, min64(N, W - c)));
