@@ -818,3 +818,67 @@ def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw,
                            layout=layout, dtype=np.float32, bias=True)
     check_conv(x, wt, b, dtype=np.float32, algo="depthwise", stride=stride, padding=padding,
                groups=3, layout=layout)
+
+
+# ==========================================================================
+# flat planes read from registers (3x3, stride 1, pad 1 at the top-left,
+# rows narrower than a vector: csrc/depthwise Flat3 on AVX-512)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flat_register_planes_every_width(isa, rng, dtype):
+    """Every row width from 1 to 17 (Flat3 takes 2..15 in float32, 2..7 in
+    float64; the rest go elsewhere), 1..9 rows, bottom padding 0..2 (fewer,
+    as many and more output rows than input rows), a multiplier, bias and
+    relu6: the forward and the weight gradient against the reference, both
+    at one and two threads, bitwise equal between them."""
+    for w in range(1, 18):
+        for h, pb, m in ((1, 1, 1), (3, 0, 2), (7, 1, 1), (9, 2, 1), (4, 1, 3)):
+            c = 5
+            x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
+            kwargs = dict(padding=((1, pb), (1, 1)), groups=c)
+            what = f"w={w} h={h} pb={pb} m={m}"
+            ys, gws = [], []
+            for threads in (1, 2):
+                with pyconv.num_threads(threads):
+                    ys.append(pyconv.conv2d(x, wt, b, algo="depthwise", activation="relu6", **kwargs))
+                    gy = rand(rng, ys[-1].shape, dtype) if threads == 1 else gy
+                    gws.append(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs))
+            r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+            try:
+                assert_close(ys[0], reference64(x, wt, b, activation="relu6", **kwargs), dtype)
+                assert_close(gws[0], r, dtype)
+            except AssertionError as exc:
+                raise AssertionError(f"{what}: {exc}") from None
+            np.testing.assert_array_equal(ys[0], ys[1], err_msg=what)
+            np.testing.assert_array_equal(gws[0], gws[1], err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_flat_register_planes_non_finite(isa, dtype):
+    """An infinite input pixel that only the lanes past the last output
+    pixel would read under some tap (no bottom padding: the last input row
+    is read by the kernel's last row only) leaves the weight gradient of
+    the other taps finite, as in the reference; the forward puts NaN/Inf
+    exactly where the reference does, the zero padding never NaN."""
+    rng = np.random.default_rng(5)
+    c, h, w = 3, 7, 7
+    x, wt, _ = dw_inputs(rng, n=1, c=c, m=1, h=h, w=w, kh=3, kw=3, dtype=dtype, bias=False)
+    x[0, 0, h - 1, 0] = np.inf
+    x[0, 1, 0, w - 1] = -np.inf
+    x[0, 2, 3, 3] = np.nan
+    kwargs = dict(padding=((1, 0), (1, 1)), groups=c)
+    gy = rand(rng, (1, c, h - 1, w), dtype)
+    with np.errstate(invalid="ignore"):
+        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+        ry = reference64(x, wt, None, **kwargs)
+    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+    assert np.isfinite(r[0]).sum() > 0 and np.isfinite(r[1]).sum() > 0
+    finite = np.isfinite(r)
+    assert_close(g[finite], r[finite], dtype)
+    y = pyconv.conv2d(x, wt, groups=c, padding=((1, 0), (1, 1)), algo="depthwise")
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
+    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ry))
+    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(ry))

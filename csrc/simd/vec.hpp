@@ -266,6 +266,23 @@ struct Vec<float> {
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
   static R load_keep(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  // Lanes [O, O + N) of the concatenation lo | mid | hi, counted from mid's
+  // first lane (-N <= O <= N): a shifted read of three consecutive vectors
+  // in registers.  Masked: lanes outside m are zero.
+  template <int O, bool Masked>
+  static R window(M m, R lo, R mid, R hi) {
+    static_assert(-N <= O && O <= N, "a window within lo | mid | hi");
+    if constexpr (O == 0 || O == N || O == -N) {
+      const R a = O == 0 ? mid : O == N ? hi : lo;
+      if constexpr (Masked) return _mm512_maskz_mov_ps(m, a);
+      else return a;
+    } else {
+      const __m512i a = _mm512_castps_si512(O > 0 ? hi : mid), b = _mm512_castps_si512(O > 0 ? mid : lo);
+      constexpr int k = O > 0 ? O : N + O;
+      if constexpr (Masked) return _mm512_castsi512_ps(_mm512_maskz_alignr_epi32(m, a, b, k));
+      else return _mm512_castsi512_ps(_mm512_alignr_epi32(a, b, k));
+    }
+  }
   static void stream(float* p, R a) { _mm512_stream_ps(p, a); }  // p 64-byte aligned
   static void store_interleaved(float* p, R a, R b) {
     const __m512i lo = _mm512_set_epi32(23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
@@ -321,6 +338,20 @@ struct Vec<double> {
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
   static R load_keep(const double* p, M m) { return _mm512_maskz_loadu_pd(m, p); }
+  template <int O, bool Masked>  // (see Vec<float>::window)
+  static R window(M m, R lo, R mid, R hi) {
+    static_assert(-N <= O && O <= N, "a window within lo | mid | hi");
+    if constexpr (O == 0 || O == N || O == -N) {
+      const R a = O == 0 ? mid : O == N ? hi : lo;
+      if constexpr (Masked) return _mm512_maskz_mov_pd(m, a);
+      else return a;
+    } else {
+      const __m512i a = _mm512_castpd_si512(O > 0 ? hi : mid), b = _mm512_castpd_si512(O > 0 ? mid : lo);
+      constexpr int k = O > 0 ? O : N + O;
+      if constexpr (Masked) return _mm512_castsi512_pd(_mm512_maskz_alignr_epi64(m, a, b, k));
+      else return _mm512_castsi512_pd(_mm512_alignr_epi64(a, b, k));
+    }
+  }
   static void stream(double* p, R a) { _mm512_stream_pd(p, a); }  // p 64-byte aligned
   static void store_interleaved(double* p, R a, R b) {
     const __m512i lo = _mm512_set_epi64(11, 3, 10, 2, 9, 1, 8, 0);
