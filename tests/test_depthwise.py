@@ -821,23 +821,27 @@ def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw,
 
 
 # ==========================================================================
-# flat planes read from registers (3x3, stride 1, pad 1 at the top-left,
-# rows narrower than a vector: csrc/depthwise Flat3 on AVX-512)
+# planes read from registers (3x3, stride 1, column padding 1: on AVX-512,
+# csrc/depthwise Flat3 for rows narrower than a vector, rows3_tile for the
+# others)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_flat_register_planes_every_width(isa, rng, dtype):
-    """Every row width from 1 to 17 (Flat3 takes 2..15 in float32, 2..7 in
-    float64; the rest go elsewhere), 1..9 rows, bottom padding 0..2 (fewer,
-    as many and more output rows than input rows), a multiplier, bias and
-    relu6: the forward and the weight gradient against the reference, both
-    at one and two threads, bitwise equal between them."""
-    for w in range(1, 18):
-        for h, pb, m in ((1, 1, 1), (3, 0, 2), (7, 1, 1), (9, 2, 1), (4, 1, 3)):
+def test_register_window_planes_every_width(isa, rng, dtype):
+    """Row widths 1..17 (Flat3 takes 2..15 in float32, 2..7 in float64) and
+    around one to four vectors (rows3_tile: a row of one vector, a masked
+    last vector, a row's last tile overlapping the one before), top and
+    bottom padding 0..2 (fewer, as many and more output rows than input
+    rows; row tiles of 6 with a partial last one), a multiplier, bias and
+    relu6: the forward and the weight gradient against the reference, at
+    one and two threads, bitwise equal between them."""
+    for w in list(range(1, 18)) + [23, 24, 31, 32, 33, 47, 48, 49, 64, 65]:
+        for h, pt, pb, m in ((1, 1, 1, 1), (3, 1, 0, 2), (7, 1, 1, 1), (9, 1, 2, 1), (4, 1, 1, 3),
+                             (8, 0, 2, 1), (13, 2, 0, 1)):
             c = 5
             x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
-            kwargs = dict(padding=((1, pb), (1, 1)), groups=c)
-            what = f"w={w} h={h} pb={pb} m={m}"
+            kwargs = dict(padding=((pt, pb), (1, 1)), groups=c)
+            what = f"w={w} h={h} pt={pt} pb={pb} m={m}"
             ys, gws = [], []
             for threads in (1, 2):
                 with pyconv.num_threads(threads):
