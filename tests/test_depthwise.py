@@ -859,6 +859,68 @@ def test_register_window_planes_every_width(isa, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_register_window_stride2_every_width(isa, rng, dtype):
+    """3x3 at stride 2 (csrc/depthwise s2_tile on AVX-512: even and odd
+    columns of two vectors per output vector): input widths around one to
+    three output vectors, left padding 0 and 1 with right padding 0..2
+    (TF "same" on even sizes is (0, 1)), top and bottom padding 0..2
+    (row tiles of 4 with a partial last one), a multiplier, bias and relu:
+    the forward and the weight gradient against the reference, at one and
+    two threads, bitwise equal between them."""
+    for w in (1, 2, 3, 5, 16, 17, 31, 32, 33, 34, 63, 64, 65, 66, 97):
+        for (pt, pb), (pl, pr), h, m in (((1, 1), (1, 1), 9, 1), ((0, 1), (0, 1), 8, 1), ((0, 0), (1, 2), 5, 2),
+                                         ((2, 1), (0, 0), 11, 1), ((1, 2), (1, 0), 1, 3)):
+            if w + pl + pr < 3 or h + pt + pb < 3:
+                continue  # (no output)
+            c = 3
+            x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
+            kwargs = dict(stride=2, padding=((pt, pb), (pl, pr)), groups=c)
+            what = f"w={w} h={h} pads={(pt, pb), (pl, pr)} m={m}"
+            ys, gws = [], []
+            for threads in (1, 2):
+                with pyconv.num_threads(threads):
+                    ys.append(pyconv.conv2d(x, wt, b, algo="depthwise", activation="relu", **kwargs))
+                    gy = rand(rng, ys[-1].shape, dtype) if threads == 1 else gy
+                    gws.append(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs))
+            r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+            try:
+                assert_close(ys[0], reference64(x, wt, b, activation="relu", **kwargs), dtype)
+                assert_close(gws[0], r, dtype)
+            except AssertionError as exc:
+                raise AssertionError(f"{what}: {exc}") from None
+            np.testing.assert_array_equal(ys[0], ys[1], err_msg=what)
+            np.testing.assert_array_equal(gws[0], gws[1], err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("pl", [0, 1])
+def test_register_window_stride2_non_finite(isa, dtype, pl):
+    """Stride 2: an infinite input pixel in the last column, which only
+    the lanes past the output row could read under some tap (no right
+    padding), leaves the other taps' weight gradient finite as in the
+    reference; the forward's NaN/Inf positions are the reference's."""
+    rng = np.random.default_rng(9)
+    c, h, w = 2, 9, 36
+    x, wt, _ = dw_inputs(rng, n=1, c=c, m=1, h=h, w=w, kh=3, kw=3, dtype=dtype, bias=False)
+    x[0, 0, 4, w - 1] = np.inf
+    x[0, 1, h - 1, 17] = np.nan
+    kwargs = dict(stride=2, padding=((1, 0), (pl, 0)), groups=c)
+    y = pyconv.conv2d(x, wt, algo="depthwise", **kwargs)
+    gy = rand(rng, y.shape, dtype)
+    with np.errstate(invalid="ignore"):
+        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+        ry = reference64(x, wt, None, **kwargs)
+    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+    assert np.isfinite(r).sum() > 0
+    finite = np.isfinite(r)
+    assert_close(g[finite], r[finite], dtype)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(y), test(ry))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_flat_register_planes_non_finite(isa, dtype):
     """An infinite input pixel that only the lanes past the last output
     pixel would read under some tap (no bottom padding: the last input row

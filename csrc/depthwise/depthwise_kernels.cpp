@@ -9,7 +9,8 @@
 //   -1 and +1 are valignd windows of whole plane vectors held in
 //   registers, never a misaligned or masked load: rows narrower than a
 //   vector as one flat vector sequence (Flat3), wider ones in tiles of
-//   rows x vectors (rows3_tile);
+//   rows x vectors (rows3_tile); at stride 2 with left padding 0 or 1,
+//   the even and odd columns of two vectors by one permute each (s2_tile);
 // - flat (AVX-512, stride 1, output as wide as the input, rows <= 32): each
 //   plane is read in place as one flat vector sequence; a tap is a shift of
 //   it, and masked loads zero the lanes that fall in the padding;
@@ -1399,6 +1400,232 @@ void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, con
     }
   }
 }
+
+// NCHW 3x3 planes at stride 2, dilation 1, left padding 0 or 1 (MobileNet's
+// and the FCN encoders' downsampling depthwise layers; AVX-512).  An output
+// vector of N pixels reads 2N input columns of each input row it meets: two
+// whole vectors, split into their even and odd columns by one permute each
+// (vpermt2ps), which are the three column taps: with left padding 1 the
+// odd columns shifted right by one lane (valignd, the lane before coming
+// from the previous vector), the even and the odd ones; with padding 0 the
+// even, the odd and the even shifted left by one lane.  Each input row
+// feeds the two output rows it lies under, in tiles of kS2Rows output rows
+// x kS2Vectors vectors: no padded or NHWC-transposed copy of the plane (the
+// channel-blocked tiles this replaces), no misaligned loads.  FMA order
+// (kh, kw) as everywhere; input rows outside the plane are skipped by the
+// forward (its weights are finite) and zero vectors for the weight
+// gradient (an infinite dY there makes NaN, as the padding does).
+// 1x128x56x56, 2 threads: forward 0.069 -> 0.042 ms, weight gradient
+// 0.086 -> 0.036 ms (both through the channel-blocked tiles before).
+constexpr int kS2Rows = 4, kS2Vectors = 2;
+
+template <class T>
+bool rows3s2_serves(const ConvShape& s) {
+  return s.kh == 3 && s.kw == 3 && s.dh == 1 && s.dw == 1 && s.sh == 2 && s.sw == 2 && s.pl <= 1;
+}
+
+// Input columns [c, c + N) of a row of W, zero past it.
+template <class T>
+inline typename Vec<T>::R row_part(const T* row, int64_t c, int64_t W) {
+  using V = Vec<T>;
+  if (c >= W) return V::zero();
+  return c + V::N <= W ? V::load(row + c) : V::load_n(row + c, static_cast<int>(W - c));
+}
+
+// The three column taps x[kw][v] of one input row for output vectors
+// [v0, v0 + TV); Cut: lanes outside cut[v] zero (the weight gradient's
+// lanes past the output row).
+template <class T, int TV, bool Cut>
+inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const typename Vec<T>::M* cut,
+                       typename Vec<T>::R (&x)[3][TV]) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  using M = typename V::M;
+  constexpr int N = V::N;
+  R e[TV], o[TV];
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) {
+    const int64_t c = 2 * N * (v0 + v);
+    const R a = row_part(row, c, W), b = row_part(row, c + N, W);
+    if (Cut) {  // (padding 0: the even columns uncut, the right tap's window reads past the cut)
+      e[v] = pl == 1 ? V::even_in(a, b, cut[v]) : V::even(a, b);
+      o[v] = V::odd(a, b, cut[v]);
+    } else {
+      e[v] = V::even(a, b);
+      o[v] = V::odd(a, b);
+    }
+  }
+  if (pl == 1) {  // columns 2j - 1, 2j, 2j + 1
+    const int64_t c = 2 * N * v0 - 1;
+    const R before = c >= 0 && c < W ? V::set1(row[c]) : V::zero();
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      const R lo = v == 0 ? before : o[v - 1];
+      x[0][v] = Cut ? V::template window<-1, true>(cut[v], lo, o[v], o[v]) : V::template window<-1, false>(M(0), lo, o[v], o[v]);
+      x[1][v] = e[v];
+      x[2][v] = o[v];
+    }
+  } else {  // columns 2j, 2j + 1, 2j + 2
+    const int64_t c = 2 * N * (v0 + TV);
+    const R after = c < W ? V::set1(row[c]) : V::zero();
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      const R hi = v + 1 < TV ? e[v + 1] : after;
+      x[0][v] = Cut ? V::template window<0, true>(cut[v], e[v], e[v], e[v]) : e[v];
+      x[1][v] = o[v];
+      x[2][v] = Cut ? V::template window<1, true>(cut[v], e[v], e[v], hi) : V::template window<1, false>(M(0), e[v], e[v], hi);
+    }
+  }
+}
+
+template <class T, int TV>
+inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv, T* yp,
+                    int64_t oh0, int64_t v0) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N, RR = kS2Rows;
+  R acc[RR][TV];
+#pragma GCC unroll 16
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) acc[r][v] = V::zero();
+#pragma GCC unroll 16
+  for (int d = 0; d < 2 * RR + 1; ++d) {
+    const int64_t ih = 2 * oh0 - s.pt + d;
+    if (ih < 0 || ih >= s.h) continue;
+    R x[3][TV];
+    s2_columns<T, TV, false>(xp + ih * s.w, s.w, s.pl, v0, nullptr, x);
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 16
+      for (int v = 0; v < TV; ++v)
+#pragma GCC unroll 3
+        for (int kh = 0; kh < 3; ++kh) {
+          const int r2 = d - kh;
+          if (r2 >= 0 && r2 % 2 == 0 && r2 / 2 < RR) acc[r2 / 2][v] = V::fma(x[kw][v], wv[kh * 3 + kw], acc[r2 / 2][v]);
+        }
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RR; ++r) {
+    if (oh0 + r >= s.oh) break;
+    T* yr = yp + (oh0 + r) * s.ow;
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
+      const int64_t c = (v0 + v) * N;
+      if (c + N <= s.ow)
+        V::store(yr + c, out);
+      else
+        V::store_n(yr + c, out, static_cast<int>(s.ow - c));
+    }
+  }
+}
+
+template <class T>
+void depthwise_nchw_s2(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y, int nt) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N, TV = kS2Vectors;
+  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc, nvo = ceil_div(s.ow, N);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t q = 0; q < planes; ++q) {
+    const int64_t oc = q % s.oc;
+    const T* xp = x + (q / s.oc * s.c + oc / g.m) * in_plane;
+    R wv[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
+    const R bv = V::set1(bias ? bias[oc] : T(0));
+    T* yp = y + q * pixels;
+    for (int64_t oh0 = 0; oh0 < s.oh; oh0 += kS2Rows) {
+      if (nvo < TV) {
+        s2_tile<T, 1>(s, xp, wv, bv, yp, oh0, 0);
+        continue;
+      }
+      for (int64_t v0 = 0;; v0 += TV) {  // (the last tile ends at the row's last vector)
+        s2_tile<T, TV>(s, xp, wv, bv, yp, oh0, min64(v0, nvo - TV));
+        if (v0 + TV >= nvo) break;
+      }
+    }
+  }
+}
+
+template <class T, int TV, bool Full>
+inline void s2_grad_tile(const ConvShape& s, const T* xp, const T* dyp, int64_t nvo, int64_t oh0, int64_t v0,
+                         typename Vec<T>::R (&acc)[9]) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  using M = typename V::M;
+  constexpr int N = V::N, RR = kS2Rows;
+  const int64_t rows = Full ? RR : min64(RR, s.oh - oh0);
+  R dv[RR][TV];
+  M cut[TV];
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) {
+    const int64_t lanes = s.ow - (v0 + v) * N;
+    cut[v] = V::lanes_mask(lanes >= N ? (1u << N) - 1u : (1u << lanes) - 1u);
+  }
+#pragma GCC unroll 16
+  for (int r = 0; r < RR; ++r)
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v)
+      dv[r][v] = !Full && r >= rows ? V::zero() : V::load_keep(dyp + (oh0 + r) * s.ow + (v0 + v) * N, cut[v]);
+#pragma GCC unroll 16
+  for (int d = 0; d < 2 * RR + 1; ++d) {
+    const int64_t ih = 2 * oh0 - s.pt + d;
+    R x[3][TV];
+    if (ih >= 0 && ih < s.h) {
+      s2_columns<T, TV, true>(xp + ih * s.w, s.w, s.pl, v0, cut, x);
+    } else {
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) x[kw][v] = V::zero();
+    }
+#pragma GCC unroll 3
+    for (int kw = 0; kw < 3; ++kw)
+#pragma GCC unroll 16
+      for (int v = 0; v < TV; ++v)
+#pragma GCC unroll 3
+        for (int kh = 0; kh < 3; ++kh) {
+          const int r2 = d - kh;
+          if (r2 >= 0 && r2 % 2 == 0 && r2 / 2 < RR && (Full || r2 / 2 < rows))
+            acc[kh * 3 + kw] = V::fma(dv[r2 / 2][v], x[kw][v], acc[kh * 3 + kw]);
+        }
+  }
+}
+
+// Weight gradient of the stride-2 planes: s2_tile's rows and column taps
+// times dY in registers, one accumulator per tap for all images; tiles do
+// not overlap (a row's odd last vector is a tile of its own).
+template <class T>
+void grad_weight_s2(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int nt) {
+  using V = Vec<T>;
+  constexpr int N = V::N, RR = kS2Rows, TV = kS2Vectors;
+  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow;
+  const int64_t nvo = ceil_div(s.ow, N), pairs_end = nvo / TV * TV;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t oc = 0; oc < s.oc; ++oc) {
+    typename V::R acc[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = V::zero();
+    for (int64_t n = 0; n < s.n; ++n) {
+      const T* xp = x + (n * s.c + oc / g.m) * in_plane;
+      const T* dyp = dy + (n * s.oc + oc) * pixels;
+      for (int64_t oh0 = 0; oh0 < s.oh; oh0 += RR) {
+        const bool full = oh0 + RR <= s.oh;
+        for (int64_t v0 = 0; v0 < pairs_end; v0 += TV) {
+          if (full)
+            s2_grad_tile<T, TV, true>(s, xp, dyp, nvo, oh0, v0, acc);
+          else
+            s2_grad_tile<T, TV, false>(s, xp, dyp, nvo, oh0, v0, acc);
+        }
+        for (int64_t v0 = pairs_end; v0 < nvo; ++v0) s2_grad_tile<T, 1, false>(s, xp, dyp, nvo, oh0, v0, acc);
+      }
+    }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) dw[oc * 9 + t] = sum_lanes<T>(acc[t]);
+  }
+}
 #endif
 
 // NCHW through NHWC tiles.  Work item: image n, a block of t_cw channels,
@@ -1484,6 +1711,10 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
 #if defined(PYCONV_ISA_avx512)
   if (s.layout == Layout::NCHW && rows3_serves<T>(s)) {
     depthwise_nchw_rows3(s, g, x, wp, bias, y, nt);
+    return;
+  }
+  if (s.layout == Layout::NCHW && rows3s2_serves<T>(s)) {
+    depthwise_nchw_s2(s, g, x, wp, bias, y, nt);
     return;
   }
   if (s.layout == Layout::NCHW && g.flat) {
@@ -1730,6 +1961,10 @@ void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, v
 #if defined(PYCONV_ISA_avx512)
   if (rows3_serves<T>(s)) {
     grad_weight_rows3(s, g, x, dy, dw, nt);
+    return;
+  }
+  if (rows3s2_serves<T>(s)) {
+    grad_weight_s2(s, g, x, dy, dw, nt);
     return;
   }
   if (g.flat && flat3_serves<T>(s)) {

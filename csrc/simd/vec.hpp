@@ -256,6 +256,15 @@ struct Vec<float> {
     return _mm512_permutex2var_ps(a, idx, b);
   }
   static R load_even(const float* p) { return even(load(p), load(p + 16)); }
+  // The odd lanes of a | b, zero outside m (as even for the even ones).
+  static R odd(R a, R b, __mmask16 m = 0xFFFF) {
+    const __m512i idx = _mm512_set_epi32(31, 29, 27, 25, 23, 21, 19, 17, 15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_maskz_permutex2var_ps(m, a, idx, b);
+  }
+  static R even_in(R a, R b, __mmask16 m) {  // even, zero outside m
+    const __m512i idx = _mm512_set_epi32(30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_maskz_permutex2var_ps(m, a, idx, b);
+  }
   static R max_step(R v, R acc) { return _mm512_max_ps(v, acc); }
   using M = __mmask16;
   static M take(R v, R acc) {
@@ -328,6 +337,14 @@ struct Vec<double> {
     return _mm512_permutex2var_pd(a, idx, b);
   }
   static R load_even(const double* p) { return even(load(p), load(p + 8)); }
+  static R odd(R a, R b, __mmask8 m = 0xFF) {  // (see Vec<float>::odd)
+    const __m512i idx = _mm512_set_epi64(15, 13, 11, 9, 7, 5, 3, 1);
+    return _mm512_maskz_permutex2var_pd(m, a, idx, b);
+  }
+  static R even_in(R a, R b, __mmask8 m) {
+    const __m512i idx = _mm512_set_epi64(14, 12, 10, 8, 6, 4, 2, 0);
+    return _mm512_maskz_permutex2var_pd(m, a, idx, b);
+  }
   static R max_step(R v, R acc) { return _mm512_max_pd(v, acc); }
   using M = __mmask8;
   static M take(R v, R acc) {
