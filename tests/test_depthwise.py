@@ -865,8 +865,9 @@ def test_register_window_stride2_every_width(isa, rng, dtype):
     three output vectors, left padding 0 and 1 with right padding 0..2
     (TF "same" on even sizes is (0, 1)), top and bottom padding 0..2
     (row tiles of 4 with a partial last one), a multiplier, bias and relu:
-    the forward and the weight gradient against the reference, at one and
-    two threads, bitwise equal between them."""
+    the forward, the weight gradient and the input gradient (a gather of
+    even and odd columns) against the reference, at one and two threads,
+    bitwise equal between them."""
     for w in (1, 2, 3, 5, 16, 17, 31, 32, 33, 34, 63, 64, 65, 66, 97):
         for (pt, pb), (pl, pr), h, m in (((1, 1), (1, 1), 9, 1), ((0, 1), (0, 1), 8, 1), ((0, 0), (1, 2), 5, 2),
                                          ((2, 1), (0, 0), 11, 1), ((1, 2), (1, 0), 1, 3)):
@@ -876,20 +877,23 @@ def test_register_window_stride2_every_width(isa, rng, dtype):
             x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
             kwargs = dict(stride=2, padding=((pt, pb), (pl, pr)), groups=c)
             what = f"w={w} h={h} pads={(pt, pb), (pl, pr)} m={m}"
-            ys, gws = [], []
+            ys, gws, gxs = [], [], []
             for threads in (1, 2):
                 with pyconv.num_threads(threads):
                     ys.append(pyconv.conv2d(x, wt, b, algo="depthwise", activation="relu", **kwargs))
                     gy = rand(rng, ys[-1].shape, dtype) if threads == 1 else gy
                     gws.append(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs))
+                    gxs.append(pyconv.conv2d_grad_input(gy, wt, x.shape, **kwargs))
             r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
             try:
                 assert_close(ys[0], reference64(x, wt, b, activation="relu", **kwargs), dtype)
                 assert_close(gws[0], r, dtype)
+                assert_close(gxs[0], ref.conv2d_grad_input(f64(gy), f64(wt), x.shape, **kwargs), dtype)
             except AssertionError as exc:
                 raise AssertionError(f"{what}: {exc}") from None
             np.testing.assert_array_equal(ys[0], ys[1], err_msg=what)
             np.testing.assert_array_equal(gws[0], gws[1], err_msg=what)
+            np.testing.assert_array_equal(gxs[0], gxs[1], err_msg=what)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
