@@ -18,6 +18,7 @@ from ._normalize import (
     all_finite,
     kernel_array,
     ConvGeometry,
+    _plain,
     activation_code,
     as_array,
     check_out,
@@ -278,10 +279,57 @@ def conv2d(x: ArrayInput, weight: Union[ArrayInput, PackedWeight], bias: Optiona
                    algo, out)
 
 
+# Calls seen before: a key of the call's shapes, dtypes and arguments ->
+# (geometry, kernel, layout code, activation code, whether the weight must
+# be checked for non-finite values).  A layer called in a loop repeats its
+# key, and skips the argument checks, the geometry and the algorithm choice
+# (8 -> 5 us per call on a small layer).  Entries are made only by calls
+# that succeeded with operands the kernels take as they are (ndarrays of
+# the computation dtype, C-contiguous, aligned), and keys hold exact ints
+# and strings only (_plain), so no call that would raise or convert finds
+# one.  Bounded: cleared when full.
+_SEEN: Dict[Tuple[Any, ...], Tuple[ConvGeometry, str, int, int, bool]] = {}
+_SEEN_MAX = 1024
+
+
+def _seen_key(x: Any, weight: Any, bias: Any, args: Tuple[Any, ...]) -> Optional[Tuple[Any, ...]]:
+    """The _SEEN key of a call, or None where the call cannot have one."""
+    if type(x) is not np.ndarray or (bias is not None and type(bias) is not np.ndarray) or not _plain(args):
+        return None
+    if type(weight) is PackedWeight:
+        return (x.shape, x.dtype, weight.weight.shape, weight.weight.dtype, weight.groups, weight.layout,
+                None if bias is None else (bias.shape, bias.dtype), args)
+    if type(weight) is not np.ndarray:
+        return None
+    return (x.shape, x.dtype, weight.shape, weight.dtype, None, None,
+            None if bias is None else (bias.shape, bias.dtype), args)
+
+
+def _kernel_ready(a: Optional[np.ndarray]) -> bool:
+    if a is None:
+        return True
+    flags = a.flags
+    return flags.c_contiguous and flags.aligned
+
+
 def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
             groups: Any, layout: str, activation: Optional[str], algo: str,
             out: Optional[np.ndarray]) -> np.ndarray:
     """conv2d's body; ``fn`` names the public function in error messages."""
+    key = None
+    if out is None and not _VERBOSE:
+        key = _seen_key(x, weight, bias, (stride, padding, dilation, groups, layout, activation, algo))
+        seen = None if key is None else _SEEN.get(key)
+        if seen is not None:
+            geo, kernel, lay_code, act_code, check_finite = seen
+            packed_weight = weight if type(weight) is PackedWeight else None
+            wa = weight if packed_weight is None else packed_weight.weight
+            if (_kernel_ready(x) and _kernel_ready(wa) and _kernel_ready(bias)
+                    and not (check_finite and not all_finite(wa))):
+                y = _empty(geo.out_shape, x.dtype)
+                packed = None if packed_weight is None else packed_weight.packed(x.dtype, geo.c, kernel)
+                _core.conv2d(x, wa, bias, y, geo.core_tuple(), lay_code, act_code, kernel, packed)
+                return y
     lay = layout_name(fn, layout)
     act = activation_code(fn, activation)
     xa = as_array(fn, "x", x)
@@ -295,7 +343,7 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     geo = conv_geometry(fn, xa.shape, wa.shape, stride, padding, dilation, groups, lay)
     if ba is not None and ba.shape != (geo.oc,):
         raise ValueError(f"{fn}: bias must have shape ({geo.oc},) to match the weight, got {ba.shape}")
-    kernel = _choose_algo(fn, algo, geo)
+    kernel = chosen = _choose_algo(fn, algo, geo)
     if kernel == "depthwise" and any(geo.pads) and not all_finite(wa):
         # The depthwise kernel skips taps over the zero padding; a non-finite
         # tap there must still give 0 * inf = NaN, as every other path and the
@@ -321,6 +369,11 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
     if y is not target:
         np.copyto(target, y)
         y = target
+    elif (key is not None and xc is xa and wc is wa and bc is ba and xa.dtype == dtype
+          and kernel == chosen and xa.dtype.isnative):
+        if len(_SEEN) >= _SEEN_MAX:
+            _SEEN.clear()
+        _SEEN[key] = (geo, kernel, 0 if lay == "NCHW" else 1, act, kernel == "depthwise" and any(geo.pads))
     if _VERBOSE:
         verbose_line(fn, geo, dtype, kernel, start)
     return y

@@ -184,7 +184,6 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
     cols = _axis_phases(geo.w, ow, geo.kw, sw, dw, l)
     wk = kernel_array(w)
     single = len(rows) == 1 and len(cols) == 1
-    dx = _empty(x_shape, dtype)
     phases: List[Optional[np.ndarray]] = []
     for pr in rows:
         for pc in cols:
@@ -196,10 +195,14 @@ def _grad_input(fn: str, gy: np.ndarray, w: np.ndarray, geo: ConvGeometry, dtype
             else:
                 src = gy4[:, pr.lo:pr.hi, pc.lo:pc.hi, :]
             sub = _phase_weight(wk, geo.groups, lay, pr.taps, pc.taps)
+            # (A single phase's result is the gradient itself, of x's shape.)
             phases.append(_conv2d(fn, src, sub, None, 1, (pr.pads, pc.pads), (pr.dilation, pc.dilation),
-                                  geo.groups, lay, None, "auto", dx if single else None))
-    if not single or phases[0] is None:
+                                  geo.groups, lay, None, "auto", None))
+    if single and phases[0] is not None:
+        dx = phases[0]
+    else:
         # (a stride beyond the size has the same phases as one equal to it)
+        dx = _empty(x_shape, dtype)
         _core.interleave_phases(dx, phases, geo.n, geo.c, geo.h, geo.w, min(sh, geo.h), min(sw, geo.w),
                                 0 if nchw else 1)
     return dx if geo.batched else dx[0]

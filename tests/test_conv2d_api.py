@@ -536,3 +536,56 @@ def test_memoised_pool_geometry_never_answers_for_an_equal_looking_argument(bad)
             pyconv.max_pool2d(x, **{**kwargs, **bad})
     with pytest.raises(TypeError):
         pyconv.conv2d(x, np.ones((1, 1, 2, 2), np.float32), stride=None)
+
+
+def test_repeated_calls_read_everything_that_can_change(isa, rng):
+    """A repeated call (same shapes, dtypes and arguments) skips conv2d's
+    checks through a memo of the earlier call (pyconv._conv._SEEN): the
+    array contents, the memory layout, a weight turned non-finite and a
+    prepacked weight's own groups are still read on every call."""
+    x = rand(rng, (2, 4, 9, 9), np.float32)
+    w = rand(rng, (4, 1, 3, 3), np.float32)
+    b = rand(rng, (4,), np.float32)
+    kwargs = dict(padding=1, groups=4)
+    for _ in range(2):
+        assert_close(pyconv.conv2d(x, w, b, **kwargs), reference64(x, w, b, **kwargs), np.float32)
+    # new contents of every operand
+    x[0, 1, 2, 3] += 5.0
+    w[2, 0, 1, 1] -= 3.0
+    b[3] = 7.0
+    assert_close(pyconv.conv2d(x, w, b, **kwargs), reference64(x, w, b, **kwargs), np.float32)
+    # the same shape, strided views and a misaligned buffer
+    xv = rand(rng, (2, 4, 9, 18), np.float32)[:, :, :, ::2]
+    assert_close(pyconv.conv2d(xv, w, b, **kwargs), reference64(xv, w, b, **kwargs), np.float32)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    xm = raw[1:].view(np.float32).reshape(x.shape)
+    xm[...] = x
+    assert not xm.flags.aligned
+    assert_close(pyconv.conv2d(xm, w, b, **kwargs), reference64(x, w, b, **kwargs), np.float32)
+    # the depthwise weight turning non-finite: its taps over the padding
+    # must make NaN as in the reference (the direct kernel takes it)
+    w[1, 0, 0, 0] = np.inf
+    with np.errstate(invalid="ignore"):
+        r = reference64(x, w, b, **kwargs)
+    y = pyconv.conv2d(x, w, b, **kwargs)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(r))
+    assert np.isnan(r).any()
+    # a prepacked weight: its groups still checked
+    wd = rand(rng, (4, 2, 3, 3), np.float32)
+    pw = pyconv.prepack(wd, groups=2)
+    for _ in range(2):
+        assert_close(pyconv.conv2d(x, pw, groups=2), reference64(x, wd, groups=2), np.float32)
+    with pytest.raises(ValueError, match="prepacked for groups=2"):
+        pyconv.conv2d(x, pw, groups=1)
+    # another dtype of the same shapes
+    y64 = pyconv.conv2d(x.astype(np.float64), w.astype(np.float64), **kwargs)
+    assert y64.dtype == np.float64
+
+
+def test_repeated_call_memo_is_bounded():
+    from pyconv import _conv
+
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for size in range(1, _conv._SEEN_MAX + 40):
+        pyconv.conv2d(np.ones((1, 1, 1, size), np.float32), w)
+        assert len(_conv._SEEN) <= _conv._SEEN_MAX
