@@ -850,6 +850,47 @@ struct Flat3 {
     }
   }
 
+  // A whole plane of CH <= 4 output vectors (MobileNet's 7x7 in float32),
+  // its taps factored by column: c_dc = sum over kh of w[kh][dc] times the
+  // plane shifted by whole rows (kh - 1) * W (no masks: a row above the
+  // first or below the last is the zero outside the plane), then y = c_0 +
+  // c_-1 shifted right by a lane + c_+1 shifted left, the column masks
+  // cutting the lanes that would wrap a row: 4 permutes per output vector
+  // instead of chunk's 8 (Zen 4 issues about one 512-bit permute per two
+  // cycles; 9 FMAs + 2 adds).  The c vectors before and after the plane are
+  // zero: they only reach lanes the masks cut or past the last pixel.
+  // Summed per column first, so not bitwise chunk's order.  8x1024x7x7,
+  // 1 thread: 17 -> 13 cycles per output vector.
+  template <int CH>
+  static void small_plane(const ConvShape& s, const T* xp, int64_t nv, M tail, const M* ml, const M* mr,
+                          const R* wv, R bv, int64_t pixels, T* yp) {
+    R src[CH + 2];
+#pragma GCC unroll 8
+    for (int i = 0; i < CH + 2; ++i) src[i] = source(xp, i - 1, nv, tail);
+    R cl[CH + 2], c0[CH], cr[CH + 2];
+    cl[0] = cr[0] = cl[CH + 1] = cr[CH + 1] = V::zero();
+#pragma GCC unroll 8
+    for (int v = 0; v < CH; ++v) {
+      const R up = V::template window<-W, false>(M(0), src[v], src[v + 1], src[v + 2]);
+      const R mid = src[v + 1];
+      const R dn = V::template window<W, false>(M(0), src[v], src[v + 1], src[v + 2]);
+      cl[v + 1] = V::fma(dn, wv[6], V::fma(mid, wv[3], V::mul(up, wv[0])));
+      c0[v] = V::fma(dn, wv[7], V::fma(mid, wv[4], V::mul(up, wv[1])));
+      cr[v + 1] = V::fma(dn, wv[8], V::fma(mid, wv[5], V::mul(up, wv[2])));
+    }
+#pragma GCC unroll 8
+    for (int v = 0; v < CH; ++v) {
+      R a = V::add(c0[v], V::template window<-1, true>(ml[v], cl[v], cl[v + 1], cl[v + 2]));
+      a = V::add(a, V::template window<1, true>(mr[v], cr[v], cr[v + 1], cr[v + 2]));
+      const R r = activate<T>(s.has_bias ? V::add(a, bv) : a, s.act);
+      const int64_t lanes = pixels - v * N;
+      if (lanes >= N)
+        V::store(yp + v * N, r);
+      else
+        V::store_n(yp + v * N, r, static_cast<int>(lanes));
+    }
+  }
+
   static void forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, const M* ml, const M* mr,
                       int nt) {
     constexpr int CH = 4;
@@ -867,9 +908,10 @@ struct Flat3 {
       const R bv = V::set1(bias ? bias[oc] : T(0));
       T* yp = y + q * pixels;
       switch (nvo) {
-        case 1: chunk<1>(s, xp, nv, tail, ml, mr, wv, bv, pixels, 0, yp); break;
-        case 2: chunk<2>(s, xp, nv, tail, ml, mr, wv, bv, pixels, 0, yp); break;
-        case 3: chunk<3>(s, xp, nv, tail, ml, mr, wv, bv, pixels, 0, yp); break;
+        case 1: small_plane<1>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+        case 2: small_plane<2>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+        case 3: small_plane<3>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+        case 4: small_plane<4>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
         default:
           // Chunks of CH vectors, the last one ending at the plane's last
           // vector (it may recompute a few of the previous chunk's, the
