@@ -18,7 +18,9 @@ Timing methodology (:func:`measure_shape`):
   onnxruntime is told not to spin, and before each library's turn we sleep
   briefly (:data:`SETTLE_S`) because OpenMP runtimes (pyconv's libgomp,
   PyTorch's own bundled one) keep their workers spinning for a while after a
-  parallel region ends.
+  parallel region ends; NumPy's OpenBLAS spins for ~0.1 s, so the NumPy
+  column is timed after the others, with a longer pause
+  (:data:`BLAS_SETTLE_S`).
 """
 
 from __future__ import annotations
@@ -86,6 +88,13 @@ _MODULES: Dict[str, Tuple[str, ...]] = {
 # about twice as many cycles on recent Intel cores.  25 ms outlasts both; it
 # adds ~0.1 s per shape, a price worth paying for uncontended timings.
 SETTLE_S = 0.025
+
+# NumPy's OpenBLAS threads spin far longer after a BLAS call (the reference
+# convolutions are matmuls): 100-110 ms of CPU burnt after one, measured on
+# the same machine.  So the NumPy column is timed on its own after the
+# others, and the timed rounds start (and the next shape starts) only
+# BLAS_SETTLE_S after NumPy last ran.
+BLAS_SETTLE_S = 0.15
 
 # A call slower than this is timed in at most SLOW_ROUNDS rounds, one call
 # each: the NumPy reference takes seconds on the big layers, and three
@@ -649,7 +658,14 @@ def measure_shape(shape: ConvShape, libraries: Sequence[str], opts: BenchOptions
             results[lib].match, results[lib].max_abs_diff = check_match(expected, out)
         runners[lib] = runner
         plan[lib] = _schedule(seconds, opts)
-    for lib, samples in _time_rounds(runners, plan).items():
+    numpy_runner = runners.pop("numpy", None)
+    if numpy_runner is not None:
+        time.sleep(BLAS_SETTLE_S)  # (its warm-up call above)
+    timed = _time_rounds(runners, plan)
+    if numpy_runner is not None:
+        timed.update(_time_rounds({"numpy": numpy_runner}, plan))
+        time.sleep(BLAS_SETTLE_S)
+    for lib, samples in timed.items():
         results[lib].samples_s = samples
     if isinstance(shape, PoolShape):
         chosen = "pool"
