@@ -826,6 +826,49 @@ def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw,
 # others)
 
 
+def _check_step(rng, x, wt, b, kwargs, activation, dtype, what, grad_input=False):
+    """The forward, the weight gradient (and optionally the input gradient)
+    of one depthwise layer against the reference, at one and two threads,
+    bitwise equal between them."""
+    results = []
+    gy = None
+    for threads in (1, 2):
+        with pyconv.num_threads(threads):
+            y = pyconv.conv2d(x, wt, b, algo="depthwise", activation=activation, **kwargs)
+            gy = rand(rng, y.shape, dtype) if gy is None else gy
+            gw = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+            gx = pyconv.conv2d_grad_input(gy, wt, x.shape, **kwargs) if grad_input else None
+        results.append((y, gw, gx))
+    (y, gw, gx), again = results
+    try:
+        assert_close(y, reference64(x, wt, b, activation=activation, **kwargs), dtype)
+        assert_close(gw, ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs), dtype)
+        if grad_input:
+            assert_close(gx, ref.conv2d_grad_input(f64(gy), f64(wt), x.shape, **kwargs), dtype)
+    except AssertionError as exc:
+        raise AssertionError(f"{what}: {exc}") from None
+    for a, b2 in zip((y, gw, gx), again):
+        if a is not None:
+            np.testing.assert_array_equal(a, b2, err_msg=what)
+
+
+def _check_non_finite(x, wt, gy, kwargs, dtype):
+    """NaN/Inf positions of the weight gradient and the forward are the
+    reference's, and the finite gradient entries match it."""
+    with np.errstate(invalid="ignore"):
+        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+        ry = reference64(x, wt, None, **kwargs)
+    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+    finite = np.isfinite(r)
+    assert finite[0].sum() > 0 and finite[1].sum() > 0  # the channels' other taps stay finite
+    assert_close(g[finite], r[finite], dtype)
+    y = pyconv.conv2d(x, wt, algo="depthwise", **kwargs)
+    for test in (np.isnan, np.isposinf, np.isneginf):
+        np.testing.assert_array_equal(test(y), test(ry))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_planes_every_width(isa, rng, dtype):
     """Row widths 1..17 (Flat3 takes 2..15 in float32, 2..7 in float64) and
@@ -833,29 +876,13 @@ def test_register_window_planes_every_width(isa, rng, dtype):
     last vector, a row's last tile overlapping the one before), top and
     bottom padding 0..2 (fewer, as many and more output rows than input
     rows; row tiles of 6 with a partial last one), a multiplier, bias and
-    relu6: the forward and the weight gradient against the reference, at
-    one and two threads, bitwise equal between them."""
+    relu6: the forward and the weight gradient."""
     for w in list(range(1, 18)) + [23, 24, 31, 32, 33, 47, 48, 49, 64, 65]:
         for h, pt, pb, m in ((1, 1, 1, 1), (3, 1, 0, 2), (7, 1, 1, 1), (9, 1, 2, 1), (4, 1, 1, 3),
                              (8, 0, 2, 1), (13, 2, 0, 1)):
-            c = 5
-            x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
-            kwargs = dict(padding=((pt, pb), (1, 1)), groups=c)
-            what = f"w={w} h={h} pt={pt} pb={pb} m={m}"
-            ys, gws = [], []
-            for threads in (1, 2):
-                with pyconv.num_threads(threads):
-                    ys.append(pyconv.conv2d(x, wt, b, algo="depthwise", activation="relu6", **kwargs))
-                    gy = rand(rng, ys[-1].shape, dtype) if threads == 1 else gy
-                    gws.append(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs))
-            r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
-            try:
-                assert_close(ys[0], reference64(x, wt, b, activation="relu6", **kwargs), dtype)
-                assert_close(gws[0], r, dtype)
-            except AssertionError as exc:
-                raise AssertionError(f"{what}: {exc}") from None
-            np.testing.assert_array_equal(ys[0], ys[1], err_msg=what)
-            np.testing.assert_array_equal(gws[0], gws[1], err_msg=what)
+            x, wt, b = dw_inputs(rng, n=2, c=5, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
+            _check_step(rng, x, wt, b, dict(padding=((pt, pb), (1, 1)), groups=5), "relu6", dtype,
+                        f"w={w} h={h} pt={pt} pb={pb} m={m}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -866,34 +893,15 @@ def test_register_window_stride2_every_width(isa, rng, dtype):
     (TF "same" on even sizes is (0, 1)), top and bottom padding 0..2
     (row tiles of 4 with a partial last one), a multiplier, bias and relu:
     the forward, the weight gradient and the input gradient (a gather of
-    even and odd columns) against the reference, at one and two threads,
-    bitwise equal between them."""
+    even and odd columns)."""
     for w in (1, 2, 3, 5, 16, 17, 31, 32, 33, 34, 63, 64, 65, 66, 97):
         for (pt, pb), (pl, pr), h, m in (((1, 1), (1, 1), 9, 1), ((0, 1), (0, 1), 8, 1), ((0, 0), (1, 2), 5, 2),
                                          ((2, 1), (0, 0), 11, 1), ((1, 2), (1, 0), 1, 3)):
             if w + pl + pr < 3 or h + pt + pb < 3:
                 continue  # (no output)
-            c = 3
-            x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
-            kwargs = dict(stride=2, padding=((pt, pb), (pl, pr)), groups=c)
-            what = f"w={w} h={h} pads={(pt, pb), (pl, pr)} m={m}"
-            ys, gws, gxs = [], [], []
-            for threads in (1, 2):
-                with pyconv.num_threads(threads):
-                    ys.append(pyconv.conv2d(x, wt, b, algo="depthwise", activation="relu", **kwargs))
-                    gy = rand(rng, ys[-1].shape, dtype) if threads == 1 else gy
-                    gws.append(pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs))
-                    gxs.append(pyconv.conv2d_grad_input(gy, wt, x.shape, **kwargs))
-            r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
-            try:
-                assert_close(ys[0], reference64(x, wt, b, activation="relu", **kwargs), dtype)
-                assert_close(gws[0], r, dtype)
-                assert_close(gxs[0], ref.conv2d_grad_input(f64(gy), f64(wt), x.shape, **kwargs), dtype)
-            except AssertionError as exc:
-                raise AssertionError(f"{what}: {exc}") from None
-            np.testing.assert_array_equal(ys[0], ys[1], err_msg=what)
-            np.testing.assert_array_equal(gws[0], gws[1], err_msg=what)
-            np.testing.assert_array_equal(gxs[0], gxs[1], err_msg=what)
+            x, wt, b = dw_inputs(rng, n=2, c=3, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
+            _check_step(rng, x, wt, b, dict(stride=2, padding=((pt, pb), (pl, pr)), groups=3), "relu", dtype,
+                        f"w={w} h={h} pads={(pt, pb), (pl, pr)} m={m}", grad_input=True)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -909,19 +917,8 @@ def test_register_window_stride2_non_finite(isa, dtype, pl):
     x[0, 0, 4, w - 1] = np.inf
     x[0, 1, h - 1, 17] = np.nan
     kwargs = dict(stride=2, padding=((1, 0), (pl, 0)), groups=c)
-    y = pyconv.conv2d(x, wt, algo="depthwise", **kwargs)
-    gy = rand(rng, y.shape, dtype)
-    with np.errstate(invalid="ignore"):
-        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
-        ry = reference64(x, wt, None, **kwargs)
-    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
-    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
-    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
-    assert np.isfinite(r).sum() > 0
-    finite = np.isfinite(r)
-    assert_close(g[finite], r[finite], dtype)
-    for test in (np.isnan, np.isposinf, np.isneginf):
-        np.testing.assert_array_equal(test(y), test(ry))
+    oh, ow = pyconv.conv_output_shape(x.shape, wt.shape, **kwargs)[2:]
+    _check_non_finite(x, wt, rand(rng, (1, c, oh, ow), dtype), kwargs, dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -937,18 +934,4 @@ def test_flat_register_planes_non_finite(isa, dtype):
     x[0, 0, h - 1, 0] = np.inf
     x[0, 1, 0, w - 1] = -np.inf
     x[0, 2, 3, 3] = np.nan
-    kwargs = dict(padding=((1, 0), (1, 1)), groups=c)
-    gy = rand(rng, (1, c, h - 1, w), dtype)
-    with np.errstate(invalid="ignore"):
-        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
-        ry = reference64(x, wt, None, **kwargs)
-    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
-    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
-    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
-    assert np.isfinite(r[0]).sum() > 0 and np.isfinite(r[1]).sum() > 0
-    finite = np.isfinite(r)
-    assert_close(g[finite], r[finite], dtype)
-    y = pyconv.conv2d(x, wt, groups=c, padding=((1, 0), (1, 1)), algo="depthwise")
-    np.testing.assert_array_equal(np.isnan(y), np.isnan(ry))
-    np.testing.assert_array_equal(np.isposinf(y), np.isposinf(ry))
-    np.testing.assert_array_equal(np.isneginf(y), np.isneginf(ry))
+    _check_non_finite(x, wt, rand(rng, (1, c, h - 1, w), dtype), dict(padding=((1, 0), (1, 1)), groups=c), dtype)

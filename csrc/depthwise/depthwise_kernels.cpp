@@ -1267,6 +1267,31 @@ bool rows3_serves(const ConvShape& s) {
          s.ow == s.w && s.w >= Vec<T>::N;
 }
 
+// Output rows [oh0, oh0 + RR) (those before s.oh) x vectors [v0, v0 + TV)
+// of a register tile, with bias and activation, the row's last vector
+// masked to the row.
+template <class T, int RR, int TV>
+inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], typename Vec<T>::R bv, T* yp,
+                       int64_t oh0, int64_t v0) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N;
+#pragma GCC unroll 16
+  for (int r = 0; r < RR; ++r) {
+    if (oh0 + r >= s.oh) break;
+    T* yr = yp + (oh0 + r) * s.ow;
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
+      const int64_t c = (v0 + v) * N;
+      if (c + N <= s.ow)
+        V::store(yr + c, out);
+      else
+        V::store_n(yr + c, out, static_cast<int>(s.ow - c));
+    }
+  }
+}
+
 template <class T, int TV>
 inline void rows3_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
                        int64_t nvr, typename Vec<T>::M tail, T* yp, int64_t oh0, int64_t v0) {
@@ -1305,20 +1330,7 @@ inline void rows3_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R
       }
     }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < RR; ++r) {
-    if (oh0 + r >= s.oh) break;
-    T* yr = yp + (oh0 + r) * s.ow;
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) {
-      const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
-      const int64_t c = (v0 + v) * N;
-      if (c + N <= s.ow)
-        V::store(yr + c, out);
-      else
-        V::store_n(yr + c, out, static_cast<int>(s.ow - c));
-    }
-  }
+  store_tile<T, RR, TV>(s, acc, bv, yp, oh0, v0);
 }
 
 // Weight gradient of the rows3 planes: rows3_tile's input rows and column
@@ -1381,13 +1393,17 @@ inline void rows3_grad_tile(const ConvShape& s, const T* xp, const T* dyp, int64
   }
 }
 
-template <class T>
-void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int nt) {
+// The weight-gradient driver of the register-window tiles: output
+// channels are the work items, one accumulator per tap for all images, the
+// images, tiles of RR output rows and tiles of TV vectors (a row's odd last
+// vectors tiles of one: products are summed once, tiles never overlap) in
+// one fixed order.  tile(tv, full, xp, dyp, oh0, v0, acc) computes one
+// tile, tv and full as std::integral_constant (full: all RR rows real).
+template <class T, int RR, int TV, class Tile>
+void grad_weight_tiles(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int64_t vectors,
+                       int nt, Tile tile) {
   using V = Vec<T>;
-  constexpr int N = V::N, RR = kRows3Rows, TV = kRows3Vectors;
-  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow;
-  const int64_t nvr = ceil_div(s.w, N), pairs_end = nvr / TV * TV;
-  const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * N)) - 1u);
+  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, pairs_end = vectors / TV * TV;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t oc = 0; oc < s.oc; ++oc) {
     typename V::R acc[9];
@@ -1400,16 +1416,29 @@ void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const 
         const bool full = oh0 + RR <= s.oh;
         for (int64_t v0 = 0; v0 < pairs_end; v0 += TV) {
           if (full)
-            rows3_grad_tile<T, TV, true>(s, xp, dyp, nvr, tail, oh0, v0, acc);
+            tile(std::integral_constant<int, TV>{}, std::true_type{}, xp, dyp, oh0, v0, acc);
           else
-            rows3_grad_tile<T, TV, false>(s, xp, dyp, nvr, tail, oh0, v0, acc);
+            tile(std::integral_constant<int, TV>{}, std::false_type{}, xp, dyp, oh0, v0, acc);
         }
-        for (int64_t v0 = pairs_end; v0 < nvr; ++v0) rows3_grad_tile<T, 1, false>(s, xp, dyp, nvr, tail, oh0, v0, acc);
+        for (int64_t v0 = pairs_end; v0 < vectors; ++v0)
+          tile(std::integral_constant<int, 1>{}, std::false_type{}, xp, dyp, oh0, v0, acc);
       }
     }
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) dw[oc * 9 + t] = sum_lanes<T>(acc[t]);
   }
+}
+
+template <class T>
+void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int nt) {
+  using V = Vec<T>;
+  const int64_t nvr = ceil_div(s.w, V::N);
+  const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
+  grad_weight_tiles<T, kRows3Rows, kRows3Vectors>(
+      s, g, x, dy, dw, nvr, nt,
+      [&](auto tv, auto full, const T* xp, const T* dyp, int64_t oh0, int64_t v0, typename V::R(&acc)[9]) {
+        rows3_grad_tile<T, decltype(tv)::value, decltype(full)::value>(s, xp, dyp, nvr, tail, oh0, v0, acc);
+      });
 }
 
 template <class T>
@@ -1547,20 +1576,7 @@ inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* w
           if (r2 >= 0 && r2 % 2 == 0 && r2 / 2 < RR) acc[r2 / 2][v] = V::fma(x[kw][v], wv[kh * 3 + kw], acc[r2 / 2][v]);
         }
   }
-#pragma GCC unroll 16
-  for (int r = 0; r < RR; ++r) {
-    if (oh0 + r >= s.oh) break;
-    T* yr = yp + (oh0 + r) * s.ow;
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) {
-      const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
-      const int64_t c = (v0 + v) * N;
-      if (c + N <= s.ow)
-        V::store(yr + c, out);
-      else
-        V::store_n(yr + c, out, static_cast<int>(s.ow - c));
-    }
-  }
+  store_tile<T, RR, TV>(s, acc, bv, yp, oh0, v0);
 }
 
 template <class T>
@@ -1642,31 +1658,12 @@ inline void s2_grad_tile(const ConvShape& s, const T* xp, const T* dyp, int64_t 
 template <class T>
 void grad_weight_s2(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int nt) {
   using V = Vec<T>;
-  constexpr int N = V::N, RR = kS2Rows, TV = kS2Vectors;
-  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow;
-  const int64_t nvo = ceil_div(s.ow, N), pairs_end = nvo / TV * TV;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t oc = 0; oc < s.oc; ++oc) {
-    typename V::R acc[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) acc[t] = V::zero();
-    for (int64_t n = 0; n < s.n; ++n) {
-      const T* xp = x + (n * s.c + oc / g.m) * in_plane;
-      const T* dyp = dy + (n * s.oc + oc) * pixels;
-      for (int64_t oh0 = 0; oh0 < s.oh; oh0 += RR) {
-        const bool full = oh0 + RR <= s.oh;
-        for (int64_t v0 = 0; v0 < pairs_end; v0 += TV) {
-          if (full)
-            s2_grad_tile<T, TV, true>(s, xp, dyp, nvo, oh0, v0, acc);
-          else
-            s2_grad_tile<T, TV, false>(s, xp, dyp, nvo, oh0, v0, acc);
-        }
-        for (int64_t v0 = pairs_end; v0 < nvo; ++v0) s2_grad_tile<T, 1, false>(s, xp, dyp, nvo, oh0, v0, acc);
-      }
-    }
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) dw[oc * 9 + t] = sum_lanes<T>(acc[t]);
-  }
+  const int64_t nvo = ceil_div(s.ow, V::N);
+  grad_weight_tiles<T, kS2Rows, kS2Vectors>(
+      s, g, x, dy, dw, nvo, nt,
+      [&](auto tv, auto full, const T* xp, const T* dyp, int64_t oh0, int64_t v0, typename V::R(&acc)[9]) {
+        s2_grad_tile<T, decltype(tv)::value, decltype(full)::value>(s, xp, dyp, nvo, oh0, v0, acc);
+      });
 }
 #endif
 
