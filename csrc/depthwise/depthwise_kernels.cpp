@@ -1441,15 +1441,18 @@ void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const 
       });
 }
 
-template <class T>
-void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
-                          int nt) {
+// The forward driver of the register-window tiles: output planes are the
+// work items (nine weight vectors and the bias held for the plane), tiles
+// of RR output rows x TV vectors, a row's last tile ending at its last
+// vector (recomputing a few of the tile before it, the same values).
+// tile(tv, xp, wv, bv, yp, oh0, v0) computes and stores one tile, tv a
+// std::integral_constant.
+template <class T, int RR, int TV, class Tile>
+void forward_tiles(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                   int64_t vectors, int nt, Tile tile) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int N = V::N, TV = kRows3Vectors;
   const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc;
-  const int64_t nvr = ceil_div(s.w, N);
-  const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * N)) - 1u);
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t q = 0; q < planes; ++q) {
     const int64_t oc = q % s.oc;
@@ -1459,17 +1462,30 @@ void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, con
     for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
     const R bv = V::set1(bias ? bias[oc] : T(0));
     T* yp = y + q * pixels;
-    for (int64_t oh0 = 0; oh0 < s.oh; oh0 += kRows3Rows) {
-      if (nvr < TV) {
-        rows3_tile<T, 1>(s, xp, wv, bv, nvr, tail, yp, oh0, 0);
+    for (int64_t oh0 = 0; oh0 < s.oh; oh0 += RR) {
+      if (vectors < TV) {
+        tile(std::integral_constant<int, 1>{}, xp, wv, bv, yp, oh0, int64_t(0));
         continue;
       }
       for (int64_t v0 = 0;; v0 += TV) {
-        rows3_tile<T, TV>(s, xp, wv, bv, nvr, tail, yp, oh0, min64(v0, nvr - TV));
-        if (v0 + TV >= nvr) break;
+        tile(std::integral_constant<int, TV>{}, xp, wv, bv, yp, oh0, min64(v0, vectors - TV));
+        if (v0 + TV >= vectors) break;
       }
     }
   }
+}
+
+template <class T>
+void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                          int nt) {
+  using V = Vec<T>;
+  const int64_t nvr = ceil_div(s.w, V::N);
+  const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
+  forward_tiles<T, kRows3Rows, kRows3Vectors>(
+      s, g, x, w, bias, y, nvr, nt,
+      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yp, int64_t oh0, int64_t v0) {
+        rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yp, oh0, v0);
+      });
 }
 
 // NCHW 3x3 planes at stride 2, dilation 1, left padding 0 or 1 (MobileNet's
@@ -1582,29 +1598,11 @@ inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* w
 template <class T>
 void depthwise_nchw_s2(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y, int nt) {
   using V = Vec<T>;
-  using R = typename V::R;
-  constexpr int N = V::N, TV = kS2Vectors;
-  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc, nvo = ceil_div(s.ow, N);
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t q = 0; q < planes; ++q) {
-    const int64_t oc = q % s.oc;
-    const T* xp = x + (q / s.oc * s.c + oc / g.m) * in_plane;
-    R wv[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
-    const R bv = V::set1(bias ? bias[oc] : T(0));
-    T* yp = y + q * pixels;
-    for (int64_t oh0 = 0; oh0 < s.oh; oh0 += kS2Rows) {
-      if (nvo < TV) {
-        s2_tile<T, 1>(s, xp, wv, bv, yp, oh0, 0);
-        continue;
-      }
-      for (int64_t v0 = 0;; v0 += TV) {  // (the last tile ends at the row's last vector)
-        s2_tile<T, TV>(s, xp, wv, bv, yp, oh0, min64(v0, nvo - TV));
-        if (v0 + TV >= nvo) break;
-      }
-    }
-  }
+  forward_tiles<T, kS2Rows, kS2Vectors>(
+      s, g, x, w, bias, y, ceil_div(s.ow, V::N), nt,
+      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yp, int64_t oh0, int64_t v0) {
+        s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yp, oh0, v0);
+      });
 }
 
 template <class T, int TV, bool Full>
