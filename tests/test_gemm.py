@@ -348,6 +348,32 @@ def test_pointwise_tail_units(isa, spec, dtype):
                 np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, algo=algo, **kwargs), single)
 
 
+# NCHW 1x1 layers of at most 4 input channels take the thin-reduction kernel
+# (pixels in the lanes, units of 4 vectors read in place): pixel counts
+# around the unit (64 / 32 / 8 pixels per unit on AVX-512 f32, AVX-512 f64
+# or AVX2 f32, ...), a short last unit and a short last vector, 1-5 input
+# channels (5 goes to the GEMM), bias and both activations.
+THIN_SHAPES = [(2, 1, 1, 1, 3), (3, 2, 5, 13, 17), (2, 3, 8, 8, 32), (1, 4, 9, 15, 40), (2, 3, 13, 10, 7),
+               (1, 5, 7, 9, 11), (2, 4, 16, 16, 64), (1, 3, 1, 129, 2)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", THIN_SHAPES, ids=lambda s: "n{}c{}h{}w{}oc{}".format(*s))
+def test_pointwise_thin_reduction(isa, spec, dtype):
+    n, c, h, w, oc = spec
+    rng = np.random.default_rng(n * c * oc + h * w)
+    x, wt, b = conv_inputs(rng, n=n, c=c, h=h, w=w, oc=oc, kh=1, kw=1, dtype=dtype, bias=True)
+    for activation in (None, "relu", "relu6"):
+        kwargs = dict(activation=activation)
+        y = pyconv.conv2d(x, wt, b, algo="pointwise", **kwargs)
+        assert_close(y, reference64(x, wt, b, **kwargs), dtype)
+        np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, algo="im2col", **kwargs), y)
+        np.testing.assert_array_equal(pyconv.conv2d(x, pyconv.prepack(wt), b, **kwargs), pyconv.conv2d(x, wt, b, **kwargs))
+        with pyconv.num_threads(1):
+            np.testing.assert_array_equal(pyconv.conv2d(x, wt, b, algo="pointwise", **kwargs), y)
+    assert_close(pyconv.conv2d(x, wt), reference64(x, wt, None), dtype)
+
+
 # ==========================================================================
 # determinism of the GEMM algorithms
 

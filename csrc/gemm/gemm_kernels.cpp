@@ -429,9 +429,79 @@ void conv_gemm_nhwc(const ConvShape& s, const Geometry& g, const T* x, const T* 
   }
 }
 
+// NCHW 1x1 layers with at most kThinK input channels (an RGB image to a
+// first feature map, the FCN encoders' 3 -> 32): the GEMM's K is so short
+// that its tiles are all stores, and packing B copies the whole input once
+// more.  Here pixels are in the lanes, read in place: a unit of kThinPix
+// vectors of one image loads its K input vectors once, then each output
+// channel is K broadcast weights times them, stored at once (the weight
+// read as given, OIHW).  The same FMA chain from zero in k order, bias and
+// activation as the GEMM's micro-tile, so the results are bitwise the
+// GEMM's.  8x3x80x80 -> 32, 2 threads: 0.107 -> 0.069 ms (median of 3
+// alternations; the GEMM's pack and store-bound tiles before).
+constexpr int64_t kThinK = 4;
+constexpr int kThinPix = 4;
+
+inline bool pointwise_thin(const ConvShape& s) {
+  return s.layout == Layout::NCHW && pointwise_flat(s) && s.groups == 1 && s.c <= kThinK;
+}
+
+template <class T, int K>
+void pointwise_thin_nchw(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, int nt) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  constexpr int N = V::N, PB = kThinPix;
+  const int64_t pixels = s.oh * s.ow, per_image = ceil_div(pixels, N * PB), units = s.n * per_image;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t u = 0; u < units; ++u) {
+    const int64_t n = u / per_image, p0 = (u % per_image) * N * PB;
+    const T* xn = x + n * K * pixels + p0;
+    T* yn = y + n * s.oc * pixels + p0;
+    const int64_t lanes = pixels - p0;  // of this unit's PB vectors (the last may be short)
+    R xv[K][PB];
+#pragma GCC unroll 8
+    for (int k = 0; k < K; ++k)
+#pragma GCC unroll 8
+      for (int v = 0; v < PB; ++v) {
+        const int64_t l = lanes - v * N;
+        xv[k][v] = l >= N ? V::load(xn + k * pixels + v * N) : l > 0 ? V::load_n(xn + k * pixels + v * N, int(l)) : V::zero();
+      }
+    for (int64_t oc = 0; oc < s.oc; ++oc) {
+      R acc[PB];
+#pragma GCC unroll 8
+      for (int v = 0; v < PB; ++v) acc[v] = V::zero();
+#pragma GCC unroll 8
+      for (int k = 0; k < K; ++k) {
+        const R wv = V::set1(w[oc * K + k]);
+#pragma GCC unroll 8
+        for (int v = 0; v < PB; ++v) acc[v] = V::fma(wv, xv[k][v], acc[v]);
+      }
+      const R bv = bias ? V::set1(bias[oc]) : V::zero();
+      T* yo = yn + oc * pixels;
+#pragma GCC unroll 8
+      for (int v = 0; v < PB; ++v) {
+        const R out = activate<T>(bias ? V::add(acc[v], bv) : acc[v], s.act);
+        const int64_t l = lanes - v * N;
+        if (l >= N)
+          V::store(yo + v * N, out);
+        else if (l > 0)
+          V::store_n(yo + v * N, out, static_cast<int>(l));
+      }
+    }
+  }
+}
+
 template <class T>
 void conv_gemm(const ConvShape& s, const T* x, const T* w, const T* prepacked, const T* bias, T* y,
                void* workspace, int nt) {
+  if (pointwise_thin(s)) {
+    switch (s.c) {
+      case 1: return pointwise_thin_nchw<T, 1>(s, x, w, bias, y, nt);
+      case 2: return pointwise_thin_nchw<T, 2>(s, x, w, bias, y, nt);
+      case 3: return pointwise_thin_nchw<T, 3>(s, x, w, bias, y, nt);
+      default: return pointwise_thin_nchw<T, 4>(s, x, w, bias, y, nt);
+    }
+  }
   const Geometry g = make_geometry<T>(s, nt, prepacked != nullptr, true);
   char* ws = static_cast<char*>(workspace);
   const T* wp = prepacked;
