@@ -501,6 +501,30 @@ def test_separable_fused_bands_threads_and_inputs(isa, rng, layout, dtype):
     assert_close(y1, ref.separable_conv2d(f64(x), f64(dw), f64(pw), f64(b), **kw), dtype)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", [
+    (32, 2, 158, 362, dict(stride=2, padding=1)),          # stride 2 in 4 bands (s2_tile), the last short
+    (32, 2, 158, 362, dict(stride=2, padding="same")),     # left padding 0 (TF "same" on even sizes)
+    (48, 1, 14, 14, dict(padding=1)),                      # a 14x14 plane: one band, flat (Flat3)
+    (40, 2, 7, 7, dict(padding=1, activation="relu")),     # 7x7 planes of at most four vectors
+], ids=["s2_bands", "s2_same_bands", "flat14", "flat7"])
+def test_separable_bands_on_register_window_kernels(isa, rng, case, dtype):
+    """The fused path's depthwise bands on the forward's register-window
+    kernels (AVX-512): rows of a band from the stride-2 tiles, whole-image
+    bands of narrow planes from Flat3; against the reference, bitwise the
+    same for 1 and 2 threads."""
+    c, m, h, w, kwargs = case
+    x, dw, _ = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
+    pw = rand(rng, pw_weight_shape("NCHW", c * m, 24), dtype)
+    b = rand(rng, (24,), dtype)
+    ys = []
+    for threads in (1, 2):
+        with pyconv.num_threads(threads):
+            ys.append(pyconv.separable_conv2d(x, dw, pw, b, **kwargs))
+    np.testing.assert_array_equal(ys[0], ys[1])
+    assert_close(ys[0], ref.separable_conv2d(f64(x), f64(dw), f64(pw), f64(b), **kwargs), dtype)
+
+
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_separable_unbatched_and_docstring_example(isa, rng, layout):
     x = np.ones(input_shape(layout, 1, 4, 8, 8), np.float32)

@@ -891,36 +891,39 @@ struct Flat3 {
     }
   }
 
-  static void forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, const M* ml, const M* mr,
-                      int nt) {
+  // One output plane (weights wv, bias bv) from its input plane xp.
+  static void plane(const ConvShape& s, const T* xp, const R* wv, R bv, const M* ml, const M* mr, T* yp) {
     constexpr int CH = 4;
-    const int64_t in_plane = s.h * W, pixels = s.oh * W, m = s.oc / s.c;
+    const int64_t in_plane = s.h * W, pixels = s.oh * W;
     const int64_t nv = ceil_div(in_plane, N), nvo = ceil_div(pixels, N);
     const M tail = V::lanes_mask((1u << (in_plane - (nv - 1) * N)) - 1u);
-    const int64_t planes = s.n * s.oc;
+    switch (nvo) {
+      case 1: small_plane<1>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+      case 2: small_plane<2>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+      case 3: small_plane<3>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+      case 4: small_plane<4>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
+      default:
+        // Chunks of CH vectors, the last one ending at the plane's last
+        // vector (it may recompute a few of the previous chunk's, the
+        // same values).
+        for (int64_t v0 = 0;; v0 += CH) {
+          chunk<CH>(s, xp, nv, tail, ml, mr, wv, bv, pixels, min64(v0, nvo - CH), yp);
+          if (v0 + CH >= nvo) break;
+        }
+    }
+  }
+
+  static void forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, const M* ml, const M* mr,
+                      int nt) {
+    const int64_t in_plane = s.h * W, pixels = s.oh * W, m = s.oc / s.c, planes = s.n * s.oc;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t q = 0; q < planes; ++q) {
       const int64_t oc = q % s.oc;
-      const T* xp = x + (q / s.oc * s.c + oc / m) * in_plane;
       R wv[9];
 #pragma GCC unroll 9
       for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
-      const R bv = V::set1(bias ? bias[oc] : T(0));
-      T* yp = y + q * pixels;
-      switch (nvo) {
-        case 1: small_plane<1>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-        case 2: small_plane<2>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-        case 3: small_plane<3>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-        case 4: small_plane<4>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-        default:
-          // Chunks of CH vectors, the last one ending at the plane's last
-          // vector (it may recompute a few of the previous chunk's, the
-          // same values).
-          for (int64_t v0 = 0;; v0 += CH) {
-            chunk<CH>(s, xp, nv, tail, ml, mr, wv, bv, pixels, min64(v0, nvo - CH), yp);
-            if (v0 + CH >= nvo) break;
-          }
-      }
+      plane(s, x + (q / s.oc * s.c + oc / m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), ml, mr,
+            y + q * pixels);
     }
   }
 
@@ -1267,19 +1270,19 @@ bool rows3_serves(const ConvShape& s) {
          s.ow == s.w && s.w >= Vec<T>::N;
 }
 
-// Output rows [oh0, oh0 + RR) (those before s.oh) x vectors [v0, v0 + TV)
-// of a register tile, with bias and activation, the row's last vector
-// masked to the row.
+// The first `rows` of a register tile's RR rows x vectors [v0, v0 + TV),
+// from yrow on (rows s.ow apart), with bias and activation, the row's last
+// vector masked to the row.
 template <class T, int RR, int TV>
-inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], typename Vec<T>::R bv, T* yp,
-                       int64_t oh0, int64_t v0) {
+inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], typename Vec<T>::R bv, T* yrow,
+                       int64_t rows, int64_t v0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N;
 #pragma GCC unroll 16
   for (int r = 0; r < RR; ++r) {
-    if (oh0 + r >= s.oh) break;
-    T* yr = yp + (oh0 + r) * s.ow;
+    if (r >= rows) break;
+    T* yr = yrow + r * s.ow;
 #pragma GCC unroll 16
     for (int v = 0; v < TV; ++v) {
       const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
@@ -1294,7 +1297,7 @@ inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], ty
 
 template <class T, int TV>
 inline void rows3_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
-                       int64_t nvr, typename Vec<T>::M tail, T* yp, int64_t oh0, int64_t v0) {
+                       int64_t nvr, typename Vec<T>::M tail, T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N, RR = kRows3Rows;
@@ -1330,7 +1333,7 @@ inline void rows3_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R
       }
     }
   }
-  store_tile<T, RR, TV>(s, acc, bv, yp, oh0, v0);
+  store_tile<T, RR, TV>(s, acc, bv, yrow, rows, v0);
 }
 
 // Weight gradient of the rows3 planes: rows3_tile's input rows and column
@@ -1441,12 +1444,31 @@ void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const 
       });
 }
 
+// Output rows [oh_lo, oh_hi) of one plane in register-window tiles of RR
+// rows x TV vectors, a row's last tile ending at its last vector
+// (recomputing a few of the tile before it, the same values); row oh goes
+// to yband + (oh - band0) * s.ow.  tile(tv, yrow, rows, oh0, v0) computes
+// and stores one tile (rows of its RR), tv a std::integral_constant.
+template <class T, int RR, int TV, class Tile>
+inline void plane_tiles(const ConvShape& s, int64_t vectors, T* yband, int64_t band0, int64_t oh_lo, int64_t oh_hi,
+                        Tile tile) {
+  for (int64_t oh0 = oh_lo; oh0 < oh_hi; oh0 += RR) {
+    T* yrow = yband + (oh0 - band0) * s.ow;
+    const int64_t rows = min64(RR, oh_hi - oh0);
+    if (vectors < TV) {
+      tile(std::integral_constant<int, 1>{}, yrow, rows, oh0, int64_t(0));
+      continue;
+    }
+    for (int64_t v0 = 0;; v0 += TV) {
+      tile(std::integral_constant<int, TV>{}, yrow, rows, oh0, min64(v0, vectors - TV));
+      if (v0 + TV >= vectors) break;
+    }
+  }
+}
+
 // The forward driver of the register-window tiles: output planes are the
-// work items (nine weight vectors and the bias held for the plane), tiles
-// of RR output rows x TV vectors, a row's last tile ending at its last
-// vector (recomputing a few of the tile before it, the same values).
-// tile(tv, xp, wv, bv, yp, oh0, v0) computes and stores one tile, tv a
-// std::integral_constant.
+// work items (nine weight vectors and the bias held for the plane), each
+// in plane_tiles.  tile(tv, xp, wv, bv, yrow, rows, oh0, v0).
 template <class T, int RR, int TV, class Tile>
 void forward_tiles(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
                    int64_t vectors, int nt, Tile tile) {
@@ -1461,17 +1483,10 @@ void forward_tiles(const ConvShape& s, const Geometry& g, const T* x, const T* w
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
     const R bv = V::set1(bias ? bias[oc] : T(0));
-    T* yp = y + q * pixels;
-    for (int64_t oh0 = 0; oh0 < s.oh; oh0 += RR) {
-      if (vectors < TV) {
-        tile(std::integral_constant<int, 1>{}, xp, wv, bv, yp, oh0, int64_t(0));
-        continue;
-      }
-      for (int64_t v0 = 0;; v0 += TV) {
-        tile(std::integral_constant<int, TV>{}, xp, wv, bv, yp, oh0, min64(v0, vectors - TV));
-        if (v0 + TV >= vectors) break;
-      }
-    }
+    plane_tiles<T, RR, TV>(s, vectors, y + q * pixels, 0, 0, s.oh,
+                           [&](auto tv, T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
+                             tile(tv, xp, wv, bv, yrow, rows, oh0, v0);
+                           });
   }
 }
 
@@ -1483,9 +1498,8 @@ void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, con
   const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
   forward_tiles<T, kRows3Rows, kRows3Vectors>(
       s, g, x, w, bias, y, nvr, nt,
-      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yp, int64_t oh0, int64_t v0) {
-        rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yp, oh0, v0);
-      });
+      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yrow, int64_t rows, int64_t oh0,
+          int64_t v0) { rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yrow, rows, oh0, v0); });
 }
 
 // NCHW 3x3 planes at stride 2, dilation 1, left padding 0 or 1 (MobileNet's
@@ -1566,8 +1580,8 @@ inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const ty
 }
 
 template <class T, int TV>
-inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv, T* yp,
-                    int64_t oh0, int64_t v0) {
+inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
+                    T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
   using V = Vec<T>;
   using R = typename V::R;
   constexpr int N = V::N, RR = kS2Rows;
@@ -1592,7 +1606,7 @@ inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* w
           if (r2 >= 0 && r2 % 2 == 0 && r2 / 2 < RR) acc[r2 / 2][v] = V::fma(x[kw][v], wv[kh * 3 + kw], acc[r2 / 2][v]);
         }
   }
-  store_tile<T, RR, TV>(s, acc, bv, yp, oh0, v0);
+  store_tile<T, RR, TV>(s, acc, bv, yrow, rows, v0);
 }
 
 template <class T>
@@ -1600,9 +1614,8 @@ void depthwise_nchw_s2(const ConvShape& s, const Geometry& g, const T* x, const 
   using V = Vec<T>;
   forward_tiles<T, kS2Rows, kS2Vectors>(
       s, g, x, w, bias, y, ceil_div(s.ow, V::N), nt,
-      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yp, int64_t oh0, int64_t v0) {
-        s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yp, oh0, v0);
-      });
+      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yrow, int64_t rows, int64_t oh0,
+          int64_t v0) { s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yrow, rows, oh0, v0); });
 }
 
 template <class T, int TV, bool Full>
@@ -2305,6 +2318,48 @@ void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, 
   int64_t* off = reinterpret_cast<int64_t*>(base);
   T* rest = reinterpret_cast<T*>(base + round_up(s.kh * s.kw * 8, kAlign));
   const int64_t rows = oh1 - oh0;
+#if defined(PYCONV_ISA_avx512)
+  // The forward's register-window tiles, rows [oh0, oh1) of every plane.
+  if (s.layout == Layout::NCHW && (rows3_serves<T>(s) || rows3s2_serves<T>(s))) {
+    using V = Vec<T>;
+    const int64_t nvr = ceil_div(s.w, V::N), nvo = ceil_div(s.ow, V::N);
+    const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
+    const typename V::R bv = V::zero();  // (the separable step's depthwise part has no bias)
+    for (int64_t oc = 0; oc < s.oc; ++oc) {
+      const T* xp = x + (n * s.c + oc / g.m) * s.h * s.w;
+      typename V::R wv[9];
+      for (int t = 0; t < 9; ++t) wv[t] = V::set1(packed[oc * 9 + t]);
+      T* yband = mid + oc * rows * s.ow;
+      if (rows3_serves<T>(s))
+        plane_tiles<T, kRows3Rows, kRows3Vectors>(s, nvr, yband, oh0, oh0, oh1, [&](auto tv, T* yrow, int64_t r, int64_t o, int64_t v0) {
+          rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yrow, r, o, v0);
+        });
+      else
+        plane_tiles<T, kS2Rows, kS2Vectors>(s, nvo, yband, oh0, oh0, oh1, [&](auto tv, T* yrow, int64_t r, int64_t o, int64_t v0) {
+          s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yrow, r, o, v0);
+        });
+    }
+    return;
+  }
+  // Flat planes narrower than a vector, when the band is the whole image
+  // (as it is for 7x7 and 14x14 MobileNet layers): Flat3, its lane masks
+  // in the scratch.
+  if (s.layout == Layout::NCHW && g.flat && flat3_serves<T>(s) && oh0 == 0 && oh1 == s.oh) {
+    using V = Vec<T>;
+    using M = typename V::M;
+    M* ml = reinterpret_cast<M*>(rest);
+    flat3_masks<T>(s.w, s.oh * s.ow, g.f_vecs, ml, ml + g.f_vecs, ml + 2 * g.f_vecs);
+    with_flat3_width<T>(s.w, [&](auto wc) {
+      for (int64_t oc = 0; oc < s.oc; ++oc) {
+        typename V::R wv[9];
+        for (int t = 0; t < 9; ++t) wv[t] = V::set1(packed[oc * 9 + t]);
+        Flat3<T, decltype(wc)::value>::plane(s, x + (n * s.c + oc / g.m) * s.h * s.w, wv, V::zero(), ml,
+                                             ml + g.f_vecs, mid + oc * rows * s.ow);
+      }
+    });
+    return;
+  }
+#endif
   if (s.layout == Layout::NCHW) {
     tap_offsets(s, g, off);
     const int64_t taps = s.kh * s.kw;
