@@ -5,12 +5,13 @@
 // in, with no layout conversion:
 //
 // NCHW picks one of these strategies per shape (make_geometry):
-// - 3x3 at stride 1 with column padding 1 (AVX-512): the taps of columns
-//   -1 and +1 are valignd windows of whole plane vectors held in
-//   registers, never a misaligned or masked load: rows narrower than a
-//   vector as one flat vector sequence (Flat3), wider ones in tiles of
-//   rows x vectors (rows3_tile); at stride 2 with left padding 0 or 1,
-//   the even and odd columns of two vectors by one permute each (s2_tile);
+// - 3x3 at stride 1 with column padding 1 (AVX-512): rows narrower than a
+//   vector one row per (256- or 512-bit) vector, the column taps masked
+//   loads (Narrow3); wider rows in tiles of rows x vectors whose column
+//   taps are valignd windows of whole plane vectors held in registers,
+//   never a misaligned or masked load (rows3_tile); at stride 2 with left
+//   padding 0 or 1, the even and odd columns of two vectors by one permute
+//   each (s2_tile);
 // - flat (AVX-512, stride 1, output as wide as the input, rows <= 32): each
 //   plane is read in place as one flat vector sequence; a tap is a shift of
 //   it, and masked loads zero the lanes that fall in the padding;
@@ -774,274 +775,213 @@ void depthwise_nchw_flat(const ConvShape& s, const Geometry& g, const T* x, cons
   }
 }
 
-// Flat planes of a 3x3 layer at stride 1, dilation 1, padding 1 on the
-// left and top, rows of at most N - 1 pixels (MobileNet's 7x7 and 14x14
-// depthwise layers in float32): every tap's shift (kh - 1) * W + kw - 1 of
-// the flattened plane lies within one vector, so a vector of output pixels
-// reads all nine taps out of three consecutive plane vectors held in
-// registers (one valignd each), not from nine masked loads that mostly
-// split a cache line (Zen 4: ~3.3 cycles per load + FMA of flat_tile).  The
-// plane vectors are read once per chunk of output vectors, zero before the
-// plane and past its end (so rows above and below are the padding); the
-// taps of column -1 and +1 zero the lanes that would wrap into the next
-// row (the two column masks).  The values and the tap order are flat_tile's,
-// so are the results, bitwise.  8x1024x7x7 (2 threads): forward 0.134 ->
-// 0.104 ms, bench step (forward, input and weight gradient) 0.61 -> 0.34 ms.
-template <class T, int W>
-struct Flat3 {
-  using V = Vec<T>;
+// NCHW 3x3 planes at stride 1 and dilation 1 whose rows are narrower than
+// a 512-bit vector, with column padding 1 and the output as wide as the
+// input (MobileNet's 7x7 and 14x14 layers; any row padding; AVX-512): one
+// plane row per vector, 256-bit for rows of at most 8 float32 / 4 float64
+// pixels (Zen 4 issues two 256-bit FMAs per cycle, the lanes of one
+// 512-bit FMA).  An input row's three column taps are three masked loads
+// of it, at columns -1, 0 and +1, the mask cutting the lanes outside the
+// row (lane 0 of the -1 load and lane W - 1 of the +1 load are the
+// padding): no permutes, where the flat vector sequence this replaces
+// (Flat3) spent 4-8 valignd windows per output vector and read a plane's
+// rows across vector boundaries.  Each input row is loaded once per plane.
+// 8x1024x7x7 float32, 1 thread: forward 0.18 -> 0.13 ms, input gradient
+// 0.19 -> 0.145 ms, weight gradient 0.195 -> 0.16 ms; 8x512x14x14:
+// 0.36 -> 0.20, 0.36 -> 0.22, 0.28 -> 0.21 ms.
+template <class T, class V>
+struct Narrow3 {
+  using Vt = V;
   using R = typename V::R;
   using M = typename V::M;
   static constexpr int N = V::N;
-  static_assert(W >= 2 && W + 1 <= N, "every tap within one vector");
+  int64_t w, h, pt;
+  M ml, mc, mr;  // lanes [1, w), [0, w), [0, w - 1)
 
-  // Plane vector u of a plane of `nv` vectors (the last one `tail` lanes):
-  // zero outside the plane.
-  static R source(const T* xp, int64_t u, int64_t nv, M tail) {
-    if (u < 0 || u >= nv) return V::zero();
-    return u + 1 == nv ? V::load_keep(xp + u * N, tail) : V::load(xp + u * N);
+  explicit Narrow3(const ConvShape& s) : w(s.w), h(s.h), pt(s.pt) {
+    const unsigned row = (1u << w) - 1u;
+    ml = V::lanes_mask(row & ~1u);
+    mc = V::lanes_mask(row);
+    mr = V::lanes_mask(row >> 1);
   }
 
-  // Tap (KH, KW) of CH output vectors whose plane vectors are src[v + 1]
-  // (src[v] and src[v + 2] their neighbours): into acc[v] times wv.
-  template <int KH, int KW, int CH>
-  static void tap(const R* src, const M* ml, const M* mr, R wv, R* acc) {
-    constexpr int O = (KH - 1) * W + KW - 1;
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      const R x = KW == 1 ? V::template window<O, false>(M(0), src[v], src[v + 1], src[v + 2])
-                          : V::template window<O, true>(KW == 0 ? ml[v] : mr[v], src[v], src[v + 1], src[v + 2]);
-      acc[v] = V::fma(x, wv, acc[v]);
+  // Input row ih of the plane xp as its three column taps, zero for a row
+  // in the padding.  (Everything by value: an intrinsic's store may alias
+  // anything, so members read through a pointer would be reloaded after
+  // each store.)
+  static void row(const T* xp, int64_t ih, int64_t w, int64_t h, M ml, M mc, M mr, R* t) {
+    if (ih < 0 || ih >= h) {
+      t[0] = t[1] = t[2] = V::zero();
+      return;
     }
+    const T* p = xp + ih * w;
+    t[0] = V::load_keep(p - 1, ml);
+    t[1] = V::load_keep(p, mc);
+    t[2] = V::load_keep(p + 1, mr);
   }
 
-  // The nine taps into acc in flat_tile's order (kh, kw).
-  template <int CH>
-  static void taps(const R* src, const M* ml, const M* mr, const R* wv, R* acc) {
-    tap<0, 0, CH>(src, ml, mr, wv[0], acc);
-    tap<0, 1, CH>(src, ml, mr, wv[1], acc);
-    tap<0, 2, CH>(src, ml, mr, wv[2], acc);
-    tap<1, 0, CH>(src, ml, mr, wv[3], acc);
-    tap<1, 1, CH>(src, ml, mr, wv[4], acc);
-    tap<1, 2, CH>(src, ml, mr, wv[5], acc);
-    tap<2, 0, CH>(src, ml, mr, wv[6], acc);
-    tap<2, 1, CH>(src, ml, mr, wv[7], acc);
-    tap<2, 2, CH>(src, ml, mr, wv[8], acc);
-  }
+  // Input row t's product with kernel row kh: (w0 x + w1 x) + w2 x.
+  static R product(const R* t, const R* wv) { return V::fma(t[2], wv[2], V::fma(t[1], wv[1], V::mul(t[0], wv[0]))); }
 
-  // Output vectors [v0, v0 + CH) of one plane.
-  template <int CH>
-  static void chunk(const ConvShape& s, const T* xp, int64_t nv, M tail, const M* ml, const M* mr, const R* wv,
-                    R bv, int64_t pixels, int64_t v0, T* yp) {
-    R src[CH + 2], acc[CH];
-#pragma GCC unroll 8
-    for (int i = 0; i < CH + 2; ++i) src[i] = source(xp, v0 - 1 + i, nv, tail);
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) acc[v] = V::zero();
-    taps<CH>(src, ml + v0, mr + v0, wv, acc);
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      const R r = activate<T>(s.has_bias ? V::add(acc[v], bv) : acc[v], s.act);
-      const int64_t lanes = pixels - (v0 + v) * N;
-      if (lanes >= N)
-        V::store(yp + (v0 + v) * N, r);
-      else
-        V::store_n(yp + (v0 + v) * N, r, static_cast<int>(lanes));
-    }
-  }
-
-  // A whole plane of CH <= 4 output vectors (MobileNet's 7x7 in float32),
-  // its taps factored by column: c_dc = sum over kh of w[kh][dc] times the
-  // plane shifted by whole rows (kh - 1) * W (no masks: a row above the
-  // first or below the last is the zero outside the plane), then y = c_0 +
-  // c_-1 shifted right by a lane + c_+1 shifted left, the column masks
-  // cutting the lanes that would wrap a row: 4 permutes per output vector
-  // instead of chunk's 8 (Zen 4 issues about one 512-bit permute per two
-  // cycles; 9 FMAs + 2 adds).  The c vectors before and after the plane are
-  // zero: they only reach lanes the masks cut or past the last pixel.
-  // Summed per column first, so not bitwise chunk's order.  8x1024x7x7,
-  // 1 thread: 17 -> 13 cycles per output vector.
-  template <int CH>
-  static void small_plane(const ConvShape& s, const T* xp, int64_t nv, M tail, const M* ml, const M* mr,
-                          const R* wv, R bv, int64_t pixels, T* yp) {
-    R src[CH + 2];
-#pragma GCC unroll 8
-    for (int i = 0; i < CH + 2; ++i) src[i] = source(xp, i - 1, nv, tail);
-    R cl[CH + 2], c0[CH], cr[CH + 2];
-    cl[0] = cr[0] = cl[CH + 1] = cr[CH + 1] = V::zero();
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      const R up = V::template window<-W, false>(M(0), src[v], src[v + 1], src[v + 2]);
-      const R mid = src[v + 1];
-      const R dn = V::template window<W, false>(M(0), src[v], src[v + 1], src[v + 2]);
-      cl[v + 1] = V::fma(dn, wv[6], V::fma(mid, wv[3], V::mul(up, wv[0])));
-      c0[v] = V::fma(dn, wv[7], V::fma(mid, wv[4], V::mul(up, wv[1])));
-      cr[v + 1] = V::fma(dn, wv[8], V::fma(mid, wv[5], V::mul(up, wv[2])));
-    }
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      R a = V::add(c0[v], V::template window<-1, true>(ml[v], cl[v], cl[v + 1], cl[v + 2]));
-      a = V::add(a, V::template window<1, true>(mr[v], cr[v], cr[v + 1], cr[v + 2]));
-      const R r = activate<T>(s.has_bias ? V::add(a, bv) : a, s.act);
-      const int64_t lanes = pixels - v * N;
-      if (lanes >= N)
-        V::store(yp + v * N, r);
-      else
-        V::store_n(yp + v * N, r, static_cast<int>(lanes));
-    }
-  }
-
-  // One output plane (weights wv, bias bv) from its input plane xp.
-  static void plane(const ConvShape& s, const T* xp, const R* wv, R bv, const M* ml, const M* mr, T* yp) {
-    constexpr int CH = 4;
-    const int64_t in_plane = s.h * W, pixels = s.oh * W;
-    const int64_t nv = ceil_div(in_plane, N), nvo = ceil_div(pixels, N);
-    const M tail = V::lanes_mask((1u << (in_plane - (nv - 1) * N)) - 1u);
-    switch (nvo) {
-      case 1: small_plane<1>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-      case 2: small_plane<2>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-      case 3: small_plane<3>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-      case 4: small_plane<4>(s, xp, nv, tail, ml, mr, wv, bv, pixels, yp); break;
-      default:
-        // Chunks of CH vectors, the last one ending at the plane's last
-        // vector (it may recompute a few of the previous chunk's, the
-        // same values).
-        for (int64_t v0 = 0;; v0 += CH) {
-          chunk<CH>(s, xp, nv, tail, ml, mr, wv, bv, pixels, min64(v0, nvo - CH), yp);
-          if (v0 + CH >= nvo) break;
-        }
-    }
-  }
-
-  static void forward(const ConvShape& s, const T* x, const T* w, const T* bias, T* y, const M* ml, const M* mr,
-                      int nt) {
-    const int64_t in_plane = s.h * W, pixels = s.oh * W, m = s.oc / s.c, planes = s.n * s.oc;
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t q = 0; q < planes; ++q) {
-      const int64_t oc = q % s.oc;
-      R wv[9];
-#pragma GCC unroll 9
-      for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
-      plane(s, x + (q / s.oc * s.c + oc / m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), ml, mr,
-            y + q * pixels);
-    }
-  }
-
-  // dW[oc, t] += dY vectors [v0, v0 + CH) times the tap's plane windows.
-  template <int CH>
-  static void grad_chunk(const T* xp, int64_t nv, M tail, const M* ml, const M* mr, const M* mc, const T* dp,
-                         int64_t pixels,
-                         int64_t v0, R* acc) {
-    R src[CH + 2], dv[CH];
-#pragma GCC unroll 8
-    for (int i = 0; i < CH + 2; ++i) src[i] = source(xp, v0 - 1 + i, nv, tail);
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      const int64_t lanes = pixels - (v0 + v) * N;
-      dv[v] = lanes >= N ? V::load(dp + (v0 + v) * N) : V::load_n(dp + (v0 + v) * N, static_cast<int>(lanes));
-    }
-    grad_tap<0, 0, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[0]);
-    grad_tap<0, 1, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[1]);
-    grad_tap<0, 2, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[2]);
-    grad_tap<1, 0, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[3]);
-    grad_tap<1, 1, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[4]);
-    grad_tap<1, 2, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[5]);
-    grad_tap<2, 0, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[6]);
-    grad_tap<2, 1, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[7]);
-    grad_tap<2, 2, CH>(src, ml + v0, mr + v0, mc + v0, dv, acc[8]);
-  }
-
-  // (Every tap masked, the middle column's to the output pixels: an
-  // infinite x read only by the lanes past the last pixel must not make
-  // 0 * inf = NaN.)
-  template <int KH, int KW, int CH>
-  static void grad_tap(const R* src, const M* ml, const M* mr, const M* mc, const R* dv, R& acc) {
-    constexpr int O = (KH - 1) * W + KW - 1;
-#pragma GCC unroll 8
-    for (int v = 0; v < CH; ++v) {
-      const M k = KW == 0 ? ml[v] : KW == 2 ? mr[v] : mc[v];
-      acc = V::fma(V::template window<O, true>(k, src[v], src[v + 1], src[v + 2]), dv[v], acc);
-    }
-  }
-
-  // grad_weight_flat's sums in its order (per tap: images, then output
-  // vectors in order), from the windows above.
-  static void grad_weight(const ConvShape& s, const T* x, const T* dy, T* dw, const M* ml, const M* mr, const M* mc,
-                          int nt) {
-    constexpr int CH = 4;
-    const int64_t in_plane = s.h * W, pixels = s.oh * W, m = s.oc / s.c;
-    const int64_t nv = ceil_div(in_plane, N), nvo = ceil_div(pixels, N);
-    const M tail = V::lanes_mask((1u << (in_plane - (nv - 1) * N)) - 1u);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int64_t oc = 0; oc < s.oc; ++oc) {
-      R acc[9];
-#pragma GCC unroll 9
-      for (int t = 0; t < 9; ++t) acc[t] = V::zero();
-      for (int64_t n = 0; n < s.n; ++n) {
-        const T* xp = x + (n * s.c + oc / m) * in_plane;
-        const T* dp = dy + (n * s.oc + oc) * pixels;
-        int64_t v0 = 0;
-        for (; v0 + CH <= nvo; v0 += CH) grad_chunk<CH>(xp, nv, tail, ml, mr, mc, dp, pixels, v0, acc);
-        switch (nvo - v0) {
-          case 1: grad_chunk<1>(xp, nv, tail, ml, mr, mc, dp, pixels, v0, acc); break;
-          case 2: grad_chunk<2>(xp, nv, tail, ml, mr, mc, dp, pixels, v0, acc); break;
-          case 3: grad_chunk<3>(xp, nv, tail, ml, mr, mc, dp, pixels, v0, acc); break;
-          default: break;
-        }
+  // Output rows [oh_lo, oh_hi) of the plane xp, row oh to yband + (oh -
+  // band0) * w.  Input-row major: input row i, loaded once, is multiplied
+  // by each kernel row kh (three short chains), the product kh going to
+  // output row i + pt - kh; an output row is complete, (kh 0 + kh 1) +
+  // kh 2, when its last input row has been read.  Rows in the padding add
+  // nothing (its weights are finite) and the rows inside the plane go
+  // through a loop without checks.  (A row loop that branched on the kind
+  // of row, or computed masks per row, ran 2x slower; so did an output row
+  // as one chain of nine dependent FMAs, waiting on latency.)
+  void forward(const T* xp, const R* wv, R bv, bool has_bias, Activation act, T* yband, int64_t band0,
+               int64_t oh_lo, int64_t oh_hi) const {
+    const int64_t w = this->w, h = this->h, i0 = oh_lo - this->pt, i_end = oh_hi - this->pt + 2;
+    const M ml = this->ml, mc = this->mc, mr = this->mr;
+    R s1 = V::zero(), s2 = V::zero();  // kh 0 of output row i + pt - 1; kh 0 + kh 1 of row i + pt - 2
+    R t[3];
+    T* yrow = yband + (oh_lo - band0) * w;
+    auto out = [&](R sum) {
+      V::store_keep(yrow, activate_in<V>(has_bias ? V::add(sum, bv) : sum, act), mc);
+      yrow += w;
+    };
+    auto roll = [&]() {  // input row t read
+      s2 = V::add(s1, product(t, wv + 3));
+      s1 = product(t, wv);
+    };
+    auto skip = [&]() {  // an input row in the padding
+      s2 = s1;
+      s1 = V::zero();
+    };
+    int64_t i = i0;
+    for (; i < i0 + 2; ++i) {  // the first two rows complete no output row
+      if (i < 0 || i >= h) {
+        skip();
+      } else {
+        row(xp, i, w, h, ml, mc, mr, t);
+        roll();
       }
-#pragma GCC unroll 9
-      for (int t = 0; t < 9; ++t) dw[oc * 9 + t] = sum_lanes<T>(acc[t]);
+    }
+    for (; i < min64(0, i_end); ++i) {  // above the plane
+      out(s2);
+      skip();
+    }
+    for (const T* p = xp + i * w - 1; i < min64(h, i_end); ++i, p += w) {
+      t[0] = V::load_keep(p, ml);
+      t[1] = V::load_keep(p + 1, mc);
+      t[2] = V::load_keep(p + 2, mr);
+      out(V::add(s2, product(t, wv + 6)));
+      roll();
+    }
+    for (; i < i_end; ++i) {  // below
+      out(s2);
+      skip();
+    }
+  }
+
+  // acc[kh * 3 + kw] += the tap's input lanes times dY over the plane's
+  // oh output rows.  Rows in the padding are zero vectors here (an
+  // infinite dY there makes NaN, as the padding does); the rows inside the
+  // plane go through a loop without checks, as in forward.
+  void grad(const T* xp, const T* dyp, int64_t oh, R* acc) const {
+    const int64_t w = this->w, h = this->h, i0 = -this->pt, i_end = oh - this->pt + 2;
+    const M ml = this->ml, mc = this->mc, mr = this->mr;
+    R t[3][3];
+    row(xp, i0, w, h, ml, mc, mr, t[0]);
+    row(xp, i0 + 1, w, h, ml, mc, mr, t[1]);
+    const T* d = dyp;
+    auto step = [&]() {  // output row d, its last input row in t[2]
+      const R dv = V::load_keep(d, mc);
+      d += w;
+#pragma GCC unroll 3
+      for (int kh = 0; kh < 3; ++kh)
+#pragma GCC unroll 3
+        for (int kw = 0; kw < 3; ++kw) acc[kh * 3 + kw] = V::fma(t[kh][kw], dv, acc[kh * 3 + kw]);
+#pragma GCC unroll 3
+      for (int kw = 0; kw < 3; ++kw) {
+        t[0][kw] = t[1][kw];
+        t[1][kw] = t[2][kw];
+      }
+    };
+    int64_t i = i0 + 2;
+    for (; i < min64(0, i_end); ++i) {  // above the plane
+      t[2][0] = t[2][1] = t[2][2] = V::zero();
+      step();
+    }
+    for (const T* p = xp + i * w - 1; i < min64(h, i_end); ++i, p += w) {
+      t[2][0] = V::load_keep(p, ml);
+      t[2][1] = V::load_keep(p + 1, mc);
+      t[2][2] = V::load_keep(p + 2, mr);
+      step();
+    }
+    for (; i < i_end; ++i) {  // below
+      t[2][0] = t[2][1] = t[2][2] = V::zero();
+      step();
     }
   }
 };
 
-// Whether Flat3 serves s (a flat geometry) for element type T.
+// Whether Narrow3 serves s (AVX-512).
 template <class T>
-bool flat3_serves(const ConvShape& s) {
-  return s.kh == 3 && s.kw == 3 && s.dh == 1 && s.dw == 1 && s.sh == 1 && s.sw == 1 && s.pt == 1 && s.pl == 1 &&
-         s.ow == s.w && s.w >= 2 && s.w + 1 <= Vec<T>::N;
+bool narrow3_serves(const ConvShape& s) {
+  return s.kh == 3 && s.kw == 3 && s.dh == 1 && s.dw == 1 && s.sh == 1 && s.sw == 1 && s.pl == 1 &&
+         s.ow == s.w && s.w < Vec<T>::N;
 }
 
-// Flat3's lane masks of output vectors [0, vecs), all within the output's
-// `pixels`: mc those lanes, ml those not in column 0 (where the taps of
-// column -1 read the row), mr those not in column W - 1.
+// f(k) with k the Narrow3 of s: 256-bit rows when they fit.
+template <class T, class F>
+void with_narrow3(const ConvShape& s, F&& f) {
+  if (s.w <= Half<T>::N)
+    f(Narrow3<T, Half<T>>(s));
+  else
+    f(Narrow3<T, Vec<T>>(s));
+}
+
 template <class T>
-void flat3_masks(int64_t w, int64_t pixels, int64_t vecs, typename Vec<T>::M* ml, typename Vec<T>::M* mr,
-                 typename Vec<T>::M* mc) {
-  constexpr int N = Vec<T>::N;
-  int64_t col = 0;
-  for (int64_t v = 0; v < vecs; ++v) {
-    unsigned l = 0, r = 0, c = 0;
-    for (int i = 0; i < N; ++i) {
-      const bool in = v * N + i < pixels;
-      if (in) c |= 1u << i;
-      if (in && col != 0) l |= 1u << i;
-      if (in && col != w - 1) r |= 1u << i;
-      if (++col == w) col = 0;
+void depthwise_nchw_narrow3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
+                            int nt) {
+  with_narrow3<T>(s, [&](const auto& k) {
+    using V = typename std::decay_t<decltype(k)>::Vt;
+    using R = typename V::R;
+    const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc, oc_n = s.oc, m = g.m;
+    const int64_t oh = s.oh;
+    const bool has_bias = s.has_bias;
+    const Activation act = s.act;
+#pragma omp parallel num_threads(nt)
+    {
+      // This thread's planes, walked with counters (no division per plane).
+      const int64_t nth = thread_count(), tid = thread_index();
+      const int64_t q0 = planes * tid / nth, q1 = planes * (tid + 1) / nth;
+      int64_t oc = q0 % oc_n, n = q0 / oc_n;
+      for (int64_t q = q0; q < q1; ++q) {
+        R wv[9];
+#pragma GCC unroll 9
+        for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
+        k.forward(x + (n * s.c + oc / m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), has_bias, act,
+                  y + q * pixels, 0, 0, oh);
+        if (++oc == oc_n) {
+          oc = 0;
+          ++n;
+        }
+      }
     }
-    ml[v] = Vec<T>::lanes_mask(l);
-    mr[v] = Vec<T>::lanes_mask(r);
-    mc[v] = Vec<T>::lanes_mask(c);
-  }
-}
-
-// Calls f.template operator()<W>() for W == w (2 <= w <= N - 1).
-template <class T, int W = 2, class F>
-void with_flat3_width(int64_t w, F&& f) {
-  if constexpr (W + 1 <= Vec<T>::N) {
-    if (w == W) return f(std::integral_constant<int, W>{});
-    with_flat3_width<T, W + 1>(w, f);
-  }
+  });
 }
 
 template <class T>
-void depthwise_nchw_flat3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
-                          char* ws, int nt) {
-  using M = typename Vec<T>::M;
-  M* ml = reinterpret_cast<M*>(ws + g.off_fmask);
-  M* mr = ml + g.f_vecs;
-  flat3_masks<T>(s.w, s.oh * s.ow, g.f_vecs, ml, mr, mr + g.f_vecs);
-  with_flat3_width<T>(s.w, [&](auto wc) { Flat3<T, decltype(wc)::value>::forward(s, x, w, bias, y, ml, mr, nt); });
+void grad_weight_narrow3(const ConvShape& s, const Geometry& g, const T* x, const T* dy, T* dw, int nt) {
+  with_narrow3<T>(s, [&](const auto& k) {
+    using V = typename std::decay_t<decltype(k)>::Vt;
+    const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow;
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t oc = 0; oc < s.oc; ++oc) {
+      typename V::R acc[9];
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) acc[t] = V::zero();
+      for (int64_t n = 0; n < s.n; ++n)
+        k.grad(x + (n * s.c + oc / g.m) * in_plane, dy + (n * s.oc + oc) * pixels, s.oh, acc);
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) dw[oc * 9 + t] = sum_lanes<T, V>(acc[t]);
+    }
+  });
 }
 #endif
 
@@ -1759,6 +1699,10 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     wp = own;
   }
 #if defined(PYCONV_ISA_avx512)
+  if (s.layout == Layout::NCHW && narrow3_serves<T>(s)) {
+    depthwise_nchw_narrow3(s, g, x, wp, bias, y, nt);
+    return;
+  }
   if (s.layout == Layout::NCHW && rows3_serves<T>(s)) {
     depthwise_nchw_rows3(s, g, x, wp, bias, y, nt);
     return;
@@ -1768,10 +1712,7 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     return;
   }
   if (s.layout == Layout::NCHW && g.flat) {
-    if (flat3_serves<T>(s))
-      depthwise_nchw_flat3(s, g, x, wp, bias, y, ws, nt);
-    else
-      depthwise_nchw_flat(s, g, x, wp, bias, y, ws, nt);
+    depthwise_nchw_flat(s, g, x, wp, bias, y, ws, nt);
     return;
   }
 #endif
@@ -2009,21 +1950,16 @@ template <class T>
 void grad_weight_depthwise(const ConvShape& s, const T* x, const T* dy, T* dw, void* workspace, int nt) {
   const Geometry g = make_geometry<T>(s, 1, true);
 #if defined(PYCONV_ISA_avx512)
+  if (narrow3_serves<T>(s)) {
+    grad_weight_narrow3(s, g, x, dy, dw, nt);
+    return;
+  }
   if (rows3_serves<T>(s)) {
     grad_weight_rows3(s, g, x, dy, dw, nt);
     return;
   }
   if (rows3s2_serves<T>(s)) {
     grad_weight_s2(s, g, x, dy, dw, nt);
-    return;
-  }
-  if (g.flat && flat3_serves<T>(s)) {
-    using M = typename Vec<T>::M;
-    M* ml = reinterpret_cast<M*>(static_cast<char*>(workspace) + round_up(s.kh * s.kw * 8, kAlign));
-    flat3_masks<T>(s.w, s.oh * s.ow, g.f_vecs, ml, ml + g.f_vecs, ml + 2 * g.f_vecs);
-    with_flat3_width<T>(s.w, [&](auto wc) {
-      Flat3<T, decltype(wc)::value>::grad_weight(s, x, dy, dw, ml, ml + g.f_vecs, ml + 2 * g.f_vecs, nt);
-    });
     return;
   }
   if (g.flat) {
@@ -2341,20 +2277,15 @@ void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, 
     }
     return;
   }
-  // Flat planes narrower than a vector, when the band is the whole image
-  // (as it is for 7x7 and 14x14 MobileNet layers): Flat3, its lane masks
-  // in the scratch.
-  if (s.layout == Layout::NCHW && g.flat && flat3_serves<T>(s) && oh0 == 0 && oh1 == s.oh) {
-    using V = Vec<T>;
-    using M = typename V::M;
-    M* ml = reinterpret_cast<M*>(rest);
-    flat3_masks<T>(s.w, s.oh * s.ow, g.f_vecs, ml, ml + g.f_vecs, ml + 2 * g.f_vecs);
-    with_flat3_width<T>(s.w, [&](auto wc) {
+  // Rows narrower than a vector: Narrow3, any band.
+  if (s.layout == Layout::NCHW && narrow3_serves<T>(s)) {
+    with_narrow3<T>(s, [&](const auto& k) {
+      using V = typename std::decay_t<decltype(k)>::Vt;
       for (int64_t oc = 0; oc < s.oc; ++oc) {
         typename V::R wv[9];
         for (int t = 0; t < 9; ++t) wv[t] = V::set1(packed[oc * 9 + t]);
-        Flat3<T, decltype(wc)::value>::plane(s, x + (n * s.c + oc / g.m) * s.h * s.w, wv, V::zero(), ml,
-                                             ml + g.f_vecs, mid + oc * rows * s.ow);
+        k.forward(x + (n * s.c + oc / g.m) * s.h * s.w, wv, V::zero(), false, Activation::None,
+                  mid + oc * rows * s.ow, oh0, oh0, oh1);
       }
     });
     return;

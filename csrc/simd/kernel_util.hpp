@@ -190,12 +190,12 @@ inline int thread_count() {
 
 // The lanes of v summed in lane order, lane 0 first (the rounding of a
 // scalar loop over them, so a result does not depend on how it is called).
-template <class T>
-inline T sum_lanes(typename Vec<T>::R v) {
-  alignas(64) T lanes[Vec<T>::N];
-  Vec<T>::store(lanes, v);
+template <class T, class V = Vec<T>>
+inline T sum_lanes(typename V::R v) {
+  alignas(64) T lanes[V::N];
+  V::store(lanes, v);
   T sum = lanes[0];
-  for (int l = 1; l < Vec<T>::N; ++l) sum += lanes[l];
+  for (int l = 1; l < V::N; ++l) sum += lanes[l];
   return sum;
 }
 
@@ -210,12 +210,17 @@ inline void store_interleaved_n(T* p, typename Vec<T>::R a, typename Vec<T>::R b
   if (n > V::N) V::store_n(p + V::N, V::load(pair + V::N), n - V::N);
 }
 
-// The fused activation on a vector (NaN stays NaN: see vec.hpp).
+// The fused activation on a vector of type V (NaN stays NaN: see vec.hpp).
+template <class V>
+inline typename V::R activate_in(typename V::R v, Activation act) {
+  if (act == Activation::Relu) return V::relu(v);
+  if (act == Activation::Relu6) return V::relu6(v);
+  return v;
+}
+
 template <class T>
 inline typename Vec<T>::R activate(typename Vec<T>::R v, Activation act) {
-  if (act == Activation::Relu) return Vec<T>::relu(v);
-  if (act == Activation::Relu6) return Vec<T>::relu6(v);
-  return v;
+  return activate_in<Vec<T>>(v, act);
 }
 
 }  // namespace PYCONV_ISA_NS

@@ -275,6 +275,8 @@ struct Vec<float> {
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
   static R load_keep(const float* p, M m) { return _mm512_maskz_loadu_ps(m, p); }
+  static R keep(M m, R a) { return _mm512_maskz_mov_ps(m, a); }  // a's lanes of m, zero elsewhere
+  static void store_keep(float* p, R a, M m) { _mm512_mask_storeu_ps(p, m, a); }  // only the lanes of m
   // Lanes [O, O + N) of the concatenation lo | mid | hi, counted from mid's
   // first lane (-N <= O <= N): a shifted read of three consecutive vectors
   // in registers.  Masked: lanes outside m are zero.
@@ -355,6 +357,8 @@ struct Vec<double> {
   static bool any_n(M m, int n) { return (static_cast<unsigned>(m) & ((1u << n) - 1)) != 0; }
   static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
   static R load_keep(const double* p, M m) { return _mm512_maskz_loadu_pd(m, p); }
+  static R keep(M m, R a) { return _mm512_maskz_mov_pd(m, a); }
+  static void store_keep(double* p, R a, M m) { _mm512_mask_storeu_pd(p, m, a); }
   template <int O, bool Masked>  // (see Vec<float>::window)
   static R window(M m, R lo, R mid, R hi) {
     static_assert(-N <= O && O <= N, "a window within lo | mid | hi");
@@ -378,6 +382,52 @@ struct Vec<double> {
   }
   static R relu(R a) { return _mm512_max_pd(zero(), a); }
   static R relu6(R a) { return _mm512_min_pd(set1(6.0), relu(a)); }
+};
+// 256-bit vectors under AVX-512VL masks: the subset of Vec the narrow-row
+// depthwise kernels use (rows of at most 8 float32 / 4 float64 pixels,
+// half a 512-bit vector; Zen 4 issues two 256-bit FMAs per cycle, the
+// lanes of one 512-bit FMA).
+template <class T>
+struct Half;
+
+template <>
+struct Half<float> {
+  static constexpr int N = 8;
+  using R = __m256;
+  using M = __mmask8;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R set1(float a) { return _mm256_set1_ps(a); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, R a) { _mm256_storeu_ps(p, a); }
+  static R load_keep(const float* p, M m) { return _mm256_maskz_loadu_ps(m, p); }
+  static R keep(M m, R a) { return _mm256_maskz_mov_ps(m, a); }
+  static void store_keep(float* p, R a, M m) { _mm256_mask_storeu_ps(p, m, a); }
+  static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_ps(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R relu(R a) { return _mm256_max_ps(zero(), a); }
+  static R relu6(R a) { return _mm256_min_ps(set1(6.0f), relu(a)); }
+};
+
+template <>
+struct Half<double> {
+  static constexpr int N = 4;
+  using R = __m256d;
+  using M = __mmask8;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R set1(double a) { return _mm256_set1_pd(a); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static void store(double* p, R a) { _mm256_storeu_pd(p, a); }
+  static R load_keep(const double* p, M m) { return _mm256_maskz_loadu_pd(m, p); }
+  static R keep(M m, R a) { return _mm256_maskz_mov_pd(m, a); }
+  static void store_keep(double* p, R a, M m) { _mm256_mask_storeu_pd(p, m, a); }
+  static M lanes_mask(unsigned bits) { return static_cast<M>(bits); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R add(R a, R b) { return _mm256_add_pd(a, b); }
+  static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R relu(R a) { return _mm256_max_pd(zero(), a); }
+  static R relu6(R a) { return _mm256_min_pd(set1(6.0), relu(a)); }
 };
 #endif
 
