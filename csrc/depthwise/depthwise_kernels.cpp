@@ -832,10 +832,13 @@ struct Narrow3 {
   // through a loop without checks.  (A row loop that branched on the kind
   // of row, or computed masks per row, ran 2x slower; so did an output row
   // as one chain of nine dependent FMAs, waiting on latency.)
-  void forward(const T* xp, const R* wv, R bv, bool has_bias, Activation act, T* yband, int64_t band0,
+  __attribute__((always_inline)) void forward(const T* xp, const R* wp, R bv, bool has_bias, Activation act, T* yband, int64_t band0,
                int64_t oh_lo, int64_t oh_hi) const {
     const int64_t w = this->w, h = this->h, i0 = oh_lo - this->pt, i_end = oh_hi - this->pt + 2;
     const M ml = this->ml, mc = this->mc, mr = this->mr;
+    R wv[9];  // (a local copy: read through wp, they would be reloaded after every store)
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) wv[t] = wp[t];
     R s1 = V::zero(), s2 = V::zero();  // kh 0 of output row i + pt - 1; kh 0 + kh 1 of row i + pt - 2
     R t[3];
     T* yrow = yband + (oh_lo - band0) * w;
@@ -881,9 +884,12 @@ struct Narrow3 {
   // oh output rows.  Rows in the padding are zero vectors here (an
   // infinite dY there makes NaN, as the padding does); the rows inside the
   // plane go through a loop without checks, as in forward.
-  void grad(const T* xp, const T* dyp, int64_t oh, R* acc) const {
+  __attribute__((always_inline)) void grad(const T* xp, const T* dyp, int64_t oh, R* sums) const {
     const int64_t w = this->w, h = this->h, i0 = -this->pt, i_end = oh - this->pt + 2;
     const M ml = this->ml, mc = this->mc, mr = this->mr;
+    R acc[9];  // (local, as forward's weights)
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) acc[t] = sums[t];
     R t[3][3];
     row(xp, i0, w, h, ml, mc, mr, t[0]);
     row(xp, i0 + 1, w, h, ml, mc, mr, t[1]);
@@ -916,6 +922,8 @@ struct Narrow3 {
       t[2][0] = t[2][1] = t[2][2] = V::zero();
       step();
     }
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) sums[t] = acc[t];
   }
 };
 
