@@ -1486,7 +1486,7 @@ inline typename Vec<T>::R row_part(const T* row, int64_t c, int64_t W) {
 // lanes past the output row).
 template <class T, int TV, bool Cut>
 inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const typename Vec<T>::M* cut,
-                       typename Vec<T>::R (&x)[3][TV]) {
+                       typename Vec<T>::R (&x)[3][TV], const typename Vec<T>::M* part = nullptr) {
   using V = Vec<T>;
   using R = typename V::R;
   using M = typename V::M;
@@ -1495,7 +1495,10 @@ inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const ty
 #pragma GCC unroll 16
   for (int v = 0; v < TV; ++v) {
     const int64_t c = 2 * N * (v0 + v);
-    const R a = row_part(row, c, W), b = row_part(row, c + N, W);
+    // part: the lanes of the 2 TV vectors inside the row, worked out once
+    // per tile (plain loads where the tile's columns are all inside).
+    const R a = part ? V::load_keep(row + c, part[2 * v]) : row_part(row, c, W);
+    const R b = part ? V::load_keep(row + c + N, part[2 * v + 1]) : row_part(row, c + N, W);
     if (Cut) {  // (padding 0: the even columns uncut, the right tap's window reads past the cut)
       e[v] = pl == 1 ? V::even_in(a, b, cut[v]) : V::even(a, b);
       o[v] = V::odd(a, b, cut[v]);
@@ -1527,12 +1530,15 @@ inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const ty
   }
 }
 
-template <class T, int TV>
-inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
-                    T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
+// One tile; Edge: some of its input rows lie outside the plane (skipped),
+// part: masks of the row's lanes in each of the tile's 2 TV column vectors
+// (nullptr: all inside, plain loads).
+template <class T, int TV, bool Edge>
+inline void s2_tile_rows(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
+                         T* yrow, int64_t rows, int64_t oh0, int64_t v0, const typename Vec<T>::M* part) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int N = V::N, RR = kS2Rows;
+  constexpr int RR = kS2Rows;
   R acc[RR][TV];
 #pragma GCC unroll 16
   for (int r = 0; r < RR; ++r)
@@ -1541,9 +1547,9 @@ inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* w
 #pragma GCC unroll 16
   for (int d = 0; d < 2 * RR + 1; ++d) {
     const int64_t ih = 2 * oh0 - s.pt + d;
-    if (ih < 0 || ih >= s.h) continue;
+    if (Edge && (ih < 0 || ih >= s.h)) continue;
     R x[3][TV];
-    s2_columns<T, TV, false>(xp + ih * s.w, s.w, s.pl, v0, nullptr, x);
+    s2_columns<T, TV, false>(xp + ih * s.w, s.w, s.pl, v0, nullptr, x, part);
 #pragma GCC unroll 3
     for (int kw = 0; kw < 3; ++kw)
 #pragma GCC unroll 16
@@ -1555,6 +1561,34 @@ inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* w
         }
   }
   store_tile<T, RR, TV>(s, acc, bv, yrow, rows, v0);
+}
+
+// A tile of kS2Rows output rows x TV vectors from output row oh0 and
+// vector v0.  The tiles whose input rows are all inside the plane, and
+// whose columns are, run without checks (the checks in every row of every
+// tile made the code a maze of branches: 1x128x56x56, 1 thread, XX -> XX
+// cycles per output vector).
+template <class T, int TV>
+inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
+                    T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
+  using V = Vec<T>;
+  using M = typename V::M;
+  constexpr int N = V::N;
+  const int64_t ih0 = 2 * oh0 - s.pt;
+  const bool inside = ih0 >= 0 && ih0 + 2 * kS2Rows < s.h;
+  M part[2 * TV];
+  const M* parts = nullptr;
+  if (2 * N * (v0 + TV) > s.w) {
+    for (int k = 0; k < 2 * TV; ++k) {
+      const int64_t lanes = max64(0, min64(N, s.w - (2 * v0 + k) * N));
+      part[k] = V::lanes_mask(static_cast<unsigned>((uint64_t(1) << lanes) - 1));
+    }
+    parts = part;
+  }
+  if (inside)
+    s2_tile_rows<T, TV, false>(s, xp, wv, bv, yrow, rows, oh0, v0, parts);
+  else
+    s2_tile_rows<T, TV, true>(s, xp, wv, bv, yrow, rows, oh0, v0, parts);
 }
 
 template <class T>
