@@ -505,14 +505,15 @@ def test_separable_fused_bands_threads_and_inputs(isa, rng, layout, dtype):
 @pytest.mark.parametrize("case", [
     (32, 2, 158, 362, dict(stride=2, padding=1)),          # stride 2 in 4 bands (s2_tile), the last short
     (32, 2, 158, 362, dict(stride=2, padding="same")),     # left padding 0 (TF "same" on even sizes)
-    (48, 1, 14, 14, dict(padding=1)),                      # a 14x14 plane: one band, flat (Flat3)
-    (40, 2, 7, 7, dict(padding=1, activation="relu")),     # 7x7 planes of at most four vectors
-], ids=["s2_bands", "s2_same_bands", "flat14", "flat7"])
+    (48, 1, 14, 14, dict(padding=1)),                      # a 14x14 plane: one band, Narrow3
+    (40, 2, 7, 7, dict(padding=1, activation="relu")),     # 7x7 planes, 256-bit rows
+    (64, 1, 1700, 10, dict(padding=((2, 0), (1, 1)))),     # narrow rows in several bands (Narrow3)
+], ids=["s2_bands", "s2_same_bands", "narrow14", "narrow7", "narrow_bands"])
 def test_separable_bands_on_register_window_kernels(isa, rng, case, dtype):
     """The fused path's depthwise bands on the forward's register-window
-    kernels (AVX-512): rows of a band from the stride-2 tiles, whole-image
-    bands of narrow planes from Flat3; against the reference, bitwise the
-    same for 1 and 2 threads."""
+    kernels (AVX-512): rows of a band from the stride-2 tiles and from
+    Narrow3 (narrow planes, in one band or several); against the reference,
+    bitwise the same for 1 and 2 threads."""
     c, m, h, w, kwargs = case
     x, dw, _ = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
     pw = rand(rng, pw_weight_shape("NCHW", c * m, 24), dtype)
@@ -846,7 +847,7 @@ def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw,
 
 # ==========================================================================
 # planes read from registers (3x3, stride 1, column padding 1: on AVX-512,
-# csrc/depthwise Flat3 for rows narrower than a vector, rows3_tile for the
+# csrc/depthwise Narrow3 for rows narrower than a vector, rows3_tile for the
 # others)
 
 
@@ -895,15 +896,17 @@ def _check_non_finite(x, wt, gy, kwargs, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_planes_every_width(isa, rng, dtype):
-    """Row widths 1..17 (Flat3 takes 2..15 in float32, 2..7 in float64) and
+    """Row widths 1..17 (Narrow3 takes 1..15 in float32, 1..7 in float64,
+    256-bit rows up to 8 / 4) and
     around one to four vectors (rows3_tile: a row of one vector, a masked
     last vector, a row's last tile overlapping the one before), top and
-    bottom padding 0..2 (fewer, as many and more output rows than input
-    rows; row tiles of 6 with a partial last one), a multiplier, bias and
+    bottom padding 0..4 (fewer, as many and more output rows than input
+    rows, rows whose taps all fall in the padding; row tiles of 6 with a
+    partial last one), a multiplier, bias and
     relu6: the forward and the weight gradient."""
     for w in list(range(1, 18)) + [23, 24, 31, 32, 33, 47, 48, 49, 64, 65]:
         for h, pt, pb, m in ((1, 1, 1, 1), (3, 1, 0, 2), (7, 1, 1, 1), (9, 1, 2, 1), (4, 1, 1, 3),
-                             (8, 0, 2, 1), (13, 2, 0, 1)):
+                             (8, 0, 2, 1), (13, 2, 0, 1), (5, 3, 4, 1)):
             x, wt, b = dw_inputs(rng, n=2, c=5, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
             _check_step(rng, x, wt, b, dict(padding=((pt, pb), (1, 1)), groups=5), "relu6", dtype,
                         f"w={w} h={h} pt={pt} pb={pb} m={m}")
@@ -943,6 +946,29 @@ def test_register_window_stride2_non_finite(isa, dtype, pl):
     kwargs = dict(stride=2, padding=((1, 0), (pl, 0)), groups=c)
     oh, ow = pyconv.conv_output_shape(x.shape, wt.shape, **kwargs)[2:]
     _check_non_finite(x, wt, rand(rng, (1, c, oh, ow), dtype), kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("w", [7, 12])
+def test_narrow_rows_grad_out_non_finite(isa, dtype, w):
+    """An infinite grad_out pixel reaches only its own channel's weight
+    gradient: the next plane's first pixels, which a vector of the last
+    row spans past the row, are never multiplied in (Narrow3 masks grad_out
+    to the row)."""
+    rng = np.random.default_rng(11)
+    c, h = 3, 6
+    x, wt, _ = dw_inputs(rng, n=2, c=c, m=1, h=h, w=w, kh=3, kw=3, dtype=dtype, bias=False)
+    gy = rand(rng, (2, c, h, w), dtype)
+    gy[0, 1, 0, 0] = np.inf
+    gy[1, 2, 0, 1] = -np.inf
+    kwargs = dict(padding=1, groups=c)
+    with np.errstate(invalid="ignore"):
+        r = ref.conv2d_grad_weight(f64(x), f64(gy), wt.shape, **kwargs)
+    g = pyconv.conv2d_grad_weight(x, gy, wt.shape, **kwargs)
+    np.testing.assert_array_equal(np.isnan(g), np.isnan(r))
+    np.testing.assert_array_equal(np.isinf(g), np.isinf(r))
+    assert np.isfinite(r[0]).all()
+    assert_close(g[0], r[0], dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
