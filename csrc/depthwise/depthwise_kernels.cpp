@@ -1393,9 +1393,10 @@ void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const 
 }
 
 // Output rows [oh_lo, oh_hi) of one plane in register-window tiles of RR
-// rows x TV vectors, a row's last tile ending at its last vector
-// (recomputing a few of the tile before it, the same values); row oh goes
-// to yband + (oh - band0) * s.ow.  tile(tv, yrow, rows, oh0, v0) computes
+// rows x TV vectors, the vectors a row has past the last whole tile in
+// tiles of one (a last tile overlapping the one before recomputed up to
+// TV - 1 vectors: 1x32x112x112 computed 8 vectors per row for 7); row oh
+// goes to yband + (oh - band0) * s.ow.  tile(tv, yrow, rows, oh0, v0) computes
 // and stores one tile (rows of its RR), tv a std::integral_constant.
 template <class T, int RR, int TV, class Tile>
 inline void plane_tiles(const ConvShape& s, int64_t vectors, T* yband, int64_t band0, int64_t oh_lo, int64_t oh_hi,
@@ -1403,14 +1404,9 @@ inline void plane_tiles(const ConvShape& s, int64_t vectors, T* yband, int64_t b
   for (int64_t oh0 = oh_lo; oh0 < oh_hi; oh0 += RR) {
     T* yrow = yband + (oh0 - band0) * s.ow;
     const int64_t rows = min64(RR, oh_hi - oh0);
-    if (vectors < TV) {
-      tile(std::integral_constant<int, 1>{}, yrow, rows, oh0, int64_t(0));
-      continue;
-    }
-    for (int64_t v0 = 0;; v0 += TV) {
-      tile(std::integral_constant<int, TV>{}, yrow, rows, oh0, min64(v0, vectors - TV));
-      if (v0 + TV >= vectors) break;
-    }
+    int64_t v0 = 0;
+    for (; v0 + TV <= vectors; v0 += TV) tile(std::integral_constant<int, TV>{}, yrow, rows, oh0, v0);
+    for (; v0 < vectors; ++v0) tile(std::integral_constant<int, 1>{}, yrow, rows, oh0, v0);
   }
 }
 
