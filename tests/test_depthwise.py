@@ -508,11 +508,13 @@ def test_separable_fused_bands_threads_and_inputs(isa, rng, layout, dtype):
     (48, 1, 14, 14, dict(padding=1)),                      # a 14x14 plane: one band, Narrow3
     (40, 2, 7, 7, dict(padding=1, activation="relu")),     # 7x7 planes, 256-bit rows
     (64, 1, 1700, 10, dict(padding=((2, 0), (1, 1)))),     # narrow rows in several bands (Narrow3)
-], ids=["s2_bands", "s2_same_bands", "narrow14", "narrow7", "narrow_bands"])
+    (64, 1, 200, 100, dict(padding=((3, 0), (1, 1)))),     # stride 1 in 3 bands (rows3_strip), uneven padding
+], ids=["s2_bands", "s2_same_bands", "narrow14", "narrow7", "narrow_bands", "rows3_bands"])
 def test_separable_bands_on_register_window_kernels(isa, rng, case, dtype):
     """The fused path's depthwise bands on the forward's register-window
-    kernels (AVX-512): rows of a band from the stride-2 tiles and from
-    Narrow3 (narrow planes, in one band or several); against the reference,
+    kernels (AVX-512): rows of a band from the stride-1 strips, the
+    stride-2 tiles and Narrow3 (narrow planes, in one band or several);
+    against the reference,
     bitwise the same for 1 and 2 threads."""
     c, m, h, w, kwargs = case
     x, dw, _ = dw_inputs(rng, n=2, c=c, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)
@@ -847,8 +849,8 @@ def test_depthwise_narrow_rows_read_no_neighbouring_row(isa, rng, layout, w, kw,
 
 # ==========================================================================
 # planes read from registers (3x3, stride 1, column padding 1: on AVX-512,
-# csrc/depthwise Narrow3 for rows narrower than a vector, rows3_tile for the
-# others)
+# csrc/depthwise Narrow3 for rows narrower than a vector, rows3_strip for
+# the others)
 
 
 def _check_step(rng, x, wt, b, kwargs, activation, dtype, what, grad_input=False):
@@ -898,13 +900,14 @@ def _check_non_finite(x, wt, gy, kwargs, dtype):
 def test_register_window_planes_every_width(isa, rng, dtype):
     """Row widths 1..17 (Narrow3 takes 1..15 in float32, 1..7 in float64,
     256-bit rows up to 8 / 4) and
-    around one to four vectors (rows3_tile: a row of one vector, a masked
-    last vector, a row's last tile overlapping the one before), top and
-    bottom padding 0..4 (fewer, as many and more output rows than input
-    rows, rows whose taps all fall in the padding; row tiles of 6 with a
-    partial last one), a multiplier, bias and
-    relu6: the forward and the weight gradient."""
-    for w in list(range(1, 18)) + [23, 24, 31, 32, 33, 47, 48, 49, 64, 65]:
+    around one to eight vectors (rows3_strip: a row of one vector, a masked
+    last vector, strips of two vectors touching the row's ends or not, an
+    odd last vector in a strip of its own; the gradient's row tiles of 6
+    with a partial last one), top and bottom padding 0..4 (fewer, as many
+    and more output rows than input rows, rows whose taps all fall in the
+    padding), a multiplier, bias and relu6: the forward and the weight
+    gradient."""
+    for w in list(range(1, 18)) + [23, 24, 31, 32, 33, 47, 48, 49, 64, 65, 97, 112, 113, 128]:
         for h, pt, pb, m in ((1, 1, 1, 1), (3, 1, 0, 2), (7, 1, 1, 1), (9, 1, 2, 1), (4, 1, 1, 3),
                              (8, 0, 2, 1), (13, 2, 0, 1), (5, 3, 4, 1)):
             x, wt, b = dw_inputs(rng, n=2, c=5, m=m, h=h, w=w, kh=3, kw=3, dtype=dtype)

@@ -7,9 +7,9 @@
 // NCHW picks one of these strategies per shape (make_geometry):
 // - 3x3 at stride 1 with column padding 1 (AVX-512): rows narrower than a
 //   vector one row per (256- or 512-bit) vector, the column taps masked
-//   loads (Narrow3); wider rows in tiles of rows x vectors whose column
-//   taps are valignd windows of whole plane vectors held in registers,
-//   never a misaligned or masked load (rows3_tile); at stride 2 with left
+//   loads (Narrow3); wider rows in column strips streamed down the plane
+//   whose column taps are valignd windows of whole plane vectors held in
+//   registers, never a misaligned load (rows3_strip); at stride 2 with left
 //   padding 0 or 1, the even and odd columns of two vectors by one permute
 //   each (s2_tile);
 // - flat (AVX-512, stride 1, output as wide as the input, rows <= 32): each
@@ -1197,18 +1197,15 @@ void depthwise_nchw_wide(const ConvShape& s, const Geometry& g, const T* x, cons
 }
 
 // NCHW 3x3 planes at stride 1, dilation 1, left padding 1, the output as
-// wide as rows of at least a vector (AVX-512): wide3_tile's tiles with the
-// column shifts taken in registers.  Each input row of a tile is read as
-// TV + 2 whole vectors (zero before the row, the last one masked to the
-// row, zero after it), and the taps of columns -1 and +1 are valignd
-// windows of neighbouring vectors: no masked or line-splitting loads, no
-// edge tiles (the zeros beyond the row are the padding), and the row's last
-// tile ends at its last vector (recomputing a few of the previous tile's
-// vectors, the same values) instead of overhanging into the next row.  The
-// FMA order is wide3_tile's, the results bitwise its.  2 threads:
-// 1x32x112x112 0.088 -> 0.068 ms, 1x128x56x56 0.11 -> 0.072 ms, 1x256x28x28
-// (a flat plane before) 0.081 -> 0.043 ms.  Tiles of 6 rows x 2 vectors
-// measured as fast as 4 x 2 and 5 x 2, 1.1x 4 x 3 and 8 x 1.
+// wide as rows of at least a vector (AVX-512): wide3_tile's products with
+// the column shifts taken in registers.  Each input row is read as whole
+// vectors (zero before the row, the last one masked to the row, zero after
+// it), and the taps of columns -1 and +1 are valignd windows of
+// neighbouring vectors: no line-splitting loads, no edge cases in the row
+// (the zeros beyond the row are the padding).  The forward streams column
+// strips down the plane (rows3_strip); the weight gradient works in tiles
+// of kRows3Rows rows x kRows3Vectors vectors (rows3_grad_tile).  The FMA
+// order is wide3_tile's, the results bitwise its.
 #if defined(PYCONV_ISA_avx512)
 constexpr int kRows3Rows = 6, kRows3Vectors = 2;
 
@@ -1243,48 +1240,155 @@ inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], ty
   }
 }
 
-template <class T, int TV>
-inline void rows3_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
-                       int64_t nvr, typename Vec<T>::M tail, T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
+// One column strip of a rows3 plane, output rows [oh_lo, oh_hi) x vectors
+// [v0, v0 + TV), written from yrow (output row oh_lo) on: the input rows
+// stream down the strip once, each loaded as TV + 2 whole vectors (zero
+// before and after the row, the row's last vector masked to the row) and
+// windowed into its three column taps, which complete the output row two
+// above (kh 2, then stored), add to the row above (kh 1) and start the
+// row it lies on (kh 0): three accumulators per vector rotate down the
+// strip.  Two windows per output vector, no tile restarts (a 6-row tile
+// loaded and windowed 8 input rows for its 6 outputs, and the per-row
+// checks and stores of a tile cost as much as its FMAs), one branch per
+// row.  1 thread, planes in cache: 14-15 cycles per output vector in the
+// 6 x 2 tiles, 10-11 here (9 are FMAs); 2 threads, against the tiles:
+// 1x32x112x112 forward and input gradient 1.23x, 1x128x56x56 1.21x,
+// 1x256x28x28 1.21x, float64 1x32x112x112 1.28x.  Strips of 3 vectors ran
+// as fast as 2, of 4 1.15x slower (registers).
+// Edge: a strip touching the row's first or last vector, whose loads go
+// through masks computed once per strip (lanes outside the plane's row are
+// zero, the masked-off addresses are not read).  Rows outside the plane are
+// skipped (FMA order (kh, kw) from zero, as everywhere).
+template <class T, int TV, bool Edge>
+__attribute__((always_inline)) inline void rows3_taps(const T* row, const typename Vec<T>::M (&m)[TV + 2],
+                                                      const int64_t (&at)[TV + 2], typename Vec<T>::R (&l)[TV],
+                                                      typename Vec<T>::R (&c)[TV], typename Vec<T>::R (&r)[TV]) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int N = V::N, RR = kRows3Rows;
-  const int64_t W = s.w;
-  R acc[RR][TV];
+  using M = typename V::M;
+  constexpr int N = V::N;
+  R src[TV + 2];
 #pragma GCC unroll 16
-  for (int r = 0; r < RR; ++r)
+  for (int i = 0; i < TV + 2; ++i) src[i] = Edge ? V::load_keep(row + at[i], m[i]) : V::load(row + i * N);
 #pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) acc[r][v] = V::zero();
-#pragma GCC unroll 16
-  for (int d = 0; d < RR + 2; ++d) {
-    const int64_t ih = oh0 + d - s.pt;
-    if (ih < 0 || ih >= s.h) continue;
-    const T* row = xp + ih * W;
-    R src[TV + 2];
-#pragma GCC unroll 16
-    for (int i = 0; i < TV + 2; ++i) {
-      const int64_t u = v0 - 1 + i;
-      src[i] = u < 0 || u >= nvr ? V::zero() : u + 1 == nvr ? V::load_keep(row + u * N, tail) : V::load(row + u * N);
-    }
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw) {
-#pragma GCC unroll 16
-      for (int v = 0; v < TV; ++v) {
-        const R x = kw == 0   ? V::template window<-1, false>(typename V::M(0), src[v], src[v + 1], src[v + 2])
-                    : kw == 1 ? src[v + 1]
-                              : V::template window<1, false>(typename V::M(0), src[v], src[v + 1], src[v + 2]);
-#pragma GCC unroll 3
-        for (int kh = 0; kh < 3; ++kh) {
-          const int r = d - kh;
-          if (r >= 0 && r < RR) acc[r][v] = V::fma(x, wv[kh * 3 + kw], acc[r][v]);
-        }
-      }
-    }
+  for (int v = 0; v < TV; ++v) {
+    l[v] = V::template window<-1, false>(M(0), src[v], src[v + 1], src[v + 2]);
+    c[v] = src[v + 1];
+    r[v] = V::template window<1, false>(M(0), src[v], src[v + 1], src[v + 2]);
   }
-  store_tile<T, RR, TV>(s, acc, bv, yrow, rows, v0);
 }
 
-// Weight gradient of the rows3 planes: rows3_tile's input rows and column
+// acc = fma(r, w[k + 2], fma(c, w[k + 1], fma(l, w[k], acc))) for each vector.
+template <class T, int TV>
+__attribute__((always_inline)) inline void rows3_row(typename Vec<T>::R (&acc)[TV], const typename Vec<T>::R (&l)[TV],
+                                                     const typename Vec<T>::R (&c)[TV],
+                                                     const typename Vec<T>::R (&r)[TV], typename Vec<T>::R w0,
+                                                     typename Vec<T>::R w1, typename Vec<T>::R w2) {
+  using V = Vec<T>;
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) acc[v] = V::fma(r[v], w2, V::fma(c[v], w1, V::fma(l[v], w0, acc[v])));
+}
+
+template <class T, int TV, bool Edge>
+__attribute__((always_inline)) inline void rows3_put(const typename Vec<T>::R (&a)[TV], typename Vec<T>::R bv,
+                                                     bool has_bias, Activation act, T* yr, int64_t v0, int64_t nvr,
+                                                     typename Vec<T>::M tail) {
+  using V = Vec<T>;
+  constexpr int N = V::N;
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) {
+    const typename V::R out = activate<T>(has_bias ? V::add(a[v], bv) : a[v], act);
+    if (Edge && v0 + v + 1 == nvr)
+      V::store_keep(yr + v * N, out, tail);
+    else
+      V::store(yr + v * N, out);
+  }
+}
+
+template <class T, int TV, bool Edge>
+void rows3_strip(const ConvShape& s, const T* xp, const typename Vec<T>::R (&wv)[9], typename Vec<T>::R bv,
+                 int64_t nvr, typename Vec<T>::M tail, T* yrow, int64_t oh_lo, int64_t oh_hi, int64_t v0) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  using M = typename V::M;
+  constexpr int N = V::N;
+  const int64_t W = s.w, OW = s.ow, H = s.h, pt = s.pt;
+  const bool has_bias = s.has_bias;
+  const Activation act = s.act;
+  M m[TV + 2];
+  int64_t at[TV + 2];  // a masked-off vector's address is the strip's first (in the row)
+#pragma GCC unroll 16
+  for (int i = 0; i < TV + 2; ++i) {
+    const int64_t u = v0 - 1 + i;
+    const bool out = u < 0 || u >= nvr;
+    m[i] = out ? M(0) : u + 1 == nvr ? tail : V::lanes_mask((1u << N) - 1u);
+    at[i] = (out ? 1 : i) * N;
+  }
+  const R w0 = wv[0], w1 = wv[1], w2 = wv[2], w3 = wv[3], w4 = wv[4], w5 = wv[5], w6 = wv[6], w7 = wv[7],
+          w8 = wv[8], z = V::zero();
+  const T* base = xp + (v0 - 1) * N;  // vector v0 - 1 of input row 0
+  T* ybase = yrow + v0 * N - oh_lo * OW;  // output row 0's vector v0
+  // Before input row ih: A holds output row ih + pt - 2 (kh 0 and 1
+  // summed), B row ih + pt - 1 (kh 0).
+  R A[TV], B[TV], C[TV], l[TV], c[TV], r[TV];
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) A[v] = B[v] = z;
+  const int64_t first = oh_lo - pt, end = oh_hi - pt + 2;  // the input rows [first, end) reach the strip
+  const int64_t lo = min64(end, max64(first + 2, 0)), hi = max64(lo, min64(end - 2, H));
+  // Rows whose outputs fall partly outside [oh_lo, oh_hi) or that lie
+  // outside the plane: the general step.
+  for (int64_t ih = first; ih < end; ++ih) {
+    if (ih == lo) {
+      // The steady rows: all three outputs in the strip, the row in the plane.
+      for (; ih < hi; ++ih) {
+        rows3_taps<T, TV, Edge>(base + ih * W, m, at, l, c, r);
+        rows3_row<T, TV>(A, l, c, r, w6, w7, w8);
+        rows3_put<T, TV, Edge>(A, bv, has_bias, act, ybase + (ih + pt - 2) * OW, v0, nvr, tail);
+        rows3_row<T, TV>(B, l, c, r, w3, w4, w5);
+#pragma GCC unroll 16
+        for (int v = 0; v < TV; ++v) {
+          A[v] = B[v];
+          B[v] = z;
+        }
+        rows3_row<T, TV>(B, l, c, r, w0, w1, w2);
+      }
+      if (ih >= end) break;
+    }
+    const int64_t o = ih + pt;
+    const bool real = ih >= 0 && ih < H, a = o - 2 >= oh_lo && o - 2 < oh_hi, b = o - 1 >= oh_lo && o - 1 < oh_hi,
+               cc = o >= oh_lo && o < oh_hi;
+    if (real) rows3_taps<T, TV, Edge>(base + ih * W, m, at, l, c, r);
+    if (real && a) rows3_row<T, TV>(A, l, c, r, w6, w7, w8);
+    if (a) rows3_put<T, TV, Edge>(A, bv, has_bias, act, ybase + (o - 2) * OW, v0, nvr, tail);
+    if (real && b) rows3_row<T, TV>(B, l, c, r, w3, w4, w5);
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) {
+      A[v] = B[v];
+      B[v] = z;
+    }
+    if (real && cc) rows3_row<T, TV>(B, l, c, r, w0, w1, w2);
+  }
+}
+
+// The strips of rows [oh_lo, oh_hi) of one plane: TV vectors each, a last
+// odd vector a strip of one; strips touching the row's ends through masks.
+template <class T>
+__attribute__((always_inline)) inline void rows3_plane(const ConvShape& s, const T* xp,
+                                                       const typename Vec<T>::R (&wv)[9], typename Vec<T>::R bv,
+                                                       int64_t nvr, typename Vec<T>::M tail, T* yrow, int64_t oh_lo,
+                                                       int64_t oh_hi) {
+  constexpr int TV = kRows3Vectors;
+  int64_t v0 = 0;
+  for (; v0 + TV <= nvr; v0 += TV) {
+    if (v0 == 0 || v0 + TV + 1 >= nvr)
+      rows3_strip<T, TV, true>(s, xp, wv, bv, nvr, tail, yrow, oh_lo, oh_hi, v0);
+    else
+      rows3_strip<T, TV, false>(s, xp, wv, bv, nvr, tail, yrow, oh_lo, oh_hi, v0);
+  }
+  for (; v0 < nvr; ++v0) rows3_strip<T, 1, true>(s, xp, wv, bv, nvr, tail, yrow, oh_lo, oh_hi, v0);
+}
+
+// Weight gradient of the rows3 planes: rows3_strip's input rows and column
 // windows, times dY's rows in registers, one accumulator per tap for all
 // images (as wide3_grad_tile).  Input rows outside the plane are zero
 // vectors (an infinite dY there makes NaN, as the padding does in the
@@ -1438,12 +1542,19 @@ template <class T>
 void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
                           int nt) {
   using V = Vec<T>;
+  using R = typename V::R;
   const int64_t nvr = ceil_div(s.w, V::N);
   const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
-  forward_tiles<T, kRows3Rows, kRows3Vectors>(
-      s, g, x, w, bias, y, nvr, nt,
-      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yrow, int64_t rows, int64_t oh0,
-          int64_t v0) { rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yrow, rows, oh0, v0); });
+  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc;
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t q = 0; q < planes; ++q) {
+    const int64_t oc = q % s.oc;
+    R wv[9];
+#pragma GCC unroll 9
+    for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
+    rows3_plane<T>(s, x + (q / s.oc * s.c + oc / g.m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), nvr, tail,
+                   y + q * pixels, 0, s.oh);
+  }
 }
 
 // NCHW 3x3 planes at stride 2, dilation 1, left padding 0 or 1 (MobileNet's
@@ -2305,9 +2416,7 @@ void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, 
       for (int t = 0; t < 9; ++t) wv[t] = V::set1(packed[oc * 9 + t]);
       T* yband = mid + oc * rows * s.ow;
       if (rows3_serves<T>(s))
-        plane_tiles<T, kRows3Rows, kRows3Vectors>(s, nvr, yband, oh0, oh0, oh1, [&](auto tv, T* yrow, int64_t r, int64_t o, int64_t v0) {
-          rows3_tile<T, decltype(tv)::value>(s, xp, wv, bv, nvr, tail, yrow, r, o, v0);
-        });
+        rows3_plane<T>(s, xp, wv, bv, nvr, tail, yband, oh0, oh1);
       else
         plane_tiles<T, kS2Rows, kS2Vectors>(s, nvo, yband, oh0, oh0, oh1, [&](auto tv, T* yrow, int64_t r, int64_t o, int64_t v0) {
           s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yrow, r, o, v0);
