@@ -503,7 +503,7 @@ def test_separable_fused_bands_threads_and_inputs(isa, rng, layout, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", [
-    (32, 2, 158, 362, dict(stride=2, padding=1)),          # stride 2 in 4 bands (s2_tile), the last short
+    (32, 2, 158, 362, dict(stride=2, padding=1)),          # stride 2 in 4 bands (s2_strip), the last short
     (32, 2, 158, 362, dict(stride=2, padding="same")),     # left padding 0 (TF "same" on even sizes)
     (48, 1, 14, 14, dict(padding=1)),                      # a 14x14 plane: one band, Narrow3
     (40, 2, 7, 7, dict(padding=1, activation="relu")),     # 7x7 planes, 256-bit rows
@@ -917,14 +917,16 @@ def test_register_window_planes_every_width(isa, rng, dtype):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_stride2_every_width(isa, rng, dtype):
-    """3x3 at stride 2 (csrc/depthwise s2_tile on AVX-512: even and odd
+    """3x3 at stride 2 (csrc/depthwise s2_strip on AVX-512: even and odd
     columns of two vectors per output vector): input widths around one to
-    three output vectors, left padding 0 and 1 with right padding 0..2
-    (TF "same" on even sizes is (0, 1)), top and bottom padding 0..2
-    (row tiles of 4 with a partial last one), a multiplier, bias and relu:
-    the forward, the weight gradient and the input gradient (a gather of
-    even and odd columns)."""
-    for w in (1, 2, 3, 5, 16, 17, 31, 32, 33, 34, 63, 64, 65, 66, 97):
+    six output vectors (strips of two vectors inside the row and past its
+    end, an odd last vector in a strip of its own), left padding 0 and 1
+    with right padding 0..2 (TF "same" on even sizes is (0, 1)), top and
+    bottom padding 0..2 (the weight gradient's row tiles of 4 with a
+    partial last one), a multiplier, bias and relu: the forward, the
+    weight gradient and the input gradient (a gather of even and odd
+    columns)."""
+    for w in (1, 2, 3, 5, 16, 17, 31, 32, 33, 34, 63, 64, 65, 66, 97, 161, 192):
         for (pt, pb), (pl, pr), h, m in (((1, 1), (1, 1), 9, 1), ((0, 1), (0, 1), 8, 1), ((0, 0), (1, 2), 5, 2),
                                          ((2, 1), (0, 0), 11, 1), ((1, 2), (1, 0), 1, 3)):
             if w + pl + pr < 3 or h + pt + pb < 3:

@@ -11,7 +11,7 @@
 //   whose column taps are valignd windows of whole plane vectors held in
 //   registers, never a misaligned load (rows3_strip); at stride 2 with left
 //   padding 0 or 1, the even and odd columns of two vectors by one permute
-//   each (s2_tile);
+//   each (s2_strip);
 // - flat (AVX-512, stride 1, output as wide as the input, rows <= 32): each
 //   plane is read in place as one flat vector sequence; a tap is a shift of
 //   it, and masked loads zero the lanes that fall in the padding;
@@ -1215,31 +1215,6 @@ bool rows3_serves(const ConvShape& s) {
          s.ow == s.w && s.w >= Vec<T>::N;
 }
 
-// The first `rows` of a register tile's RR rows x vectors [v0, v0 + TV),
-// from yrow on (rows s.ow apart), with bias and activation, the row's last
-// vector masked to the row.
-template <class T, int RR, int TV>
-inline void store_tile(const ConvShape& s, typename Vec<T>::R (&acc)[RR][TV], typename Vec<T>::R bv, T* yrow,
-                       int64_t rows, int64_t v0) {
-  using V = Vec<T>;
-  using R = typename V::R;
-  constexpr int N = V::N;
-#pragma GCC unroll 16
-  for (int r = 0; r < RR; ++r) {
-    if (r >= rows) break;
-    T* yr = yrow + r * s.ow;
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) {
-      const R out = activate<T>(s.has_bias ? V::add(acc[r][v], bv) : acc[r][v], s.act);
-      const int64_t c = (v0 + v) * N;
-      if (c + N <= s.ow)
-        V::store(yr + c, out);
-      else
-        V::store_n(yr + c, out, static_cast<int>(s.ow - c));
-    }
-  }
-}
-
 // One column strip of a rows3 plane, output rows [oh_lo, oh_hi) x vectors
 // [v0, v0 + TV), written from yrow (output row oh_lo) on: the input rows
 // stream down the strip once, each loaded as TV + 2 whole vectors (zero
@@ -1330,7 +1305,7 @@ void rows3_strip(const ConvShape& s, const T* xp, const typename Vec<T>::R (&wv)
   T* ybase = yrow + v0 * N - oh_lo * OW;  // output row 0's vector v0
   // Before input row ih: A holds output row ih + pt - 2 (kh 0 and 1
   // summed), B row ih + pt - 1 (kh 0).
-  R A[TV], B[TV], C[TV], l[TV], c[TV], r[TV];
+  R A[TV], B[TV], l[TV], c[TV], r[TV];
 #pragma GCC unroll 16
   for (int v = 0; v < TV; ++v) A[v] = B[v] = z;
   const int64_t first = oh_lo - pt, end = oh_hi - pt + 2;  // the input rows [first, end) reach the strip
@@ -1496,45 +1471,22 @@ void grad_weight_rows3(const ConvShape& s, const Geometry& g, const T* x, const 
       });
 }
 
-// Output rows [oh_lo, oh_hi) of one plane in register-window tiles of RR
-// rows x TV vectors, the vectors a row has past the last whole tile in
-// tiles of one (a last tile overlapping the one before recomputed up to
-// TV - 1 vectors: 1x32x112x112 computed 8 vectors per row for 7); row oh
-// goes to yband + (oh - band0) * s.ow.  tile(tv, yrow, rows, oh0, v0) computes
-// and stores one tile (rows of its RR), tv a std::integral_constant.
-template <class T, int RR, int TV, class Tile>
-inline void plane_tiles(const ConvShape& s, int64_t vectors, T* yband, int64_t band0, int64_t oh_lo, int64_t oh_hi,
-                        Tile tile) {
-  for (int64_t oh0 = oh_lo; oh0 < oh_hi; oh0 += RR) {
-    T* yrow = yband + (oh0 - band0) * s.ow;
-    const int64_t rows = min64(RR, oh_hi - oh0);
-    int64_t v0 = 0;
-    for (; v0 + TV <= vectors; v0 += TV) tile(std::integral_constant<int, TV>{}, yrow, rows, oh0, v0);
-    for (; v0 < vectors; ++v0) tile(std::integral_constant<int, 1>{}, yrow, rows, oh0, v0);
-  }
-}
-
-// The forward driver of the register-window tiles: output planes are the
+// The forward driver of the register-window kernels: output planes are the
 // work items (nine weight vectors and the bias held for the plane), each
-// in plane_tiles.  tile(tv, xp, wv, bv, yrow, rows, oh0, v0).
-template <class T, int RR, int TV, class Tile>
-void forward_tiles(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
-                   int64_t vectors, int nt, Tile tile) {
+// computed by plane(xp, wv, bv, yp).
+template <class T, class Plane>
+void forward_planes(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y, int nt,
+                    Plane plane) {
   using V = Vec<T>;
   using R = typename V::R;
   const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc;
 #pragma omp parallel for num_threads(nt) schedule(static)
   for (int64_t q = 0; q < planes; ++q) {
     const int64_t oc = q % s.oc;
-    const T* xp = x + (q / s.oc * s.c + oc / g.m) * in_plane;
     R wv[9];
 #pragma GCC unroll 9
     for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
-    const R bv = V::set1(bias ? bias[oc] : T(0));
-    plane_tiles<T, RR, TV>(s, vectors, y + q * pixels, 0, 0, s.oh,
-                           [&](auto tv, T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
-                             tile(tv, xp, wv, bv, yrow, rows, oh0, v0);
-                           });
+    plane(x + (q / s.oc * s.c + oc / g.m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), y + q * pixels);
   }
 }
 
@@ -1542,19 +1494,12 @@ template <class T>
 void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y,
                           int nt) {
   using V = Vec<T>;
-  using R = typename V::R;
   const int64_t nvr = ceil_div(s.w, V::N);
   const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
-  const int64_t in_plane = s.h * s.w, pixels = s.oh * s.ow, planes = s.n * s.oc;
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t q = 0; q < planes; ++q) {
-    const int64_t oc = q % s.oc;
-    R wv[9];
-#pragma GCC unroll 9
-    for (int t = 0; t < 9; ++t) wv[t] = V::set1(w[oc * 9 + t]);
-    rows3_plane<T>(s, x + (q / s.oc * s.c + oc / g.m) * in_plane, wv, V::set1(bias ? bias[oc] : T(0)), nvr, tail,
-                   y + q * pixels, 0, s.oh);
-  }
+  forward_planes(s, g, x, w, bias, y, nt,
+                 [&](const T* xp, const typename V::R(&wv)[9], typename V::R bv, T* yp) {
+                   rows3_plane<T>(s, xp, wv, bv, nvr, tail, yp, 0, s.oh);
+                 });
 }
 
 // NCHW 3x3 planes at stride 2, dilation 1, left padding 0 or 1 (MobileNet's
@@ -1565,9 +1510,10 @@ void depthwise_nchw_rows3(const ConvShape& s, const Geometry& g, const T* x, con
 // odd columns shifted right by one lane (valignd, the lane before coming
 // from the previous vector), the even and the odd ones; with padding 0 the
 // even, the odd and the even shifted left by one lane.  Each input row
-// feeds the two output rows it lies under, in tiles of kS2Rows output rows
-// x kS2Vectors vectors: no padded or NHWC-transposed copy of the plane (the
-// channel-blocked tiles this replaces), no misaligned loads.  FMA order
+// feeds the two output rows it lies under: the forward in column strips
+// down the plane (s2_strip), the weight gradient in tiles of kS2Rows
+// output rows x kS2Vectors vectors; no padded or NHWC-transposed copy of
+// the plane (the channel-blocked tiles this replaces), no misaligned loads.  FMA order
 // (kh, kw) as everywhere; input rows outside the plane are skipped by the
 // forward (its weights are finite) and zero vectors for the weight
 // gradient (an infinite dY there makes NaN, as the padding does).
@@ -1637,74 +1583,95 @@ inline void s2_columns(const T* row, int64_t W, int64_t pl, int64_t v0, const ty
   }
 }
 
-// One tile; Edge: some of its input rows lie outside the plane (skipped),
-// part: masks of the row's lanes in each of the tile's 2 TV column vectors
-// (nullptr: all inside, plain loads).
+// One column strip of a stride-2 plane, output rows [oh_lo, oh_hi) x
+// vectors [v0, v0 + TV), written from yrow (output row oh_lo) on: output
+// row r reads input rows 2r - pt + kh; the row under kh 2 is the next
+// output row's kh 0, split and multiplied once for both, so the strip
+// streams 2 input rows per output row down the plane (a tile of kS2Rows
+// output rows read 2 kS2Rows + 1).  Rows outside the plane are skipped
+// (FMA order (kh, kw) from zero).  Edge: the strip holds the output row's
+// last vector (stored masked to the row) or reads past the input row's
+// end (loads through part, masks of the row's lanes in each of its 2 TV
+// input vectors, worked out once per strip).  The strip replaced tiles of
+// kS2Rows x kS2Vectors whose per-row checks and stores cost as much as
+// their FMAs: in-process A/B, 2 threads, 1x128x56x56 1.26x, 8x3x160x160
+// ("same") 1.28x, 1x64x112x112 1.18x, float64 1x128x56x56 1.18x (1
+// thread 1.19-1.33x).
 template <class T, int TV, bool Edge>
-inline void s2_tile_rows(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
-                         T* yrow, int64_t rows, int64_t oh0, int64_t v0, const typename Vec<T>::M* part) {
+void s2_strip(const ConvShape& s, const T* xp, const typename Vec<T>::R (&wv)[9], typename Vec<T>::R bv,
+              T* yrow, int64_t oh_lo, int64_t oh_hi, int64_t v0) {
   using V = Vec<T>;
   using R = typename V::R;
-  constexpr int RR = kS2Rows;
-  R acc[RR][TV];
-#pragma GCC unroll 16
-  for (int r = 0; r < RR; ++r)
-#pragma GCC unroll 16
-    for (int v = 0; v < TV; ++v) acc[r][v] = V::zero();
-#pragma GCC unroll 16
-  for (int d = 0; d < 2 * RR + 1; ++d) {
-    const int64_t ih = 2 * oh0 - s.pt + d;
-    if (Edge && (ih < 0 || ih >= s.h)) continue;
-    R x[3][TV];
-    s2_columns<T, TV, false>(xp + ih * s.w, s.w, s.pl, v0, nullptr, x, part);
-#pragma GCC unroll 3
-    for (int kw = 0; kw < 3; ++kw)
-#pragma GCC unroll 16
-      for (int v = 0; v < TV; ++v)
-#pragma GCC unroll 3
-        for (int kh = 0; kh < 3; ++kh) {
-          const int r2 = d - kh;
-          if (r2 >= 0 && r2 % 2 == 0 && r2 / 2 < RR) acc[r2 / 2][v] = V::fma(x[kw][v], wv[kh * 3 + kw], acc[r2 / 2][v]);
-        }
-  }
-  store_tile<T, RR, TV>(s, acc, bv, yrow, rows, v0);
-}
-
-// A tile of kS2Rows output rows x TV vectors from output row oh0 and
-// vector v0.  The tiles whose input rows are all inside the plane, and
-// whose columns are, run without checks (the checks in every row of every
-// tile made the code a maze of branches; in-process A/B, 2 threads:
-// 1x128x56x56 1.39x, 8x3x160x160 1.29x faster).
-template <class T, int TV>
-inline void s2_tile(const ConvShape& s, const T* xp, const typename Vec<T>::R* wv, typename Vec<T>::R bv,
-                    T* yrow, int64_t rows, int64_t oh0, int64_t v0) {
-  using V = Vec<T>;
   using M = typename V::M;
   constexpr int N = V::N;
-  const int64_t ih0 = 2 * oh0 - s.pt;
-  const bool inside = ih0 >= 0 && ih0 + 2 * kS2Rows < s.h;
+  const int64_t W = s.w, H = s.h, OW = s.ow, pt = s.pt, pl = s.pl, nvo = ceil_div(s.ow, N);
+  const bool has_bias = s.has_bias;
+  const Activation act = s.act;
+  const M tail = V::lanes_mask(static_cast<unsigned>((uint64_t(1) << (OW - (nvo - 1) * N)) - 1));
   M part[2 * TV];
-  const M* parts = nullptr;
-  if (2 * N * (v0 + TV) > s.w) {
+  if (Edge)
+#pragma GCC unroll 16
     for (int k = 0; k < 2 * TV; ++k) {
-      const int64_t lanes = max64(0, min64(N, s.w - (2 * v0 + k) * N));
+      const int64_t lanes = max64(0, min64(N, W - (2 * v0 + k) * N));
       part[k] = V::lanes_mask(static_cast<unsigned>((uint64_t(1) << lanes) - 1));
     }
-    parts = part;
+  const R w0 = wv[0], w1 = wv[1], w2 = wv[2], w3 = wv[3], w4 = wv[4], w5 = wv[5], w6 = wv[6], w7 = wv[7],
+          w8 = wv[8];
+  T* ybase = yrow + v0 * N - oh_lo * OW;  // output row 0's vector v0
+  R A[TV], B[TV], x[3][TV];
+  // Before output row r: B holds its kh 0 part (r > oh_lo).
+  for (int64_t r = oh_lo; r < oh_hi; ++r) {
+    const int64_t ih = 2 * r - pt;
+    if (r == oh_lo) {
+#pragma GCC unroll 16
+      for (int v = 0; v < TV; ++v) B[v] = V::zero();
+      if (ih >= 0 && ih < H) {
+        s2_columns<T, TV, false>(xp + (ih) * W, W, pl, v0, nullptr, x, Edge ? part : nullptr);
+        rows3_row<T, TV>(B, x[0], x[1], x[2], w0, w1, w2);
+      }
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) A[v] = B[v];
+    if (ih + 1 >= 0 && ih + 1 < H) {
+      s2_columns<T, TV, false>(xp + (ih + 1) * W, W, pl, v0, nullptr, x, Edge ? part : nullptr);
+      rows3_row<T, TV>(A, x[0], x[1], x[2], w3, w4, w5);
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < TV; ++v) B[v] = V::zero();
+    if (ih + 2 >= 0 && ih + 2 < H) {
+      s2_columns<T, TV, false>(xp + (ih + 2) * W, W, pl, v0, nullptr, x, Edge ? part : nullptr);
+      rows3_row<T, TV>(A, x[0], x[1], x[2], w6, w7, w8);
+      rows3_row<T, TV>(B, x[0], x[1], x[2], w0, w1, w2);
+    }
+    rows3_put<T, TV, Edge>(A, bv, has_bias, act, ybase + r * OW, v0, nvo, tail);
   }
-  if (inside)
-    s2_tile_rows<T, TV, false>(s, xp, wv, bv, yrow, rows, oh0, v0, parts);
-  else
-    s2_tile_rows<T, TV, true>(s, xp, wv, bv, yrow, rows, oh0, v0, parts);
+}
+
+// The strips of rows [oh_lo, oh_hi) of one stride-2 plane (see rows3_plane).
+template <class T>
+__attribute__((always_inline)) inline void s2_plane(const ConvShape& s, const T* xp,
+                                                    const typename Vec<T>::R (&wv)[9], typename Vec<T>::R bv,
+                                                    T* yrow, int64_t oh_lo, int64_t oh_hi) {
+  using V = Vec<T>;
+  constexpr int TV = kS2Vectors, N = V::N;
+  const int64_t nvo = ceil_div(s.ow, N);
+  int64_t v0 = 0;
+  for (; v0 + TV <= nvo; v0 += TV) {
+    if (v0 + TV == nvo || 2 * N * (v0 + TV) > s.w)
+      s2_strip<T, TV, true>(s, xp, wv, bv, yrow, oh_lo, oh_hi, v0);
+    else
+      s2_strip<T, TV, false>(s, xp, wv, bv, yrow, oh_lo, oh_hi, v0);
+  }
+  for (; v0 < nvo; ++v0) s2_strip<T, 1, true>(s, xp, wv, bv, yrow, oh_lo, oh_hi, v0);
 }
 
 template <class T>
 void depthwise_nchw_s2(const ConvShape& s, const Geometry& g, const T* x, const T* w, const T* bias, T* y, int nt) {
   using V = Vec<T>;
-  forward_tiles<T, kS2Rows, kS2Vectors>(
-      s, g, x, w, bias, y, ceil_div(s.ow, V::N), nt,
-      [&](auto tv, const T* xp, const typename V::R* wv, typename V::R bv, T* yrow, int64_t rows, int64_t oh0,
-          int64_t v0) { s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yrow, rows, oh0, v0); });
+  forward_planes(s, g, x, w, bias, y, nt,
+                 [&](const T* xp, const typename V::R(&wv)[9], typename V::R bv, T* yp) {
+                   s2_plane<T>(s, xp, wv, bv, yp, 0, s.oh);
+                 });
 }
 
 template <class T, int TV, bool Full>
@@ -1752,7 +1719,7 @@ inline void s2_grad_tile(const ConvShape& s, const T* xp, const T* dyp, int64_t 
   }
 }
 
-// Weight gradient of the stride-2 planes: s2_tile's rows and column taps
+// Weight gradient of the stride-2 planes: s2_strip's rows and column taps
 // times dY in registers, one accumulator per tap for all images; tiles do
 // not overlap (a row's odd last vector is a tile of its own).
 template <class T>
@@ -2404,10 +2371,10 @@ void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, 
   T* rest = reinterpret_cast<T*>(base + round_up(s.kh * s.kw * 8, kAlign));
   const int64_t rows = oh1 - oh0;
 #if defined(PYCONV_ISA_avx512)
-  // The forward's register-window tiles, rows [oh0, oh1) of every plane.
+  // The forward's register-window strips, rows [oh0, oh1) of every plane.
   if (s.layout == Layout::NCHW && (rows3_serves<T>(s) || rows3s2_serves<T>(s))) {
     using V = Vec<T>;
-    const int64_t nvr = ceil_div(s.w, V::N), nvo = ceil_div(s.ow, V::N);
+    const int64_t nvr = ceil_div(s.w, V::N);
     const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
     const typename V::R bv = V::zero();  // (the separable step's depthwise part has no bias)
     for (int64_t oc = 0; oc < s.oc; ++oc) {
@@ -2418,9 +2385,7 @@ void depthwise_band(const ConvShape& s, const T* x, const T* packed, int64_t n, 
       if (rows3_serves<T>(s))
         rows3_plane<T>(s, xp, wv, bv, nvr, tail, yband, oh0, oh1);
       else
-        plane_tiles<T, kS2Rows, kS2Vectors>(s, nvo, yband, oh0, oh0, oh1, [&](auto tv, T* yrow, int64_t r, int64_t o, int64_t v0) {
-          s2_tile<T, decltype(tv)::value>(s, xp, wv, bv, yrow, r, o, v0);
-        });
+        s2_plane<T>(s, xp, wv, bv, yband, oh0, oh1);
     }
     return;
   }
