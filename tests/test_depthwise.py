@@ -916,6 +916,27 @@ def test_register_window_planes_every_width(isa, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_rows_with_border_pixels_in_tiles(isa, rng, dtype):
+    """NHWC 3x3 at stride 1: rows whose first and last pixels read one
+    padding column join the load-reusing tiles (the padding columns
+    skipped taps; csrc/depthwise padded_row_k3_nhwc) - widths 1..19 and a
+    few wider (one tile, a tile and a remainder, several tiles), left and
+    right padding 0 or 1 on either side (and 2, which takes the border
+    pixels one by one), top and bottom padding 0..2, channels in blocks,
+    whole vectors and a partial vector, a multiplier, bias and relu6: the
+    forward and the weight gradient against the reference, 1 vs 2 threads
+    bitwise."""
+    for w in list(range(1, 20)) + [23, 31, 33]:
+        for (pt, pb), (pl, pr), c, m in (((1, 1), (1, 1), 35, 1), ((0, 2), (1, 0), 19, 2), ((2, 0), (0, 1), 70, 1),
+                                         ((1, 1), (2, 1), 17, 1)):
+            if w + pl + pr < 3:
+                continue  # (no output)
+            x, wt, b = dw_inputs(rng, n=2, c=c, m=m, h=4, w=w, kh=3, kw=3, layout="NHWC", dtype=dtype)
+            _check_step(rng, x, wt, b, dict(padding=((pt, pb), (pl, pr)), groups=c, layout="NHWC"), "relu6",
+                        dtype, f"w={w} pads={(pt, pb), (pl, pr)} c={c} m={m}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_stride2_every_width(isa, rng, dtype):
     """3x3 at stride 2 (csrc/depthwise s2_strip on AVX-512: even and odd
     columns of two vectors per output vector): input widths around one to

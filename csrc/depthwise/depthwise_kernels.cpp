@@ -420,11 +420,14 @@ void tile_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, 
 // kernel row is loaded once and feeds every (pixel, kw) pair that reads it:
 // (TW - 1) * SW + KW loads per row and vector instead of TW * KW, so the
 // FMAs, not the loads, set the pace.  Every output still sums its taps in
-// (kh, kw) order: the same result as tile_nhwc.
-template <class T, int TW, int CB, int KW, int SW>
+// (kh, kw) order: the same result as tile_nhwc.  PadL / PadR (stride 1):
+// the first / last input column is the padding left / right of the row,
+// its taps skipped, so a row's border pixels join the tiles.
+template <class T, int TW, int CB, int KW, int SW, bool PadL = false, bool PadR = false>
 void tile_nhwc_reuse(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
                      int64_t iw0, int64_t kh0, int64_t kh1, int64_t c, T* ydst, int64_t j) {
   using V = Vec<T>;
+  static_assert(SW == 1 || !(PadL || PadR), "padding columns at stride 1");
   constexpr int IN = (TW - 1) * SW + KW;  // input columns a kernel row reads
   typename V::R acc[TW][CB];
 #pragma GCC unroll 16
@@ -443,6 +446,7 @@ void tile_nhwc_reuse(const ConvShape& s, const Geometry& g, const T* xn, const T
     for (int i = 0; i < IN; ++i)
 #pragma GCC unroll 16
       for (int b = 0; b < CB; ++b) {
+        if ((PadL && i == 0) || (PadR && i == IN - 1)) continue;
         typename V::R xv = V::load(xrow + i * s.c + b * V::N);
 #if defined(PYCONV_ISA_avx2) || defined(PYCONV_ISA_avx512)
         // Keep xv in a register: GCC would otherwise fold the load into
@@ -497,6 +501,68 @@ void interior_k3_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const 
 #endif
     default: break;
   }
+}
+
+// A whole output row of a 3-column kernel at stride 1, dilation 1, whose
+// only border pixels are its first (left padding 1) and last (a right
+// padding column), channels [c0, c1) (whole vectors): interior_k3_nhwc's
+// tiles from pixel 0 to the row's end, the first and last tiles reading the
+// padding columns as skipped taps.  A 7-pixel row is one tile, not two
+// single border pixels (each tap a weight and an input load) around a
+// 5-pixel tile.
+template <class T>
+void padded_row_k3_nhwc(const ConvShape& s, const Geometry& g, const T* xn, const T* wj, const T* bj, int64_t ih0,
+                        int64_t kh0, int64_t kh1, bool pad_l, bool pad_r, int64_t c0, int64_t c1, T* yrow,
+                        int64_t j) {
+  constexpr int64_t N = Vec<T>::N, P = kReusePixels;
+  auto tiles = [&](auto width, auto left, auto right, int64_t ow) {
+    constexpr int W = decltype(width)::value;
+    constexpr bool L = decltype(left)::value, R = decltype(right)::value;
+    const int64_t iw0 = ow - s.pl;
+    T* y = yrow + ow * s.oc;
+    int64_t c = c0;
+    for (; c + 2 * N <= c1; c += 2 * N)
+      tile_nhwc_reuse<T, W, 2, 3, 1, L, R>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, c, y, j);
+    if (c < c1) tile_nhwc_reuse<T, W, 1, 3, 1, L, R>(s, g, xn, wj, bj, ih0, iw0, kh0, kh1, c, y, j);
+  };
+  using F = std::false_type;
+  using Tr = std::true_type;
+  // The last tile (1..P pixels from ow), its right column the padding or not.
+  auto last = [&](int64_t ow, auto left) {
+    auto go = [&](auto width) {
+      if (pad_r)
+        tiles(width, left, Tr{}, ow);
+      else
+        tiles(width, left, F{}, ow);
+    };
+    switch (s.ow - ow) {
+      case 1: go(std::integral_constant<int, 1>{}); break;
+      case 2: go(std::integral_constant<int, 2 <= P ? 2 : 1>{}); break;
+      case 3: go(std::integral_constant<int, 3 <= P ? 3 : 1>{}); break;
+      case 4: go(std::integral_constant<int, 4 <= P ? 4 : 1>{}); break;
+#if defined(PYCONV_ISA_avx512)
+      case 5: go(std::integral_constant<int, 5>{}); break;
+      case 6: go(std::integral_constant<int, 6>{}); break;
+      case 7: go(std::integral_constant<int, 7>{}); break;
+      case 8: go(std::integral_constant<int, 8>{}); break;
+#endif
+      default: break;
+    }
+  };
+  if (s.ow <= P) {  // one tile, both ends
+    if (pad_l)
+      last(0, Tr{});
+    else
+      last(0, F{});
+    return;
+  }
+  if (pad_l)
+    tiles(std::integral_constant<int, P>{}, Tr{}, F{}, 0);
+  else
+    tiles(std::integral_constant<int, P>{}, F{}, F{}, 0);
+  int64_t ow = P;
+  for (; ow + P < s.ow; ow += P) tiles(std::integral_constant<int, P>{}, F{}, F{}, ow);
+  last(ow, F{});
 }
 
 // One output row, channels [c0, c1) in steps of CB vectors: border pixels
@@ -569,16 +635,26 @@ void row_all_channels_nhwc(const ConvShape& s, const Geometry& g, const T* xn, c
     // 3-column kernels at stride 1 or 2: the interior's whole channel
     // vectors through the load-reusing tiles, the borders as before.
     const bool reuse = s.kw == 3 && s.dw == 1 && (s.sw == 1 || s.sw == 2) && c_vectors > 0;
-    if (reuse && s.sw == 1)
+    // At stride 1 with at most one border pixel each side, the border
+    // pixels join the tiles (their padding columns skipped taps).
+    const bool padded = reuse && s.sw == 1 && ow_lo == s.pl && ow_lo <= 1 && s.ow - ow_hi <= 1 && ow_hi > ow_lo &&
+                        (ow_lo == 1 || ow_hi < s.ow);
+    int64_t lo = ow_lo, hi = ow_hi;  // what row_nhwc has left to do
+    if (padded) {
+      padded_row_k3_nhwc<T>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo == 1, ow_hi < s.ow, 0, c_vectors, yrow, j);
+      lo = 0;
+      hi = s.ow;
+    } else if (reuse && s.sw == 1) {
       interior_k3_nhwc<T, 1>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_vectors, yrow, j);
-    else if (reuse)
+    } else if (reuse) {
       interior_k3_nhwc<T, 2>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_vectors, yrow, j);
+    }
     if (c_blocks > 0)
-      row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, 0, c_blocks,
-                                                   yrow, j, reuse);
+      row_nhwc<T, kTilePixels, kChanVectors, true>(s, g, xn, wj, bj, ih0, kh0, kh1, lo, hi, 0, c_blocks, yrow, j,
+                                                   reuse);
     if (c_vectors > c_blocks)
-      row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_blocks, c_vectors,
-                                        yrow, j, reuse);
+      row_nhwc<T, kTailPixels, 1, true>(s, g, xn, wj, bj, ih0, kh0, kh1, lo, hi, c_blocks, c_vectors, yrow, j,
+                                        reuse);
     if (s.c > c_vectors)
       row_nhwc<T, kTailPixels, 1, false>(s, g, xn, wj, bj, ih0, kh0, kh1, ow_lo, ow_hi, c_vectors, s.c, yrow, j);
   }
@@ -1619,12 +1695,12 @@ void s2_strip(const ConvShape& s, const T* xp, const typename Vec<T>::R (&wv)[9]
           w8 = wv[8];
   T* ybase = yrow + v0 * N - oh_lo * OW;  // output row 0's vector v0
   R A[TV], B[TV], x[3][TV];
+#pragma GCC unroll 16
+  for (int v = 0; v < TV; ++v) A[v] = B[v] = V::zero();
   // Before output row r: B holds its kh 0 part (r > oh_lo).
   for (int64_t r = oh_lo; r < oh_hi; ++r) {
     const int64_t ih = 2 * r - pt;
     if (r == oh_lo) {
-#pragma GCC unroll 16
-      for (int v = 0; v < TV; ++v) B[v] = V::zero();
       if (ih >= 0 && ih < H) {
         s2_columns<T, TV, false>(xp + (ih) * W, W, pl, v0, nullptr, x, Edge ? part : nullptr);
         rows3_row<T, TV>(B, x[0], x[1], x[2], w0, w1, w2);
