@@ -937,6 +937,32 @@ def test_nhwc_rows_with_border_pixels_in_tiles(isa, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_few_channels_through_planes(isa, rng, dtype):
+    """NHWC 3x3 layers with few channels (on AVX-512 computed from NCHW
+    planes by the register-window strips, csrc/depthwise
+    depthwise_nhwc_planes): stride 1 and 2, 1..8 channels (both sides of
+    the thresholds), widths around a vector, padding forms incl. TF "same"
+    on even sizes, a multiplier, one image split in row bands across the
+    threads, images tall enough for several bands per thread, bias and
+    relu6: forward, weight and input gradients against the reference, 1 vs
+    2 threads bitwise, and a prepacked weight bitwise the plain one's."""
+    cases = [  # n, c, m, h, w, stride, padding
+        (2, 3, 1, 9, 16, 1, 1), (1, 3, 2, 11, 37, 1, 1), (3, 1, 1, 7, 20, 1, ((0, 2), (1, 1))),
+        (1, 8, 1, 6, 17, 1, 1), (2, 4, 3, 5, 33, 1, ((2, 0), (1, 1))), (1, 9, 1, 5, 16, 1, 1),
+        (2, 3, 1, 10, 40, 2, "same"), (1, 4, 2, 9, 35, 2, 1), (1, 2, 1, 8, 33, 2, ((0, 1), (0, 1))),
+        (1, 5, 1, 9, 34, 2, 1), (1, 3, 1, 500, 64, 2, "same"), (1, 2, 1, 700, 48, 1, 1),
+    ]
+    for n, c, m, h, w, stride, padding in cases:
+        x, wt, b = dw_inputs(rng, n=n, c=c, m=m, h=h, w=w, kh=3, kw=3, layout="NHWC", dtype=dtype)
+        kwargs = dict(stride=stride, padding=padding, groups=c, layout="NHWC")
+        what = f"n={n} c={c} m={m} h={h} w={w} stride={stride} padding={padding}"
+        _check_step(rng, x, wt, b, kwargs, "relu6", dtype, what, grad_input=True)
+        y = pyconv.conv2d(x, wt, b, activation="relu6", **kwargs)
+        packed = pyconv.prepack(wt, groups=c, layout="NHWC")
+        np.testing.assert_array_equal(pyconv.conv2d(x, packed, b, activation="relu6", **kwargs), y, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_stride2_every_width(isa, rng, dtype):
     """3x3 at stride 2 (csrc/depthwise s2_strip on AVX-512: even and odd
     columns of two vectors per output vector): input widths around one to

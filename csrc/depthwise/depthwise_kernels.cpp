@@ -64,6 +64,8 @@ constexpr int64_t kBlockedMaxRow = 32;
 // Bytes of a blocked tile's scratch (the padded input band and its output
 // band, channels innermost): a few of them fit in L2 next to the weights.
 constexpr int64_t kBlockedScratchBytes = 160 * 1024;
+// A thread's NCHW planes of an NHWC band (depthwise_nhwc_planes): L2.
+constexpr int64_t kPlanesScratchBytes = 512 * 1024;
 // gather_tile transposes whole rows (not runs of pixels with a destination
 // each) from this width on.
 constexpr int64_t kGatherRowsMinW = 16;
@@ -101,7 +103,37 @@ struct Geometry {
   // channels, zero past C) and each thread's input and output tiles.
   bool via_nhwc;
   int64_t t_cw, t_rows, t_in_rows, t_wp, t_cp, t_w_elems, off_tw, off_tb, t_in_elems, t_tile_elems;
+  // NHWC with few channels through NCHW planes (see depthwise_nhwc_planes):
+  // bands of p_rows output rows (p_bands an image), each thread's planes of
+  // p_elems (p_in_rows input rows, then the band's output), the weights as
+  // OIHW at off_pw.
+  bool via_planes;
+  int64_t p_rows, p_bands, p_in_rows, p_elems, off_pw;
 };
+
+#if defined(PYCONV_ISA_avx512)
+template <class T>
+bool rows3_serves(const ConvShape& s);
+template <class T>
+bool rows3s2_serves(const ConvShape& s);
+#endif
+
+// NHWC layers with at most half a vector of channels (an RGB image's first
+// depthwise layer) whose NCHW planes the register-window strips serve: the
+// channel-vectorised NHWC kernel would fill c of a vector's lanes.  At
+// stride 2 the transposes weigh more (4 input pixels per output pixel):
+// 4x64x64 planes, 2 threads, against the NHWC kernel: stride 1 c = 3, 7,
+// 8: 2.7x, 1.4x, 1.9x; stride 2 c = 4, 6, 7: 1.33x, 1.06x, 0.95x.
+template <class T>
+bool nhwc_via_planes(const ConvShape& s) {
+#if defined(PYCONV_ISA_avx512)
+  return s.layout == Layout::NHWC && 2 * s.c <= Vec<T>::N &&
+         (rows3_serves<T>(s) || (s.c <= 4 && rows3s2_serves<T>(s)));
+#else
+  (void)s;
+  return false;
+#endif
+}
 
 template <class T>
 Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
@@ -173,6 +205,23 @@ Geometry make_geometry(const ConvShape& s, int nt, bool prepacked) {
     g.off_b = off;
     off += round_up(g.m * g.cp * e, kAlign);  // bias [j][c]
     g.off_scratch = off;
+    g.via_planes = nhwc_via_planes<T>(s);
+    if (g.via_planes) {
+      g.off_pw = off;
+      off += round_up(s.oc * s.kh * s.kw * e, kAlign);
+      // Bands: every thread busy (a batch smaller than the thread count is
+      // split by rows), each band's planes within kPlanesScratchBytes.
+      auto elems = [&](int64_t rows) { return s.c * ((rows - 1) * s.sh + s.kh) * s.w + s.oc * rows * s.ow; };
+      int64_t fit = s.oh;
+      while (fit > 1 && elems(fit) * e > kPlanesScratchBytes) fit = (fit + 1) / 2;
+      g.p_bands = max64(ceil_div(nt, s.n), ceil_div(s.oh, fit));
+      g.p_rows = ceil_div(s.oh, g.p_bands);
+      g.p_bands = ceil_div(s.oh, g.p_rows);
+      g.p_in_rows = (g.p_rows - 1) * s.sh + s.kh;
+      g.p_elems = elems(g.p_rows);
+      g.off_scratch = off;
+      off += nt * round_up(g.p_elems * e, kAlign);
+    }
   }
   g.total = off;
   return g;
@@ -1877,6 +1926,51 @@ void depthwise_nchw_blocked(const ConvShape& s, const Geometry& g, const T* x, c
   }
 }
 
+#if defined(PYCONV_ISA_avx512)
+// NHWC with few channels (nhwc_via_planes): each band of an image's output
+// rows is computed from NCHW planes in the thread's scratch, the input rows
+// it reads transposed in (register block transposes), the register-window
+// strips run on each plane (rows3_plane, s2_plane), the output planes
+// transposed back into the NHWC rows.  8x160x160x3 at stride 2 ("same"), 2
+// threads: 0.37 ms in the channel-vectorised kernel (3 of 16 lanes).
+template <class T>
+void depthwise_nhwc_planes(const ConvShape& s, const Geometry& g, const T* x, const T* wp, const T* bias, T* y,
+                           char* ws, int nt) {
+  using V = Vec<T>;
+  using R = typename V::R;
+  const int64_t taps = s.kh * s.kw;
+  T* w9 = reinterpret_cast<T*>(ws + g.off_pw);  // OIHW, from the packed [j][tap][c]
+  for (int64_t oc = 0; oc < s.oc; ++oc)
+    for (int64_t t = 0; t < taps; ++t) w9[oc * taps + t] = wp[(oc % g.m * taps + t) * g.cp + oc / g.m];
+  const int64_t stride = round_up(g.p_elems * static_cast<int64_t>(sizeof(T)), kAlign);
+  const int64_t nvr = ceil_div(s.w, V::N);
+  const typename V::M tail = V::lanes_mask((1u << (s.w - (nvr - 1) * V::N)) - 1u);
+  const bool s1 = rows3_serves<T>(s);
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t it = 0; it < s.n * g.p_bands; ++it) {
+    T* xb = reinterpret_cast<T*>(ws + g.off_scratch + thread_index() * stride);
+    const int64_t n = it / g.p_bands, oh_lo = it % g.p_bands * g.p_rows, oh_hi = min64(s.oh, oh_lo + g.p_rows);
+    const int64_t ih_lo = max64(0, oh_lo * s.sh - s.pt), ih_hi = min64(s.h, (oh_hi - 1) * s.sh - s.pt + s.kh);
+    const int64_t in_px = max64(0, ih_hi - ih_lo) * s.w, out_px = (oh_hi - oh_lo) * s.ow;
+    T* yb = xb + s.c * g.p_in_rows * s.w;
+    if (in_px > 0) transpose_copy(x + (n * s.h + ih_lo) * s.w * s.c, s.c, xb, in_px, in_px, s.c);
+    for (int64_t oc = 0; oc < s.oc; ++oc) {
+      R wv[9];
+#pragma GCC unroll 9
+      for (int t = 0; t < 9; ++t) wv[t] = V::set1(w9[oc * 9 + t]);
+      const R bv = V::set1(bias ? bias[oc] : T(0));
+      // Plane row ih at xp + ih * W: the band's first input row is ih_lo.
+      const T* xp = xb + oc / g.m * in_px - ih_lo * s.w;
+      if (s1)
+        rows3_plane<T>(s, xp, wv, bv, nvr, tail, yb + oc * out_px, oh_lo, oh_hi);
+      else
+        s2_plane<T>(s, xp, wv, bv, yb + oc * out_px, oh_lo, oh_hi);
+    }
+    transpose_copy(yb, out_px, y + (n * s.oh + oh_lo) * s.ow * s.oc, s.oc, s.oc, out_px);
+  }
+}
+#endif
+
 // ---- entry points ----------------------------------------------------------
 
 template <class T>
@@ -1922,6 +2016,12 @@ void conv_depthwise(const ConvShape& s, const T* x, const T* w, const T* prepack
     depthwise_nchw(s, g, x, wp, bias, y, off, ws + g.off_scratch, nt);
     return;
   }
+#if defined(PYCONV_ISA_avx512)
+  if (g.via_planes) {
+    depthwise_nhwc_planes(s, g, x, wp, bias, y, ws, nt);
+    return;
+  }
+#endif
   T* bp = reinterpret_cast<T*>(ws + g.off_b);
   for (int64_t j = 0; j < g.m; ++j)
     for (int64_t c = 0; c < g.cp; ++c) bp[j * g.cp + c] = (bias && c < s.c) ? bias[c * g.m + j] : T(0);
