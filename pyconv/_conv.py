@@ -312,12 +312,25 @@ def _kernel_ready(a: Optional[np.ndarray]) -> bool:
     return flags.c_contiguous and flags.aligned
 
 
+def _out_ready(out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: Tuple[Any, ...]) -> bool:
+    """Whether ``out=`` can take the result as it is: check_out's conditions
+    (any failure goes the long way, which raises the error) and aligned."""
+    if type(out) is not np.ndarray or out.shape != shape or out.dtype != dtype:
+        return False
+    flags = out.flags
+    if not (flags.c_contiguous and flags.aligned and flags.writeable):
+        return False
+    return not any(a is not None and np.may_share_memory(out, a) for a in inputs)
+
+
 def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, dilation: Any,
             groups: Any, layout: str, activation: Optional[str], algo: str,
             out: Optional[np.ndarray]) -> np.ndarray:
     """conv2d's body; ``fn`` names the public function in error messages."""
     key = None
-    if out is None and not _VERBOSE:
+    if not _VERBOSE:
+        # A call like one seen before (the same shapes, dtypes and
+        # arguments) skips the argument parsing; out= only if it is ready.
         key = _seen_key(x, weight, bias, (stride, padding, dilation, groups, layout, activation, algo))
         seen = None if key is None else _SEEN.get(key)
         if seen is not None:
@@ -325,8 +338,9 @@ def _conv2d(fn: str, x: Any, weight: Any, bias: Any, stride: Any, padding: Any, 
             packed_weight = weight if type(weight) is PackedWeight else None
             wa = weight if packed_weight is None else packed_weight.weight
             if (_kernel_ready(x) and _kernel_ready(wa) and _kernel_ready(bias)
-                    and not (check_finite and not all_finite(wa))):
-                y = _empty(geo.out_shape, x.dtype)
+                    and not (check_finite and not all_finite(wa))
+                    and (out is None or _out_ready(out, geo.out_shape, x.dtype, (x, wa, bias)))):
+                y = _empty(geo.out_shape, x.dtype) if out is None else out
                 packed = None if packed_weight is None else packed_weight.packed(x.dtype, geo.c, kernel)
                 _core.conv2d(x, wa, bias, y, geo.core_tuple(), lay_code, act_code, kernel, packed)
                 return y

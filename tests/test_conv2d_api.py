@@ -279,6 +279,10 @@ def test_out_is_written_and_returned(isa, rng, dtype, layout):
     assert y is out
     np.testing.assert_array_equal(out, pyconv.conv2d(x, wt, b, **kwargs))
     assert_close(out, reference64(x, wt, b, **kwargs), dtype)
+    # a repeated call (the fast path of calls seen before) writes out= too
+    again = np.full_like(out, np.nan)
+    assert pyconv.conv2d(x, wt, b, out=again, **kwargs) is again
+    np.testing.assert_array_equal(again, out)
 
 
 def _read_only(shape, dtype):
@@ -318,6 +322,9 @@ def test_bad_out_raises_and_is_untouched(isa, rng, case):
     b = bufs[2][:4]
     make, exc = BAD_OUTS[case]
     out = make(x, bufs)
+    # the same call with a good out= first: the bad one is a repeated call
+    # (the fast path of calls seen before), which must still refuse it
+    pyconv.conv2d(x, wt, b, padding=1, out=np.zeros(_SHAPE, np.float32))
     snapshot = [buf.copy() for buf in bufs]
     out_before = np.array(out, copy=True)
     with pytest.raises(exc, match="conv2d: out"):
