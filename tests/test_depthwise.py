@@ -963,6 +963,33 @@ def test_nhwc_few_channels_through_planes(isa, rng, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_nhwc_weight_gradient_in_place(isa, rng, dtype):
+    """The NHWC 3x3 weight gradient computed in place, vectorised across
+    channels (csrc/depthwise grad_weight_nhwc_direct: multiplier 1, stride
+    1 or 2, at least a vector of channels): widths 1..17 (the sliding
+    window's columns outside the image), padding forms incl. TF "same",
+    whole channel vectors and a partial last one, one image and several
+    (the sums carried across rows and images): against the reference, 1 vs
+    2 threads bitwise; and an infinite grad_out pixel on the border makes
+    NaN where the padding meets it, as in the reference."""
+    for w in (1, 2, 3, 5, 8, 9, 16, 17):
+        for stride, padding, c, n in ((1, 1, 21, 2), (2, "same", 32, 1), (2, 1, 19, 3), (1, ((0, 2), (2, 0)), 16, 1)):
+            x, wt, b = dw_inputs(rng, n=n, c=c, m=1, h=6, w=w, kh=3, kw=3, layout="NHWC", dtype=dtype)
+            if pyconv.conv_output_shape(x.shape, wt.shape, stride=stride, padding=padding, groups=c,
+                                        layout="NHWC")[2] < 1:
+                continue
+            _check_step(rng, x, wt, b, dict(stride=stride, padding=padding, groups=c, layout="NHWC"), None, dtype,
+                        f"w={w} stride={stride} padding={padding} c={c} n={n}")
+    c = 20
+    x, wt, _ = dw_inputs(rng, n=1, c=c, m=1, h=5, w=9, kh=3, kw=3, layout="NHWC", dtype=dtype, bias=False)
+    kwargs = dict(padding=1, groups=c, layout="NHWC")
+    gy = rand(rng, pyconv.conv_output_shape(x.shape, wt.shape, **kwargs), dtype)
+    gy[0, 0, 4, 3] = np.inf    # top row: meets the padding row above
+    gy[0, 2, 8, 17] = -np.inf  # last column: meets the padding column
+    _check_non_finite(x, wt, gy, kwargs, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_register_window_stride2_every_width(isa, rng, dtype):
     """3x3 at stride 2 (csrc/depthwise s2_strip on AVX-512: even and odd
     columns of two vectors per output vector): input widths around one to
